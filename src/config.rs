@@ -1,0 +1,804 @@
+//! Settings: a TOML file overlaid by environment variables, validated all at once.
+//!
+//! The environment variable names (`INSTANCE_ROLE`, `LOCAL_DB_URL`, ...) are part of
+//! duplex's interface; `docs/configuration.md` documents each one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use config::{Config, File, FileFormat, Value, ValueKind};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+/// Which instance this duplex process runs beside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The on-site instance: the source of the initial data.
+    Main,
+    /// The cloud instance: copies the initial data from main.
+    Cloud,
+}
+
+impl Role {
+    /// The other side.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Main => Role::Cloud,
+            Role::Cloud => Role::Main,
+        }
+    }
+
+    /// Lower-case name, as in `INSTANCE_ROLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Main => "main",
+            Role::Cloud => "cloud",
+        }
+    }
+
+    /// Upper-case name, as stored in `duplex.sync_state.instance_role`.
+    pub fn as_db(self) -> &'static str {
+        match self {
+            Role::Main => "MAIN",
+            Role::Cloud => "CLOUD",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A connection URL whose password never leaves through `Display`, `Debug` or `Serialize`.
+#[derive(Clone)]
+pub struct SecretUrl {
+    url: url::Url,
+    password: Option<SecretString>,
+}
+
+impl SecretUrl {
+    /// Parse `raw`, keeping the password apart from the printable URL.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+        let password = url.password().map(|p| {
+            let decoded = percent_decode(p);
+            SecretString::from(decoded)
+        });
+        if password.is_some() {
+            let _ = url.set_password(Some("********"));
+        }
+        Ok(SecretUrl { url, password })
+    }
+
+    /// The URL with its password replaced by `********`.
+    pub fn redacted(&self) -> String {
+        self.url.to_string()
+    }
+
+    /// The parsed URL (password redacted).
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The password, for building a client connection. Never log the result.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_ref().map(|p| p.expose_secret())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// A secret string that serializes as `********`.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// The secret itself. Never log the result.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("********")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
+}
+
+/// Which tables replicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum TableSelection {
+    /// Exactly these tables (`schema.table` or `table` in the default schema).
+    Include {
+        /// Tables, unquoted, exactly as named in the database (case-sensitive).
+        tables: Vec<TableName>,
+    },
+    /// Every ordinary table of `schema` except those listed.
+    Schema {
+        /// The schema whose tables replicate (default `public`).
+        schema: String,
+        /// Table names in that schema that stay local.
+        exclude: Vec<String>,
+    },
+}
+
+/// A table name as the user wrote it: exact identifiers, not SQL-quoted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TableName {
+    /// Schema, e.g. `public`.
+    pub schema: String,
+    /// Table, e.g. `JumpLog`.
+    pub name: String,
+}
+
+impl TableName {
+    /// `schema.table` with both parts quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            crate::pg::quote_ident(&self.schema),
+            crate::pg::quote_ident(&self.name)
+        )
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Replication provisioning settings (`[replication]` in the file).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationSettings {
+    /// Role the peer's subscription logs in as. Default `duplex_replicator`.
+    pub user: String,
+    /// Its password (`DUPLEX_REPLICATION_PASSWORD`). Required by `duplex setup`.
+    pub password: Option<Secret>,
+    /// Slot on the peer that this side's subscription uses (`REPLICATION_SLOT_NAME`).
+    /// Default `duplex_cloud_to_main` for main, `duplex_main_to_cloud` for cloud.
+    pub slot_name: String,
+    /// Host the local server uses to reach the peer for its subscription. Default: the
+    /// host of `REMOTE_DB_URL`.
+    pub peer_host: Option<String>,
+    /// Port for the same. Default: the port of `REMOTE_DB_URL`.
+    pub peer_port: Option<u16>,
+    /// How long `duplex setup` waits for cloud's initial copy. Default 600.
+    pub initial_copy_timeout_secs: u64,
+}
+
+/// The validated configuration of one duplex process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// `INSTANCE_ROLE`: `main` or `cloud`. Required.
+    pub instance_role: Role,
+    /// `LOCAL_DB_URL` (or `DATABASE_URL`): the instance duplex runs beside. Required.
+    pub local_db_url: SecretUrl,
+    /// `REMOTE_DB_URL`: the peer instance. Required.
+    pub remote_db_url: SecretUrl,
+    /// `LOCAL_STORAGE_URL`: this side's S3-compatible store (used by the storage mirror).
+    pub local_storage_url: Option<SecretUrl>,
+    /// `REMOTE_STORAGE_URL`: the peer's store.
+    pub remote_storage_url: Option<SecretUrl>,
+    /// `SYNC_ENABLED`: whether workers that move data run. Default true.
+    pub sync_enabled: bool,
+    /// `SYNC_INTERVAL_MINUTES`: period of the storage/conflict sync cycle. Default 5.
+    pub sync_interval_minutes: u64,
+    /// `MAX_CONCURRENT_TRANSFERS`: parallel object transfers. Default 4.
+    pub max_concurrent_transfers: u64,
+    /// `MAX_TRANSFER_RATE`: bytes per second across transfers (`10MB`, `512KiB`); 0 means
+    /// unlimited. Default 0.
+    pub max_transfer_rate_bytes: u64,
+    /// Which tables replicate. Default: schema `public`, nothing excluded.
+    pub tables: TableSelection,
+    /// Replication provisioning.
+    pub replication: ReplicationSettings,
+}
+
+/// Every problem found in the configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// One sentence each: what is wrong and what to do.
+    pub problems: Vec<String>,
+}
+
+/// The environment variables duplex reads, with the config key each overrides.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("INSTANCE_ROLE", "instance_role"),
+    ("LOCAL_DB_URL", "local_db_url"),
+    ("REMOTE_DB_URL", "remote_db_url"),
+    ("LOCAL_STORAGE_URL", "local_storage_url"),
+    ("REMOTE_STORAGE_URL", "remote_storage_url"),
+    ("SYNC_ENABLED", "sync_enabled"),
+    ("SYNC_INTERVAL_MINUTES", "sync_interval_minutes"),
+    ("MAX_CONCURRENT_TRANSFERS", "max_concurrent_transfers"),
+    ("REPLICATION_SLOT_NAME", "replication.slot_name"),
+    ("MAX_TRANSFER_RATE", "max_transfer_rate"),
+    ("DUPLEX_REPLICATION_PASSWORD", "replication.password"),
+];
+
+const TOP_KEYS: &[&str] = &[
+    "instance_role",
+    "local_db_url",
+    "remote_db_url",
+    "local_storage_url",
+    "remote_storage_url",
+    "sync_enabled",
+    "sync_interval_minutes",
+    "max_concurrent_transfers",
+    "max_transfer_rate",
+    "tables",
+    "replication",
+];
+const TABLE_KEYS: &[&str] = &["include", "schema", "exclude"];
+const REPLICATION_KEYS: &[&str] = &[
+    "user",
+    "password",
+    "slot_name",
+    "peer_host",
+    "peer_port",
+    "initial_copy_timeout_secs",
+];
+
+/// Load the file at `path` (if any), overlay the process environment, and validate.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    load_from(path, &env)
+}
+
+/// Like [`load`], with an explicit environment (for tests).
+pub fn load_from(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let mut builder = Config::builder();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError {
+                problems: vec![format!(
+                    "config file {} does not exist: pass an existing TOML file to --config (see config.example.toml)",
+                    path.display()
+                )],
+            });
+        }
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+    }
+    for (var, key) in ENV_KEYS {
+        let value = env.get(*var).or_else(|| {
+            (*var == "LOCAL_DB_URL")
+                .then(|| env.get("DATABASE_URL"))
+                .flatten()
+        });
+        if let Some(value) = value {
+            builder = builder
+                .set_override(*key, value.as_str())
+                .map_err(|e| ConfigError {
+                    problems: vec![format!("{var}: {e}")],
+                })?;
+        }
+    }
+    let raw = builder.build().map_err(|e| ConfigError {
+        problems: vec![format!("cannot read configuration: {e}")],
+    })?;
+    let top: config::Map<String, Value> =
+        raw.try_deserialize().map_err(|e: config::ConfigError| ConfigError {
+            problems: vec![format!("cannot read configuration: {e}")],
+        })?;
+    validate(top)
+}
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, p: impl Into<String>) {
+        self.0.push(p.into());
+    }
+}
+
+fn unknown_keys(
+    map: &config::Map<String, Value>,
+    known: &[&str],
+    section: &str,
+    problems: &mut Problems,
+) {
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            problems.push(format!(
+                "unknown key `{section}{key}`: remove it or fix its spelling (known keys: {})",
+                known.join(", ")
+            ));
+        }
+    }
+}
+
+fn get_string(
+    map: &config::Map<String, Value>,
+    key: &str,
+    label: &str,
+    problems: &mut Problems,
+) -> Option<String> {
+    let value = map.get(key)?;
+    match value.clone().into_string() {
+        Ok(s) => Some(s),
+        Err(_) => {
+            problems.push(format!("{label} must be a string"));
+            None
+        }
+    }
+}
+
+fn get_positive(
+    map: &config::Map<String, Value>,
+    key: &str,
+    label: &str,
+    default: u64,
+    problems: &mut Problems,
+) -> u64 {
+    let Some(value) = map.get(key) else {
+        return default;
+    };
+    match value.clone().into_int() {
+        Ok(n) if n > 0 => n as u64,
+        Ok(n) => {
+            problems.push(format!("{label} must be a positive whole number, got {n}"));
+            default
+        }
+        Err(_) => {
+            problems.push(format!(
+                "{label} must be a positive whole number, got `{value}`"
+            ));
+            default
+        }
+    }
+}
+
+fn get_url(
+    map: &config::Map<String, Value>,
+    key: &str,
+    label: &str,
+    schemes: &[&str],
+    problems: &mut Problems,
+) -> Option<SecretUrl> {
+    let raw = get_string(map, key, label, problems)?;
+    if raw.trim().is_empty() {
+        return None;
+    }
+    match SecretUrl::parse(&raw) {
+        Ok(url) if schemes.contains(&url.url().scheme()) && url.url().host_str().is_some() => {
+            Some(url)
+        }
+        Ok(url) => {
+            problems.push(format!(
+                "{label} is malformed: expected {}://user:password@host:port/... (got scheme `{}`{})",
+                schemes[0],
+                url.url().scheme(),
+                if url.url().host_str().is_none() { " and no host" } else { "" }
+            ));
+            None
+        }
+        Err(e) => {
+            // Never echo the raw value: it may hold a password.
+            problems.push(format!(
+                "{label} is malformed: {e}; expected {}://user:password@host:port/...",
+                schemes[0]
+            ));
+            None
+        }
+    }
+}
+
+/// Parse a rate such as `10MB`, `512KiB`, `1048576` into bytes per second.
+pub fn parse_rate(raw: &str) -> Result<u64, String> {
+    let s = raw.trim().trim_end_matches("/s");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a rate: use bytes per second, e.g. 10MB or 512KiB or 0 for unlimited"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{raw}` has an unknown unit `{other}`: use B, KB, KiB, MB, MiB, GB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{raw}` is too large"))
+}
+
+fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn parse_table(raw: &str, default_schema: &str) -> Option<TableName> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    Some(match raw.split_once('.') {
+        Some((schema, name)) if !schema.is_empty() && !name.is_empty() => TableName {
+            schema: schema.to_string(),
+            name: name.to_string(),
+        },
+        Some(_) => return None,
+        None => TableName {
+            schema: default_schema.to_string(),
+            name: raw.to_string(),
+        },
+    })
+}
+
+fn string_list(value: &Value, label: &str, problems: &mut Problems) -> Vec<String> {
+    match &value.kind {
+        ValueKind::Array(items) => items
+            .iter()
+            .filter_map(|v| match v.clone().into_string() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    problems.push(format!("{label} must be a list of table names"));
+                    None
+                }
+            })
+            .collect(),
+        // Environment-style comma-separated lists.
+        ValueKind::String(s) => s
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        _ => {
+            problems.push(format!("{label} must be a list of table names"));
+            Vec::new()
+        }
+    }
+}
+
+fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
+    let mut problems = Problems(Vec::new());
+    unknown_keys(&top, TOP_KEYS, "", &mut problems);
+
+    let role = match get_string(&top, "instance_role", "INSTANCE_ROLE", &mut problems) {
+        None => {
+            problems.push("INSTANCE_ROLE is not set: set it to `main` (on-site) or `cloud`");
+            None
+        }
+        Some(r) => match r.trim().to_ascii_lowercase().as_str() {
+            "main" => Some(Role::Main),
+            "cloud" => Some(Role::Cloud),
+            other => {
+                problems.push(format!(
+                    "INSTANCE_ROLE is `{other}`: allowed values are `main` and `cloud`"
+                ));
+                None
+            }
+        },
+    };
+
+    let pg = &["postgres", "postgresql"];
+    let local = get_url(&top, "local_db_url", "LOCAL_DB_URL", pg, &mut problems);
+    if local.is_none() && !top.contains_key("local_db_url") {
+        problems.push("LOCAL_DB_URL (or DATABASE_URL) is not set: set it to this instance's postgres:// URL");
+    }
+    let remote = get_url(&top, "remote_db_url", "REMOTE_DB_URL", pg, &mut problems);
+    if remote.is_none() && !top.contains_key("remote_db_url") {
+        problems.push("REMOTE_DB_URL is not set: set it to the peer instance's postgres:// URL");
+    }
+    let s3 = &["http", "https", "s3"];
+    let local_storage_url = get_url(&top, "local_storage_url", "LOCAL_STORAGE_URL", s3, &mut problems);
+    let remote_storage_url =
+        get_url(&top, "remote_storage_url", "REMOTE_STORAGE_URL", s3, &mut problems);
+
+    let sync_enabled = match top.get("sync_enabled") {
+        None => true,
+        Some(v) => match v.clone().into_bool() {
+            Ok(b) => b,
+            Err(_) => {
+                problems.push(format!(
+                    "SYNC_ENABLED must be true or false, got `{v}`"
+                ));
+                true
+            }
+        },
+    };
+    let sync_interval_minutes = get_positive(
+        &top,
+        "sync_interval_minutes",
+        "SYNC_INTERVAL_MINUTES",
+        5,
+        &mut problems,
+    );
+    let max_concurrent_transfers = get_positive(
+        &top,
+        "max_concurrent_transfers",
+        "MAX_CONCURRENT_TRANSFERS",
+        4,
+        &mut problems,
+    );
+    let max_transfer_rate_bytes = match top.get("max_transfer_rate") {
+        None => 0,
+        Some(v) => match parse_rate(&v.to_string()) {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(format!("MAX_TRANSFER_RATE: {e}"));
+                0
+            }
+        },
+    };
+
+    let tables = match top.get("tables").map(|v| v.clone().into_table()) {
+        None => TableSelection::Schema {
+            schema: "public".into(),
+            exclude: Vec::new(),
+        },
+        Some(Err(_)) => {
+            problems.push("`tables` must be a table: [tables] with include = [...] or schema/exclude");
+            TableSelection::Schema {
+                schema: "public".into(),
+                exclude: Vec::new(),
+            }
+        }
+        Some(Ok(t)) => {
+            unknown_keys(&t, TABLE_KEYS, "tables.", &mut problems);
+            let schema = get_string(&t, "schema", "tables.schema", &mut problems)
+                .unwrap_or_else(|| "public".into());
+            match (t.get("include"), t.get("exclude")) {
+                (Some(_), Some(_)) => {
+                    problems.push("tables.include and tables.exclude are both set: use either an include list or a schema with exclusions");
+                    TableSelection::Schema { schema, exclude: Vec::new() }
+                }
+                (Some(inc), None) => {
+                    let mut list = Vec::new();
+                    for raw in string_list(inc, "tables.include", &mut problems) {
+                        match parse_table(&raw, &schema) {
+                            Some(t) => list.push(t),
+                            None => problems.push(format!("tables.include: `{raw}` is not a table name: write `Table` or `schema.Table`, unquoted")),
+                        }
+                    }
+                    if list.is_empty() {
+                        problems.push("tables.include is empty: name at least one table, or remove it to replicate the whole schema");
+                    }
+                    TableSelection::Include { tables: list }
+                }
+                (None, exc) => TableSelection::Schema {
+                    schema,
+                    exclude: exc
+                        .map(|e| string_list(e, "tables.exclude", &mut problems))
+                        .unwrap_or_default(),
+                },
+            }
+        }
+    };
+
+    let repl = match top.get("replication").map(|v| v.clone().into_table()) {
+        None => config::Map::new(),
+        Some(Ok(t)) => t,
+        Some(Err(_)) => {
+            problems.push("`replication` must be a table ([replication])");
+            config::Map::new()
+        }
+    };
+    unknown_keys(&repl, REPLICATION_KEYS, "replication.", &mut problems);
+    let user = get_string(&repl, "user", "replication.user", &mut problems)
+        .unwrap_or_else(|| "duplex_replicator".into());
+    if !valid_slot_name(&user) {
+        problems.push(format!(
+            "replication.user `{user}` must be 1-63 lower-case letters, digits or underscores"
+        ));
+    }
+    let password = get_string(&repl, "password", "DUPLEX_REPLICATION_PASSWORD", &mut problems)
+        .filter(|p| !p.is_empty())
+        .map(|p| Secret(SecretString::from(p)));
+    let default_slot = match role {
+        Some(Role::Main) | None => "duplex_cloud_to_main",
+        Some(Role::Cloud) => "duplex_main_to_cloud",
+    };
+    let slot_name = get_string(&repl, "slot_name", "REPLICATION_SLOT_NAME", &mut problems)
+        .unwrap_or_else(|| default_slot.into());
+    if !valid_slot_name(&slot_name) || !slot_name.starts_with("duplex_") {
+        problems.push(format!(
+            "REPLICATION_SLOT_NAME `{slot_name}` must start with `duplex_` and use only lower-case letters, digits and underscores (at most 63)"
+        ));
+    }
+    let peer_host = get_string(&repl, "peer_host", "replication.peer_host", &mut problems);
+    let peer_port = repl.get("peer_port").and_then(|v| match v.clone().into_int() {
+        Ok(p) if (1..=65535).contains(&p) => Some(p as u16),
+        _ => {
+            problems.push(format!("replication.peer_port must be a port number, got `{v}`"));
+            None
+        }
+    });
+    let initial_copy_timeout_secs = get_positive(
+        &repl,
+        "initial_copy_timeout_secs",
+        "replication.initial_copy_timeout_secs",
+        600,
+        &mut problems,
+    );
+
+    match (role, local, remote, problems.0.is_empty()) {
+        (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
+            instance_role,
+            local_db_url,
+            remote_db_url,
+            local_storage_url,
+            remote_storage_url,
+            sync_enabled,
+            sync_interval_minutes,
+            max_concurrent_transfers,
+            max_transfer_rate_bytes,
+            tables,
+            replication: ReplicationSettings {
+                user,
+                password,
+                slot_name,
+                peer_host,
+                peer_port,
+                initial_copy_timeout_secs,
+            },
+        }),
+        _ => Err(ConfigError {
+            problems: problems.0,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const OK: &[(&str, &str)] = &[
+        ("INSTANCE_ROLE", "main"),
+        ("LOCAL_DB_URL", "postgres://u:p%40ss@127.0.0.1:5432/app"),
+        ("REMOTE_DB_URL", "postgres://u:hunter2@10.0.0.1:5432/app"),
+    ];
+
+    #[test]
+    fn a_minimal_environment_loads_with_defaults() {
+        let s = load_from(None, &env(OK)).unwrap();
+        assert_eq!(s.instance_role, Role::Main);
+        assert_eq!(s.local_db_url.password(), Some("p@ss"));
+        assert_eq!(s.replication.slot_name, "duplex_cloud_to_main");
+        assert_eq!(s.sync_interval_minutes, 5);
+        assert!(s.sync_enabled);
+    }
+
+    #[test]
+    fn database_url_is_the_fallback_for_local_db_url() {
+        let s = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "cloud"),
+                ("DATABASE_URL", "postgres://a@h/db"),
+                ("REMOTE_DB_URL", "postgres://a@h2/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.local_db_url.url().host_str(), Some("h"));
+        assert_eq!(s.replication.slot_name, "duplex_main_to_cloud");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "primary"),
+                ("LOCAL_DB_URL", "not a url"),
+                ("REMOTE_DB_URL", "mysql://x:secretpw@h/db"),
+                ("SYNC_INTERVAL_MINUTES", "0"),
+                ("MAX_CONCURRENT_TRANSFERS", "-3"),
+                ("MAX_TRANSFER_RATE", "fast"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("allowed values are `main` and `cloud`"), "{text}");
+        assert!(text.contains("LOCAL_DB_URL is malformed"), "{text}");
+        assert!(text.contains("REMOTE_DB_URL is malformed"), "{text}");
+        assert!(text.contains("SYNC_INTERVAL_MINUTES"), "{text}");
+        assert!(text.contains("MAX_CONCURRENT_TRANSFERS"), "{text}");
+        assert!(text.contains("MAX_TRANSFER_RATE"), "{text}");
+        assert!(!text.contains("secretpw"), "{text}");
+        assert_eq!(err.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_json() {
+        let mut e = env(OK);
+        e.insert("DUPLEX_REPLICATION_PASSWORD".into(), "s3cr3t-repl".into());
+        let s = load_from(None, &e).unwrap();
+        let debug = format!("{s:?}");
+        let json = serde_json::to_string(&s).unwrap();
+        for out in [debug, json] {
+            assert!(!out.contains("hunter2"), "{out}");
+            assert!(!out.contains("p%40ss") && !out.contains("p@ss"), "{out}");
+            assert!(!out.contains("s3cr3t-repl"), "{out}");
+            assert!(out.contains("********"), "{out}");
+        }
+    }
+
+    #[test]
+    fn rates_accept_units() {
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert_eq!(parse_rate("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("512KiB").unwrap(), 512 * 1024);
+        assert!(parse_rate("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn quoted_table_names_parse_from_the_include_list() {
+        assert_eq!(
+            parse_table("JumpLog", "public").unwrap().quoted(),
+            "\"public\".\"JumpLog\""
+        );
+        assert_eq!(
+            parse_table("app.user", "public").unwrap().quoted(),
+            "\"app\".\"user\""
+        );
+    }
+}

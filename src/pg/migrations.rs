@@ -1,0 +1,72 @@
+//! Embedded, numbered migrations for schema `duplex`.
+//!
+//! Files under `sql/migrations/` are never edited once landed: a change is a new file.
+//! All pending migrations apply in one transaction under an advisory lock, so two
+//! duplex processes starting at once against the same instance are safe.
+
+use tokio_postgres::Client;
+
+use super::{Context, Error};
+
+/// One migration: its number, name and SQL.
+pub struct Migration {
+    /// Applied in ascending order.
+    pub version: i32,
+    /// File name, for the record.
+    pub name: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init.sql",
+    sql: include_str!("../../sql/migrations/0001_init.sql"),
+}];
+
+/// Advisory lock key serialising migrations ("duplex" in ASCII).
+const LOCK_KEY: i64 = 0x6475_706c_6578;
+
+/// Apply pending migrations; returns the versions applied now.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
+    let tx = client
+        .transaction()
+        .await
+        .context("starting migration transaction")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await
+        .context("taking the migration lock")?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS duplex;
+         CREATE TABLE IF NOT EXISTS duplex.schema_migrations (
+             version    integer     PRIMARY KEY,
+             name       text        NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await
+    .context("creating schema duplex")?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM duplex.schema_migrations", &[])
+        .await
+        .context("reading applied migrations")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut now = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        tx.batch_execute(m.sql)
+            .await
+            .context(format!("applying migration {}", m.name))?;
+        tx.execute(
+            "INSERT INTO duplex.schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .context("recording migration")?;
+        now.push(m.version);
+    }
+    tx.commit().await.context("committing migrations")?;
+    Ok(now)
+}

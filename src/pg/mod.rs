@@ -1,0 +1,166 @@
+//! PostgreSQL access: connections with duplex's session options, identifier quoting,
+//! and the migrations runner for schema `duplex`.
+
+pub mod migrations;
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::SecretUrl;
+
+/// Statement timeout set on every duplex session.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lock timeout set on every duplex session.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a connection to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached or refused the login. Usually transient.
+    #[error("cannot connect to {target} ({url}): {source}")]
+    Connect {
+        /// `local` or `remote`.
+        target: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The URL could not be turned into connection parameters.
+    #[error("{target} database URL {url} is not usable: {reason}")]
+    BadUrl {
+        /// `local` or `remote`.
+        target: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("{context}: {}", describe(.source))]
+    Query {
+        /// What duplex was doing.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// The server's message for a database error (the driver's `Display` says only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({})", db.message(), detail),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// Attach what duplex was doing to a driver error.
+pub trait Context<T> {
+    /// Wrap the error with `context`.
+    fn context(self, context: impl Into<String>) -> Result<T, Error>;
+}
+
+impl<T> Context<T> for Result<T, tokio_postgres::Error> {
+    fn context(self, context: impl Into<String>) -> Result<T, Error> {
+        self.map_err(|source| Error::Query {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Build driver parameters for `url`, with duplex's session options.
+pub fn pg_config(
+    url: &SecretUrl,
+    target: &'static str,
+    application: &str,
+) -> Result<tokio_postgres::Config, Error> {
+    // The redacted URL has the password replaced; parse it, then put the real one back.
+    let mut cfg: tokio_postgres::Config =
+        url.redacted().parse().map_err(|e: tokio_postgres::Error| Error::BadUrl {
+            target,
+            url: url.redacted(),
+            reason: e.to_string(),
+        })?;
+    if let Some(password) = url.password() {
+        cfg.password(password);
+    }
+    if matches!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+        return Err(Error::BadUrl {
+            target,
+            url: url.redacted(),
+            reason: "sslmode=require is not supported by this build yet; connect through a TLS tunnel (stunnel, ssh -L) or a private network and use sslmode=disable or prefer".into(),
+        });
+    }
+    cfg.application_name(&format!("duplex_{application}"));
+    cfg.connect_timeout(CONNECT_TIMEOUT);
+    cfg.options(&format!(
+        "-c statement_timeout={} -c lock_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        LOCK_TIMEOUT.as_millis()
+    ));
+    Ok(cfg)
+}
+
+/// Open one connection to `url`; the connection task ends when the client is dropped.
+pub async fn connect(
+    url: &SecretUrl,
+    target: &'static str,
+    application: &str,
+) -> Result<Client, Error> {
+    let cfg = pg_config(url, target, application)?;
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|source| Error::Connect {
+        target,
+        url: url.redacted(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Quote an SQL identifier: always double-quoted, inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quote an SQL string literal, for the few statements that take no parameters
+/// (`CREATE ROLE ... PASSWORD`, `CREATE SUBSCRIPTION ... CONNECTION`).
+pub fn quote_literal(value: &str) -> String {
+    let escaped = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", escaped.replace('\\', "\\\\"))
+    } else {
+        format!("'{escaped}'")
+    }
+}
+
+/// Quote a value inside a libpq connection string (`key='value'`).
+pub fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident("JumpLog"), "\"JumpLog\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(conninfo_value("p'w d"), "'p\\'w d'");
+    }
+}

@@ -1,0 +1,367 @@
+//! Catalog queries about replication objects: one function per query.
+
+use tokio_postgres::Client;
+
+use crate::config::TableName;
+use crate::pg::{Context, Error};
+
+/// Server facts that decide whether logical replication can work.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 180006.
+    pub version_num: i32,
+    /// `server_version`, e.g. `18.6`.
+    pub version: String,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// `track_commit_timestamp` (`on`/`off`).
+    pub track_commit_timestamp: String,
+    /// `max_replication_slots`.
+    pub max_replication_slots: i32,
+    /// `max_wal_senders`.
+    pub max_wal_senders: i32,
+    /// The database duplex is connected to.
+    pub database: String,
+}
+
+/// Read [`ServerInfo`].
+pub async fn server_info(client: &Client) -> Result<ServerInfo, Error> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int,
+                    current_setting('server_version'),
+                    current_setting('wal_level'),
+                    current_setting('track_commit_timestamp'),
+                    current_setting('max_replication_slots')::int,
+                    current_setting('max_wal_senders')::int,
+                    current_database()::text",
+            &[],
+        )
+        .await
+        .context("reading server settings")?;
+    Ok(ServerInfo {
+        version_num: row.get(0),
+        version: row.get(1),
+        wal_level: row.get(2),
+        track_commit_timestamp: row.get(3),
+        max_replication_slots: row.get(4),
+        max_wal_senders: row.get(5),
+        database: row.get(6),
+    })
+}
+
+/// Ordinary and partitioned tables of `schema` (not partitions), sorted.
+pub async fn schema_tables(client: &Client, schema: &str) -> Result<Vec<String>, Error> {
+    Ok(client
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+              ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .context("listing tables")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// One column's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// `format_type` of its type, e.g. `timestamp(3) without time zone`.
+    pub type_name: String,
+    /// `NOT NULL`?
+    pub not_null: bool,
+}
+
+/// What replication needs to know about a table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// `relreplident`: `d` default (primary key), `i` index, `f` full, `n` nothing.
+    pub replica_identity: String,
+    /// Whether the table has a primary key.
+    pub has_primary_key: bool,
+    /// Whether an index is marked as replica identity.
+    pub has_identity_index: bool,
+    /// Columns in order.
+    pub columns: Vec<Column>,
+}
+
+impl TableInfo {
+    /// Whether UPDATE and DELETE can replicate: a key identifies each row.
+    pub fn identity_usable(&self) -> bool {
+        match self.replica_identity.as_str() {
+            "d" => self.has_primary_key,
+            "i" => self.has_identity_index,
+            "f" => true,
+            _ => false,
+        }
+    }
+}
+
+/// Read [`TableInfo`] for `table`, or `None` when it does not exist.
+pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .context(format!("looking up table {table}"))?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let columns = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull
+               FROM pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .context(format!("reading columns of {table}"))?
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            type_name: r.get(1),
+            not_null: r.get(2),
+        })
+        .collect();
+    Ok(Some(TableInfo {
+        replica_identity: row.get(1),
+        has_primary_key: row.get(2),
+        has_identity_index: row.get(3),
+        columns,
+    }))
+}
+
+/// Tables of publication `name`, or `None` when it does not exist.
+pub async fn publication_tables(
+    client: &Client,
+    name: &str,
+) -> Result<Option<Vec<TableName>>, Error> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .context("looking up publication")?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let mut tables: Vec<TableName> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .context("listing publication tables")?
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+    tables.sort();
+    Ok(Some(tables))
+}
+
+/// A subscription in the connected database.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Subscription {
+    /// Subscription name.
+    pub name: String,
+    /// `subenabled`.
+    pub enabled: bool,
+    /// Slot on the publisher, if any.
+    pub slot_name: Option<String>,
+    /// PID of the apply worker, when one runs.
+    pub worker_pid: Option<i32>,
+    /// Tables with their sync state (`i` init, `d` copying, `f`/`s` syncing, `r` ready).
+    pub tables: Vec<(TableName, String)>,
+}
+
+impl Subscription {
+    /// True when every table finished its initial copy.
+    pub fn initial_copy_done(&self) -> bool {
+        self.tables.iter().all(|(_, s)| s == "r")
+    }
+}
+
+/// Read subscription `name` of the connected database, or `None`.
+pub async fn subscription(client: &Client, name: &str) -> Result<Option<Subscription>, Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT s.oid, s.subenabled, s.subslotname::text,
+                    (SELECT st.pid FROM pg_stat_subscription st
+                      WHERE st.subid = s.oid AND st.relid IS NULL AND st.pid IS NOT NULL LIMIT 1)
+               FROM pg_subscription s
+              WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+        .context("looking up subscription")?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let tables = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, r.srsubstate::text
+               FROM pg_subscription_rel r
+               JOIN pg_class c ON c.oid = r.srrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE r.srsubid = $1 ORDER BY 1, 2",
+            &[&oid],
+        )
+        .await
+        .context("reading subscription tables")?
+        .iter()
+        .map(|r| {
+            (
+                TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                r.get(2),
+            )
+        })
+        .collect();
+    Ok(Some(Subscription {
+        name: name.to_string(),
+        enabled: row.get(1),
+        slot_name: row.get(2),
+        worker_pid: row.get(3),
+        tables,
+    }))
+}
+
+/// A replication slot on the connected server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Slot {
+    /// Slot name.
+    pub name: String,
+    /// A walsender is streaming from it.
+    pub active: bool,
+    /// `wal_status`: `reserved`, `extended`, `unreserved`, `lost`.
+    pub wal_status: Option<String>,
+    /// WAL the slot still has to send: current LSN minus `confirmed_flush_lsn`.
+    pub pending_bytes: Option<i64>,
+    /// WAL kept on disk for it: current LSN minus `restart_lsn`.
+    pub retained_bytes: Option<i64>,
+}
+
+/// Read slot `name`, or `None`.
+pub async fn slot(client: &Client, name: &str) -> Result<Option<Slot>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT active, wal_status,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .context("looking up replication slot")?;
+    Ok(row.map(|r| Slot {
+        name: name.to_string(),
+        active: r.get(0),
+        wal_status: r.get(1),
+        pending_bytes: r.get(2),
+        retained_bytes: r.get(3),
+    }))
+}
+
+/// Attributes of a role.
+#[derive(Debug, Clone)]
+pub struct RoleInfo {
+    /// `rolcanlogin`.
+    pub login: bool,
+    /// `rolreplication`.
+    pub replication: bool,
+}
+
+/// Read role `name`, or `None`.
+pub async fn role(client: &Client, name: &str) -> Result<Option<RoleInfo>, Error> {
+    Ok(client
+        .query_opt(
+            "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = $1",
+            &[&name],
+        )
+        .await
+        .context("looking up role")?
+        .map(|r| RoleInfo {
+            login: r.get(0),
+            replication: r.get(1),
+        }))
+}
+
+/// The tables of `tables` that `role` cannot SELECT (the role must exist).
+pub async fn tables_without_select(
+    client: &Client,
+    role: &str,
+    tables: &[TableName],
+) -> Result<Vec<TableName>, Error> {
+    let mut missing = Vec::new();
+    for t in tables {
+        let ok: bool = client
+            .query_one(
+                "SELECT has_table_privilege($1, format('%I.%I', $2::text, $3::text), 'SELECT')",
+                &[&role, &t.schema, &t.name],
+            )
+            .await
+            .context("checking table privileges")?
+            .get(0);
+        if !ok {
+            missing.push(t.clone());
+        }
+    }
+    Ok(missing)
+}
+
+/// Whether `role` has USAGE on `schema`.
+pub async fn has_schema_usage(client: &Client, role: &str, schema: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one("SELECT has_schema_privilege($1, $2, 'USAGE')", &[&role, &schema])
+        .await
+        .context("checking schema privileges")?
+        .get(0))
+}
+
+/// Whether `role` may connect to the current database.
+pub async fn has_connect(client: &Client, role: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT has_database_privilege($1, current_database(), 'CONNECT')",
+            &[&role],
+        )
+        .await
+        .context("checking database privileges")?
+        .get(0))
+}
+
+/// Names of duplex's logical slots (`duplex_%`) that belong to the connected database.
+pub async fn duplex_slots_in_database(client: &Client) -> Result<Vec<String>, Error> {
+    Ok(client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots
+              WHERE slot_type = 'logical' AND database = current_database()
+                AND slot_name LIKE 'duplex\\_%'
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("listing duplex slots")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

@@ -1,0 +1,209 @@
+//! `duplex check`: a preflight of configuration, both connections, server settings and
+//! replication objects. Each finding says what to do.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::catalog::{self, ServerInfo};
+use super::status::{self, Status};
+use super::{incoming, outgoing, resolve_tables};
+use crate::config::{Role, Settings};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// As it should be.
+    Ok,
+    /// Works, but worth fixing.
+    Warning,
+    /// Replication does not (or will not) work.
+    Error,
+}
+
+/// One result of the preflight.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Ok, warning or error.
+    pub severity: Severity,
+    /// What was checked, e.g. `main: wal_level`.
+    pub subject: String,
+    /// What was found.
+    pub message: String,
+    /// What to do, when something is wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// All findings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// In check order.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when no finding is an error.
+    pub fn passed(&self) -> bool {
+        self.findings.iter().all(|f| f.severity != Severity::Error)
+    }
+
+    fn push(&mut self, severity: Severity, subject: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+        self.findings.push(Finding {
+            severity,
+            subject: subject.into(),
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        });
+    }
+
+    /// Render for a terminal.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let tag = match f.severity {
+                Severity::Ok => "ok   ",
+                Severity::Warning => "WARN ",
+                Severity::Error => "ERROR",
+            };
+            out.push_str(&format!("{tag} {}: {}\n", f.subject, f.message));
+            if let Some(h) = &f.hint {
+                out.push_str(&format!("      -> {h}\n"));
+            }
+        }
+        let errors = self.findings.iter().filter(|f| f.severity == Severity::Error).count();
+        let warnings = self.findings.iter().filter(|f| f.severity == Severity::Warning).count();
+        out.push_str(&format!(
+            "\n{} error(s), {} warning(s): {}\n",
+            errors,
+            warnings,
+            if errors == 0 { "replication is ready" } else { "fix the errors above" }
+        ));
+        out
+    }
+}
+
+/// Run every check. `local`/`remote` are `Err(message)` when the connection failed.
+pub async fn run(
+    settings: &Settings,
+    local: Result<&Client, String>,
+    remote: Result<&Client, String>,
+) -> Report {
+    let role = settings.instance_role;
+    let peer = role.peer();
+    let mut report = Report { findings: Vec::new() };
+    report.push(Severity::Ok, "config", format!("valid, INSTANCE_ROLE={role}"), None);
+    if !settings.sync_enabled {
+        report.push(Severity::Warning, "config", "SYNC_ENABLED=false: data-moving workers are paused", Some("set SYNC_ENABLED=true when sync should run"));
+    }
+    let mut clients = Vec::new();
+    for (side, url, conn) in [
+        (role, &settings.local_db_url, &local),
+        (peer, &settings.remote_db_url, &remote),
+    ] {
+        match conn {
+            Ok(c) => {
+                report.push(Severity::Ok, format!("{side}: connection"), format!("connected to {url}"), None);
+                clients.push((side, *c));
+            }
+            Err(e) => report.push(
+                Severity::Error,
+                format!("{side}: connection"),
+                e.clone(),
+                Some("check that the instance is running and reachable, and the URL, user and password are right"),
+            ),
+        }
+    }
+    for (side, client) in &clients {
+        match catalog::server_info(client).await {
+            Ok(info) => server_findings(&mut report, *side, &info),
+            Err(e) => report.push(Severity::Error, format!("{side}: settings"), e.to_string(), None),
+        }
+        let migrated = client
+            .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = 'duplex' AND tablename = 'sync_state'", &[])
+            .await
+            .map(|r| r.is_some())
+            .unwrap_or(false);
+        if migrated {
+            report.push(Severity::Ok, format!("{side}: schema duplex"), "present", None);
+        } else {
+            report.push(Severity::Warning, format!("{side}: schema duplex"), "missing", Some(&format!("run `duplex setup` (or `duplex run`) with INSTANCE_ROLE={side}")));
+        }
+    }
+
+    let local_client = local.as_ref().ok().copied();
+    let remote_client = remote.as_ref().ok().copied();
+    if let Some(client) = local_client {
+        match resolve_tables(client, settings).await {
+            Ok(tables) => {
+                for (side, c, publication) in [
+                    (role, local_client, outgoing(role)),
+                    (peer, remote_client, incoming(role)),
+                ] {
+                    let Some(c) = c else { continue };
+                    let subject = format!("{side}: publication {publication}");
+                    match catalog::publication_tables(c, &publication).await {
+                        Ok(None) => report.push(Severity::Error, subject, "missing", Some(&format!("run `duplex setup` with INSTANCE_ROLE={role}"))),
+                        Ok(Some(t)) if t == tables => report.push(Severity::Ok, subject, format!("{} table(s)", t.len()), None),
+                        Ok(Some(t)) => report.push(
+                            Severity::Error,
+                            subject,
+                            format!("publishes {} table(s), the configuration selects {}", t.len(), tables.len()),
+                            Some("run `duplex setup` to update the table list"),
+                        ),
+                        Err(e) => report.push(Severity::Error, subject, e.to_string(), None),
+                    }
+                }
+            }
+            Err(e) => report.push(Severity::Error, "tables", e.to_string(), None),
+        }
+    }
+
+    let status: Status = status::collect(settings, local_client, remote_client).await;
+    for d in &status.directions {
+        let subject = format!("{} -> {}", d.from, d.to);
+        match &d.subscription {
+            None if d.unknown.iter().any(|u| u.starts_with(d.to.as_str())) => {}
+            None => report.push(Severity::Error, format!("{subject}: subscription"), format!("missing on {}", d.to), Some(&format!("run `duplex setup` with INSTANCE_ROLE={}", d.to))),
+            Some(s) if !s.enabled => report.push(Severity::Error, format!("{subject}: subscription"), "disabled (usually by an apply error)", Some("follow runbooks/subscription-disabled.md")),
+            Some(s) if !s.running => report.push(Severity::Error, format!("{subject}: subscription"), "enabled but no apply worker runs", Some(&format!("check the {} server log for apply errors; see runbooks/subscription-disabled.md", d.to))),
+            Some(s) if s.tables_ready < s.tables_total => report.push(Severity::Warning, format!("{subject}: subscription"), format!("initial copy in progress ({}/{} tables ready)", s.tables_ready, s.tables_total), Some("wait, then check again")),
+            Some(_) => report.push(Severity::Ok, format!("{subject}: subscription"), "enabled and running", None),
+        }
+        match &d.slot {
+            None if d.unknown.iter().any(|u| u.starts_with(d.from.as_str())) => {}
+            None if d.subscription.is_none() => {}
+            None => report.push(Severity::Error, format!("{subject}: slot"), format!("missing on {}", d.from), Some("follow runbooks/replication-slot-dropped.md")),
+            Some(s) if matches!(s.wal_status.as_deref(), Some("lost") | Some("unreserved")) => report.push(
+                Severity::Error,
+                format!("{subject}: slot {}", s.name),
+                format!("wal_status is {}: the WAL it needs is gone or about to be", s.wal_status.as_deref().unwrap_or("")),
+                Some("follow runbooks/replication-slot-dropped.md"),
+            ),
+            Some(s) if !s.active => report.push(Severity::Warning, format!("{subject}: slot {}", s.name), "inactive: no subscriber is streaming from it", Some(&format!("check that the {} instance is up and its subscription enabled", d.to))),
+            Some(s) => report.push(Severity::Ok, format!("{subject}: slot {}", s.name), format!("active, lag {} bytes", d.lag_bytes.unwrap_or(0)), None),
+        }
+    }
+    report
+}
+
+fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {
+    if info.version_num >= 160_000 {
+        report.push(Severity::Ok, format!("{side}: version"), format!("PostgreSQL {}", info.version), None);
+    } else {
+        report.push(Severity::Error, format!("{side}: version"), format!("PostgreSQL {} is older than 16", info.version), Some("upgrade to PostgreSQL 16 or newer: bidirectional replication needs `origin = none`"));
+    }
+    if info.wal_level == "logical" {
+        report.push(Severity::Ok, format!("{side}: wal_level"), "logical", None);
+    } else {
+        report.push(Severity::Error, format!("{side}: wal_level"), info.wal_level.clone(), Some("ALTER SYSTEM SET wal_level = logical; then restart the server"));
+    }
+    if info.track_commit_timestamp == "on" {
+        report.push(Severity::Ok, format!("{side}: track_commit_timestamp"), "on", None);
+    } else {
+        report.push(Severity::Error, format!("{side}: track_commit_timestamp"), "off: conflicts cannot be resolved by last write", Some("ALTER SYSTEM SET track_commit_timestamp = on; then restart the server"));
+    }
+    if info.max_replication_slots < 2 || info.max_wal_senders < 2 {
+        report.push(Severity::Error, format!("{side}: slots"), format!("max_replication_slots={}, max_wal_senders={}", info.max_replication_slots, info.max_wal_senders), Some("set both to at least 10 and restart"));
+    }
+}

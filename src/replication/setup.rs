@@ -1,0 +1,581 @@
+//! `duplex setup`: provision replication into this side, idempotently.
+//!
+//! For role R with peer P, setup makes sure that:
+//! - both instances have the replication role with only the grants it needs;
+//! - both publications exist (`duplex_R_to_P` on R, `duplex_P_to_R` on P) with the
+//!   configured tables;
+//! - R subscribes to P's publication (`duplex_P_to_R`, slot `REPLICATION_SLOT_NAME` on P),
+//!   with `origin = none` so that changes which arrived by replication are not sent back.
+//!
+//! Cloud copies the initial data from main (`copy_data = true`) and setup waits for that
+//! copy; main subscribes with `copy_data = false`, and only once cloud's copy finished, so
+//! no copied row is ever sent back. Every check runs before anything is changed: a refusal
+//! changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::catalog::{self, Column, TableInfo};
+use super::{incoming, outgoing, resolve_tables, Error};
+use crate::config::{Role, Settings, TableName};
+use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
+use crate::store::{sync_log, sync_state};
+
+/// Which connection a step runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The instance this duplex runs beside.
+    Local,
+    /// The peer.
+    Remote,
+}
+
+/// One statement setup would run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Where it runs.
+    pub target: Target,
+    /// Which instance that is.
+    pub instance: Role,
+    /// What it does, for a person.
+    pub what: String,
+    /// The SQL to execute (may hold the replication password).
+    sql: String,
+    /// The SQL as printed: the password replaced by `********`.
+    pub shown: String,
+}
+
+/// What setup found and would do.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Statements to run, in order.
+    pub steps: Vec<Step>,
+    /// Things worth knowing that do not stop setup.
+    pub warnings: Vec<String>,
+    /// The tables that replicate.
+    pub tables: Vec<TableName>,
+    /// Whether setup creates or refreshes the local subscription (so cloud waits for its copy).
+    pub subscription_changes: bool,
+}
+
+impl Plan {
+    /// The plan as SQL a person can read: the password is redacted.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for step in &self.steps {
+            let _ = writeln!(
+                out,
+                "-- on {} ({}): {}\n{};\n",
+                step.instance,
+                match step.target {
+                    Target::Local => "local",
+                    Target::Remote => "remote",
+                },
+                step.what,
+                step.shown
+            );
+        }
+        out
+    }
+}
+
+/// Check both instances and compute the statements setup needs; changes nothing.
+pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Result<Plan, Error> {
+    let role = settings.instance_role;
+    let peer = role.peer();
+    let mut problems = Vec::new();
+
+    let local_info = catalog::server_info(local).await?;
+    let remote_info = catalog::server_info(remote).await?;
+    for (side, info) in [(role, &local_info), (peer, &remote_info)] {
+        if info.version_num < 160_000 {
+            problems.push(format!(
+                "the {side} instance runs PostgreSQL {}; bidirectional replication needs 16 or newer (for `origin = none`): upgrade it",
+                info.version
+            ));
+        }
+        if info.wal_level != "logical" {
+            problems.push(format!(
+                "wal_level is `{}` on the {side} instance: run `ALTER SYSTEM SET wal_level = logical` there and restart it",
+                info.wal_level
+            ));
+        }
+    }
+    let Some(password) = settings.replication.password.as_ref() else {
+        problems.push("DUPLEX_REPLICATION_PASSWORD is not set: set it (or replication.password) to the password the replication role should use".into());
+        return Err(Error::Refused(problems));
+    };
+
+    let tables = resolve_tables(local, settings).await?;
+    if tables.is_empty() {
+        problems.push(format!(
+            "no table to replicate on the {role} instance: check [tables] in the configuration"
+        ));
+    }
+    for table in &tables {
+        let here = catalog::table_info(local, table).await?;
+        let there = catalog::table_info(remote, table).await?;
+        let (here, there) = match (here, there) {
+            (Some(h), Some(t)) => (h, t),
+            (h, t) => {
+                for (side, info) in [(role, h), (peer, t)] {
+                    if info.is_none() {
+                        problems.push(format!(
+                            "table {table} does not exist on the {side} instance: create it there (same definition on both sides) or remove it from [tables]"
+                        ));
+                    }
+                }
+                continue;
+            }
+        };
+        for (side, info) in [(role, &here), (peer, &there)] {
+            if !info.identity_usable() {
+                problems.push(format!(
+                    "table {table} has no primary key or usable replica identity on the {side} instance, so its updates and deletes cannot replicate: add a primary key (or ALTER TABLE {} REPLICA IDENTITY FULL)",
+                    table.quoted()
+                ));
+            }
+        }
+        let diffs = column_differences(role, &here, peer, &there);
+        if !diffs.is_empty() {
+            problems.push(format!(
+                "table {table} differs between the two instances: {}; make both definitions the same",
+                diffs.join("; ")
+            ));
+        }
+    }
+
+    let slot_name = &settings.replication.slot_name;
+    let existing_sub = catalog::subscription(local, &incoming(role)).await?;
+    if existing_sub.is_none() {
+        if let Some(slot) = catalog::slot(remote, slot_name).await? {
+            problems.push(format!(
+                "replication slot {slot_name} already exists on the {peer} instance ({}) but no subscription here uses it: if it is a leftover, drop it on {peer} with `SELECT pg_drop_replication_slot('{slot_name}')`, or set REPLICATION_SLOT_NAME to another name",
+                if slot.active { "active" } else { "inactive" }
+            ));
+        }
+    }
+    if role == Role::Main && existing_sub.is_none() {
+        match catalog::subscription(remote, &incoming(Role::Cloud)).await? {
+            None => problems.push(
+                "cloud has not subscribed to main yet: run `duplex setup` with INSTANCE_ROLE=cloud first. Cloud copies the initial data from main, and main subscribes only after that copy, so copied rows are never sent back".into(),
+            ),
+            Some(sub) if !sub.initial_copy_done() => problems.push(format!(
+                "cloud's initial copy from main is still running (not ready: {}): wait until it finishes, then run setup for main again",
+                not_ready(&sub)
+            )),
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Refused(problems));
+    }
+
+    let mut plan = Plan {
+        tables: tables.clone(),
+        ..Plan::default()
+    };
+    if local_info.track_commit_timestamp != "on" || remote_info.track_commit_timestamp != "on" {
+        plan.warnings.push("track_commit_timestamp is off on at least one instance: conflict resolution by last write needs it (ALTER SYSTEM SET track_commit_timestamp = on; restart)".into());
+    }
+    let user = &settings.replication.user;
+    for (target, instance, client) in [
+        (Target::Local, role, local),
+        (Target::Remote, peer, remote),
+    ] {
+        let mut add = |what: String, sql: String, shown: Option<String>| {
+            plan.steps.push(Step {
+                target,
+                instance,
+                what,
+                shown: shown.unwrap_or_else(|| sql.clone()),
+                sql,
+            })
+        };
+        let db = if target == Target::Local {
+            &local_info.database
+        } else {
+            &remote_info.database
+        };
+        let existing_role = catalog::role(client, user).await?;
+        match &existing_role {
+            None => add(
+                format!("create replication role {user} (LOGIN REPLICATION, not superuser)"),
+                format!(
+                    "CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {}",
+                    quote_ident(user),
+                    quote_literal(password.expose())
+                ),
+                Some(format!(
+                    "CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD '********'",
+                    quote_ident(user)
+                )),
+            ),
+            Some(r) if !r.login || !r.replication => add(
+                format!("give role {user} LOGIN and REPLICATION"),
+                format!("ALTER ROLE {} WITH LOGIN REPLICATION", quote_ident(user)),
+                None,
+            ),
+            Some(_) => {}
+        }
+        let exists = existing_role.is_some();
+        if !exists || !catalog::has_connect(client, user).await? {
+            add(
+                format!("let {user} connect to database {db}"),
+                format!(
+                    "GRANT CONNECT ON DATABASE {} TO {}",
+                    quote_ident(db),
+                    quote_ident(user)
+                ),
+                None,
+            );
+        }
+        let mut schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+        schemas.dedup();
+        for schema in schemas {
+            if !exists || !catalog::has_schema_usage(client, user, schema).await? {
+                add(
+                    format!("let {user} use schema {schema}"),
+                    format!(
+                        "GRANT USAGE ON SCHEMA {} TO {}",
+                        quote_ident(schema),
+                        quote_ident(user)
+                    ),
+                    None,
+                );
+            }
+        }
+        let missing = if exists {
+            catalog::tables_without_select(client, user, &tables).await?
+        } else {
+            tables.clone()
+        };
+        if !missing.is_empty() {
+            add(
+                format!(
+                    "let {user} read the {} replicated table(s) for the initial copy",
+                    missing.len()
+                ),
+                format!(
+                    "GRANT SELECT ON TABLE {} TO {}",
+                    table_list(&missing),
+                    quote_ident(user)
+                ),
+                None,
+            );
+        }
+        let publication = if target == Target::Local {
+            outgoing(role)
+        } else {
+            incoming(role)
+        };
+        match catalog::publication_tables(client, &publication).await? {
+            None => add(
+                format!("publish the {} replicated table(s)", tables.len()),
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    quote_ident(&publication),
+                    table_list(&tables)
+                ),
+                None,
+            ),
+            Some(current) if current != tables => add(
+                format!("change publication {publication} to the configured tables"),
+                format!(
+                    "ALTER PUBLICATION {} SET TABLE {}",
+                    quote_ident(&publication),
+                    table_list(&tables)
+                ),
+                None,
+            ),
+            Some(_) => {}
+        }
+    }
+
+    let sub_name = incoming(role);
+    let copy_data = role == Role::Cloud;
+    match existing_sub {
+        None => {
+            let host = settings
+                .replication
+                .peer_host
+                .clone()
+                .or_else(|| settings.remote_db_url.url().host_str().map(str::to_string))
+                .unwrap_or_else(|| "localhost".into());
+            let port = settings
+                .replication
+                .peer_port
+                .or_else(|| settings.remote_db_url.url().port())
+                .unwrap_or(5432);
+            let conninfo = |pw: &str| {
+                format!(
+                    "host={} port={port} dbname={} user={} password={}",
+                    conninfo_value(&host),
+                    conninfo_value(&remote_info.database),
+                    conninfo_value(user),
+                    pw
+                )
+            };
+            let stmt = |conn: String| {
+                format!(
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = true)",
+                    quote_ident(&sub_name),
+                    quote_literal(&conn),
+                    quote_ident(&sub_name),
+                    quote_literal(slot_name),
+                )
+            };
+            plan.steps.push(Step {
+                target: Target::Local,
+                instance: role,
+                what: format!(
+                    "subscribe to {peer}'s publication (slot {slot_name} on {peer}, {})",
+                    if copy_data {
+                        "copying main's existing rows"
+                    } else {
+                        "no initial copy: cloud already copied main's rows"
+                    }
+                ),
+                sql: stmt(conninfo(&conninfo_value(password.expose()))),
+                shown: stmt(conninfo("********")),
+            });
+            plan.subscription_changes = true;
+        }
+        Some(sub) => {
+            if sub.slot_name.as_deref() != Some(slot_name.as_str()) {
+                plan.warnings.push(format!(
+                    "subscription {sub_name} uses slot {} but REPLICATION_SLOT_NAME is {slot_name}: the existing subscription is kept",
+                    sub.slot_name.as_deref().unwrap_or("(none)")
+                ));
+            }
+            if !sub.enabled {
+                plan.warnings.push(format!(
+                    "subscription {sub_name} is disabled: see runbooks/subscription-disabled.md"
+                ));
+            }
+            let mut subscribed: Vec<TableName> =
+                sub.tables.iter().map(|(t, _)| t.clone()).collect();
+            subscribed.sort();
+            if subscribed != tables {
+                let sql = format!(
+                    "ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = {copy_data})",
+                    quote_ident(&sub_name)
+                );
+                plan.steps.push(Step {
+                    target: Target::Local,
+                    instance: role,
+                    what: "pick up the publication's new table list".into(),
+                    shown: sql.clone(),
+                    sql,
+                });
+                plan.subscription_changes = true;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn table_list(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn not_ready(sub: &catalog::Subscription) -> String {
+    sub.tables
+        .iter()
+        .filter(|(_, s)| s != "r")
+        .map(|(t, s)| format!("{t} ({s})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_column(c: &Column) -> String {
+    format!(
+        "{}{}",
+        c.type_name,
+        if c.not_null { " NOT NULL" } else { "" }
+    )
+}
+
+/// The differing columns of one table, as sentences.
+fn column_differences(a: Role, here: &TableInfo, b: Role, there: &TableInfo) -> Vec<String> {
+    let theirs: BTreeMap<&str, &Column> =
+        there.columns.iter().map(|c| (c.name.as_str(), c)).collect();
+    let ours: BTreeMap<&str, &Column> = here.columns.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut out = Vec::new();
+    for c in &here.columns {
+        match theirs.get(c.name.as_str()) {
+            None => out.push(format!("column \"{}\" exists only on {a}", c.name)),
+            Some(t) if *t != c => out.push(format!(
+                "column \"{}\" is {} on {a} but {} on {b}",
+                c.name,
+                describe_column(c),
+                describe_column(t)
+            )),
+            Some(_) => {}
+        }
+    }
+    for c in &there.columns {
+        if !ours.contains_key(c.name.as_str()) {
+            out.push(format!("column \"{}\" exists only on {b}", c.name));
+        }
+    }
+    out
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Steps executed, as described to a person.
+    pub done: Vec<String>,
+}
+
+/// Execute `plan`, wait for cloud's initial copy, and verify the slot on the peer.
+pub async fn apply(
+    settings: &Settings,
+    local: &mut Client,
+    remote: &Client,
+    plan: &Plan,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report, Error> {
+    let role = settings.instance_role;
+    pg::migrations::migrate(local).await?;
+    sync_state::ensure_role(local, role, settings.sync_enabled).await?;
+    let mut report = Report::default();
+    for step in &plan.steps {
+        let client: &Client = match step.target {
+            Target::Local => local,
+            Target::Remote => remote,
+        };
+        client
+            .batch_execute(&step.sql)
+            .await
+            .context(format!("on {}: {}", step.instance, step.what))?;
+        progress(&format!("{}: {}", step.instance, step.what));
+        report.done.push(format!("{}: {}", step.instance, step.what));
+    }
+    let sub_name = incoming(role);
+    if plan.subscription_changes && role == Role::Cloud {
+        wait_for_initial_copy(settings, local, &sub_name, progress).await?;
+    }
+    let slot = &settings.replication.slot_name;
+    if catalog::slot(remote, slot).await?.is_none() {
+        return Err(Error::SlotMissing {
+            slot: slot.clone(),
+            peer: role.peer(),
+        });
+    }
+    if !report.done.is_empty() {
+        sync_log::insert(
+            local,
+            &sync_log::Entry {
+                sync_type: "setup",
+                status: "SUCCESS",
+                records_synced: report.done.len() as i64,
+                error_message: None,
+                details: serde_json::json!({
+                    "steps": report.done,
+                    "tables": plan.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+                    "slot": slot,
+                }),
+            },
+        )
+        .await?;
+    }
+    Ok(report)
+}
+
+async fn wait_for_initial_copy(
+    settings: &Settings,
+    local: &Client,
+    sub_name: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), Error> {
+    let timeout = Duration::from_secs(settings.replication.initial_copy_timeout_secs);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let sub = catalog::subscription(local, sub_name).await?;
+        match sub {
+            Some(sub) if sub.initial_copy_done() => {
+                progress(&format!(
+                    "cloud: initial copy of {} table(s) finished in {:.1} s",
+                    sub.tables.len(),
+                    started.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            Some(sub) if started.elapsed() >= timeout => {
+                return Err(Error::InitialCopyTimeout {
+                    secs: timeout.as_secs(),
+                    tables: not_ready(&sub),
+                })
+            }
+            Some(sub) => {
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    progress(&format!("cloud: still copying: {}", not_ready(&sub)));
+                    last_report = Instant::now();
+                }
+            }
+            None => {
+                return Err(Error::Refused(vec![format!(
+                    "subscription {sub_name} disappeared during setup: run setup again"
+                )]))
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str, not_null: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_name: ty.into(),
+            not_null,
+        }
+    }
+
+    fn table(columns: Vec<Column>) -> TableInfo {
+        TableInfo {
+            replica_identity: "d".into(),
+            has_primary_key: true,
+            has_identity_index: false,
+            columns,
+        }
+    }
+
+    #[test]
+    fn differing_columns_are_each_named() {
+        let main = table(vec![
+            col("id", "text", true),
+            col("updatedAt", "timestamp(3) without time zone", true),
+            col("onlyMain", "integer", false),
+        ]);
+        let cloud = table(vec![
+            col("id", "text", true),
+            col("updatedAt", "timestamp with time zone", true),
+            col("onlyCloud", "integer", false),
+        ]);
+        let diffs = column_differences(Role::Main, &main, Role::Cloud, &cloud);
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(diffs[0].contains("\"updatedAt\" is timestamp(3)"));
+        assert!(diffs[1].contains("\"onlyMain\" exists only on main"));
+        assert!(diffs[2].contains("\"onlyCloud\" exists only on cloud"));
+    }
+
+    #[test]
+    fn identical_tables_have_no_differences() {
+        let a = table(vec![col("id", "bigint", true)]);
+        assert!(column_differences(Role::Main, &a, Role::Cloud, &a.clone()).is_empty());
+    }
+}
