@@ -11,6 +11,9 @@
 #   scripts/lab.sh start SIDE      start one cluster again
 #   scripts/lab.sh reset           stop both and wipe the lab's data
 #   scripts/lab.sh pg-bin          print the directory holding the PostgreSQL binaries
+#   scripts/lab.sh up-fixtures     also start the two clusters the refusal tests need:
+#                  `pg15` (PostgreSQL 15, port 55434) and `replica` (wal_level=replica,
+#                  port 55435); PostgreSQL 15 comes from Debian's postgresql-15 package
 #
 # Environment:
 #   PG_BIN       use these PostgreSQL binaries (a directory holding initdb, pg_ctl, psql)
@@ -49,12 +52,38 @@ fi
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
+PG15_PORT=55434
+REPLICA_PORT=55435
+
 port_of() {
   case "$1" in
     main) echo "$MAIN_PORT" ;;
     cloud) echo "$CLOUD_PORT" ;;
-    *) die "unknown side '$1': use main or cloud" ;;
+    pg15) echo "$PG15_PORT" ;;
+    replica) echo "$REPLICA_PORT" ;;
+    *) die "unknown side '$1': use main or cloud (or the test fixtures pg15, replica)" ;;
   esac
+}
+
+wal_level_of() {
+  case "$1" in
+    replica) echo replica ;;
+    *) echo logical ;;
+  esac
+}
+
+# PostgreSQL 15 for the "peer older than 16" refusal test.
+find_pg15_bin() {
+  local bin=/usr/lib/postgresql/15/bin
+  if [ ! -x "$bin/postgres" ]; then
+    [ "$(id -u)" -eq 0 ] || die "PostgreSQL 15 is missing: apt-get install postgresql-15 (as root)"
+    log "installing Debian's postgresql-15 for the refusal fixtures"
+    if ! apt-get install -y --no-install-recommends postgresql-15 >/dev/null 2>&1; then
+      apt-get update >/dev/null && apt-get install -y --no-install-recommends postgresql-15 >/dev/null \
+        || die "could not install postgresql-15"
+    fi
+  fi
+  echo "$bin"
 }
 
 # Run a command as the lab's server user.
@@ -154,7 +183,7 @@ listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir'
 max_connections = 200
-wal_level = logical
+wal_level = $(wal_level_of "$side")
 track_commit_timestamp = on
 max_replication_slots = 64
 max_wal_senders = 64
@@ -253,8 +282,18 @@ case "$cmd" in
   pg-bin)
     find_pg_bin
     ;;
+  up-fixtures)
+    ensure_user
+    bin="$(find_pg_bin)"
+    mkdir -p "$LAB_DIR"
+    [ -n "$RUN_AS" ] && chown "$RUN_AS" "$LAB_DIR"
+    init_side replica "$bin"; start_side replica "$bin"
+    bin15="$(find_pg15_bin)"
+    init_side pg15 "$bin15"; start_side pg15 "$bin15"
+    log "fixtures are up: pg15 127.0.0.1:$PG15_PORT, replica 127.0.0.1:$REPLICA_PORT"
+    ;;
   status)
-    for side in main cloud; do
+    for side in main cloud pg15 replica; do
       if pid="$(pid_of "$side")"; then
         echo "$side: running (pid $pid, 127.0.0.1:$(port_of "$side"), data $(data_dir "$side"))"
       elif [ -f "$(data_dir "$side")/PG_VERSION" ]; then
@@ -265,7 +304,7 @@ case "$cmd" in
     done
     ;;
   down)
-    stop_side main fast; stop_side cloud fast
+    for side in main cloud pg15 replica; do stop_side "$side" fast; done
     ;;
   stop)
     [ -n "${2:-}" ] || die "usage: lab.sh stop main|cloud [fast|immediate]"
@@ -276,10 +315,10 @@ case "$cmd" in
     [ -n "${2:-}" ] || die "usage: lab.sh start main|cloud"
     port_of "$2" >/dev/null
     ensure_user
-    start_side "$2" "$(find_pg_bin)"
+    if [ "$2" = pg15 ]; then start_side "$2" "$(find_pg15_bin)"; else start_side "$2" "$(find_pg_bin)"; fi
     ;;
   reset)
-    stop_side main immediate; stop_side cloud immediate
+    for side in main cloud pg15 replica; do stop_side "$side" immediate; done
     log "wiping $LAB_DIR"
     rm -rf "$LAB_DIR"
     ;;

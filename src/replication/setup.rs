@@ -182,6 +182,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         plan.warnings.push("track_commit_timestamp is off on at least one instance: conflict resolution by last write needs it (ALTER SYSTEM SET track_commit_timestamp = on; restart)".into());
     }
     let user = &settings.replication.user;
+    let mut warnings = Vec::new();
     for (target, instance, client) in [
         (Target::Local, role, local),
         (Target::Remote, peer, remote),
@@ -204,22 +205,36 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         match &existing_role {
             None => add(
                 format!("create replication role {user} (LOGIN REPLICATION, not superuser)"),
-                format!(
-                    "CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {}",
-                    quote_ident(user),
-                    quote_literal(password.expose())
-                ),
-                Some(format!(
-                    "CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD '********'",
-                    quote_ident(user)
-                )),
+                create_role_sql(user, &quote_literal(password.expose())),
+                Some(create_role_sql(user, "'********'")),
             ),
             Some(r) if !r.login || !r.replication => add(
                 format!("give role {user} LOGIN and REPLICATION"),
                 format!("ALTER ROLE {} WITH LOGIN REPLICATION", quote_ident(user)),
                 None,
             ),
-            Some(_) => {}
+            Some(_) => {
+                let url = if target == Target::Local {
+                    &settings.local_db_url
+                } else {
+                    &settings.remote_db_url
+                };
+                match login_works(url, user, password.expose()).await {
+                    LoginProbe::Ok => {}
+                    LoginProbe::WrongPassword => add(
+                        format!("set the password of {user} to DUPLEX_REPLICATION_PASSWORD (the old one did not log in)"),
+                        format!(
+                            "ALTER ROLE {} WITH PASSWORD {}",
+                            quote_ident(user),
+                            quote_literal(password.expose())
+                        ),
+                        Some(format!("ALTER ROLE {} WITH PASSWORD '********'", quote_ident(user))),
+                    ),
+                    LoginProbe::Other(e) => warnings.push(format!(
+                        "could not test the {user} login on the {instance} instance ({e}); if the subscription cannot connect, check pg_hba.conf and the password"
+                    )),
+                }
+            }
         }
         let exists = existing_role.is_some();
         if !exists || !catalog::has_connect(client, user).await? {
@@ -295,6 +310,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         }
     }
 
+    plan.warnings.extend(warnings);
     let sub_name = incoming(role);
     let copy_data = role == Role::Cloud;
     match existing_sub {
@@ -376,6 +392,38 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         }
     }
     Ok(plan)
+}
+
+enum LoginProbe {
+    Ok,
+    WrongPassword,
+    Other(String),
+}
+
+/// Try to log in as the replication role with the configured password, the way the
+/// peer's subscription will.
+async fn login_works(url: &crate::config::SecretUrl, user: &str, password: &str) -> LoginProbe {
+    let mut cfg = match pg::pg_config(url, "setup", "setup") {
+        Ok(c) => c,
+        Err(e) => return LoginProbe::Other(e.to_string()),
+    };
+    cfg.user(user).password(password);
+    match cfg.connect(tokio_postgres::NoTls).await {
+        Ok(_) => LoginProbe::Ok,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) => {
+            LoginProbe::WrongPassword
+        }
+        Err(e) => LoginProbe::Other(pg::describe(&e)),
+    }
+}
+
+/// Create the role unless it exists: two setups started at once (one per side) may both
+/// try, and the loser must not fail.
+fn create_role_sql(user: &str, password_literal: &str) -> String {
+    format!(
+        "DO $duplex$ BEGIN CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {password_literal}; EXCEPTION WHEN duplicate_object THEN NULL; END $duplex$",
+        quote_ident(user)
+    )
 }
 
 fn table_list(tables: &[TableName]) -> String {

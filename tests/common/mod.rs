@@ -1,0 +1,302 @@
+//! Test support: per-test databases on the lab clusters, a guard that drops them (with
+//! their subscriptions and slots) even when the test fails, and a runner for the binary.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// Lab ports (see scripts/lab.sh).
+pub const MAIN_PORT: u16 = 55432;
+/// Cloud cluster.
+pub const CLOUD_PORT: u16 = 55433;
+/// PostgreSQL 15 fixture.
+pub const PG15_PORT: u16 = 55434;
+/// wal_level=replica fixture.
+pub const REPLICA_PORT: u16 = 55435;
+
+/// The replication password tests give duplex: the lab's, so the demo and the tests agree.
+pub const REPLICATION_PASSWORD: &str = "lab-replication-secret";
+
+fn lab_password() -> String {
+    std::env::var("DUPLEX_LAB_PASSWORD").unwrap_or_else(|_| "lab-secret".into())
+}
+
+/// URL of database `db` on the lab cluster at `port`.
+pub fn url(port: u16, db: &str) -> String {
+    format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/{db}",
+        lab_password()
+    )
+}
+
+/// Connect to `db` on the cluster at `port`.
+pub async fn connect(port: u16, db: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(&url(port, db), NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot reach the lab cluster on port {port} ({e}): run scripts/lab.sh up (and up-fixtures)")
+        });
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Poll `check` until it returns true, failing the test after `timeout`. Returns how long
+/// it took.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One test's pair of databases, one on each cluster, with unique slot names.
+pub struct Pair {
+    /// Unique suffix.
+    pub id: String,
+    /// Database name (same on both clusters).
+    pub db: String,
+    /// Port of the "main" cluster.
+    pub main_port: u16,
+    /// Port of the "cloud" cluster.
+    pub cloud_port: u16,
+    /// TOML configuration file passed with --config.
+    pub config_path: std::path::PathBuf,
+}
+
+/// The example app's schema.
+pub const APP_SCHEMA: &str = include_str!("../../sql/examples/app-schema.sql");
+
+/// Default test configuration: the example app's syncable tables.
+pub const EXAMPLE_TABLES: &str = r#"
+[tables]
+schema = "public"
+exclude = ["DeviceFileIndex", "DeviceCommandQueue"]
+"#;
+
+impl Pair {
+    /// Fresh databases on main and cloud, loaded with the example schema.
+    pub async fn new() -> Pair {
+        Self::on(MAIN_PORT, CLOUD_PORT, true).await
+    }
+
+    /// Fresh databases on the clusters at the given ports; `schema` loads the example app.
+    pub async fn on(main_port: u16, cloud_port: u16, schema: bool) -> Pair {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let db = format!("duplex_t_{id}");
+        let config_path = std::env::temp_dir().join(format!("{db}.toml"));
+        std::fs::write(&config_path, EXAMPLE_TABLES).expect("writing test config");
+        let pair = Pair {
+            id,
+            db,
+            main_port,
+            cloud_port,
+            config_path,
+        };
+        for port in [main_port, cloud_port] {
+            let admin = connect(port, "postgres").await;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {}", pair.db))
+                .await
+                .expect("creating test database");
+            if schema {
+                connect(port, &pair.db)
+                    .await
+                    .batch_execute(APP_SCHEMA)
+                    .await
+                    .expect("loading the example schema");
+            }
+        }
+        pair
+    }
+
+    /// Replace the table configuration.
+    pub fn set_config(&self, toml: &str) {
+        std::fs::write(&self.config_path, toml).expect("writing test config");
+    }
+
+    /// Client for the main database.
+    pub async fn main(&self) -> Client {
+        connect(self.main_port, &self.db).await
+    }
+
+    /// Client for the cloud database.
+    pub async fn cloud(&self) -> Client {
+        connect(self.cloud_port, &self.db).await
+    }
+
+    /// Slot name for the subscription of `role`.
+    pub fn slot(&self, role: &str) -> String {
+        match role {
+            "main" => format!("duplex_t_{}_c2m", self.id),
+            _ => format!("duplex_t_{}_m2c", self.id),
+        }
+    }
+
+    /// A `duplex` command for `role` with this pair's environment.
+    pub fn duplex(&self, role: &str, args: &[&str]) -> tokio::process::Command {
+        let (local, remote) = match role {
+            "main" => (self.main_port, self.cloud_port),
+            _ => (self.cloud_port, self.main_port),
+        };
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"));
+        for (var, _) in duplex::config::ENV_KEYS {
+            cmd.env_remove(var);
+        }
+        cmd.env_remove("DATABASE_URL")
+            .env("INSTANCE_ROLE", role)
+            .env("LOCAL_DB_URL", url(local, &self.db))
+            .env("REMOTE_DB_URL", url(remote, &self.db))
+            .env("REPLICATION_SLOT_NAME", self.slot(role))
+            .env("DUPLEX_REPLICATION_PASSWORD", REPLICATION_PASSWORD)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Run `duplex` for `role` and return its output.
+    pub async fn run(&self, role: &str, args: &[&str]) -> Output {
+        self.duplex(role, args)
+            .output()
+            .await
+            .expect("running the duplex binary")
+    }
+
+    /// Run `duplex setup` for cloud then main, failing the test on any error.
+    pub async fn setup_both(&self) {
+        for role in ["cloud", "main"] {
+            let out = self.run(role, &["setup"]).await;
+            assert!(
+                out.status.success(),
+                "duplex setup ({role}) failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Names of subscriptions, publications and slots that belong to this pair's databases.
+    pub async fn replication_objects(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (side, port) in [("main", self.main_port), ("cloud", self.cloud_port)] {
+            let c = connect(port, &self.db).await;
+            for (kind, sql) in [
+                ("publication", "SELECT pubname::text FROM pg_publication"),
+                ("subscription", "SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                ("slot", "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()"),
+            ] {
+                for row in c.query(sql, &[]).await.expect("listing objects") {
+                    found.push(format!("{side} {kind} {}", row.get::<_, String>(0)));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+/// Text of a process's stdout and stderr.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cleanup(db: String, ports: [u16; 2]) {
+    // Subscriptions first (each pins a slot on the other cluster), then slots, then the
+    // databases themselves.
+    for port in ports {
+        let Ok((c, conn)) = tokio_postgres::connect(&url(port, &db), NoTls).await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let subs = c
+            .query("SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[])
+            .await
+            .unwrap_or_default();
+        for row in subs {
+            let name: String = row.get(0);
+            let q = format!("\"{name}\"");
+            let _ = c.batch_execute(&format!("ALTER SUBSCRIPTION {q} DISABLE")).await;
+            let _ = c
+                .batch_execute(&format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"))
+                .await;
+            let _ = c.batch_execute(&format!("DROP SUBSCRIPTION {q}")).await;
+        }
+    }
+    for port in ports {
+        let Ok((c, conn)) = tokio_postgres::connect(&url(port, "postgres"), NoTls).await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        for _ in 0..50 {
+            let _ = c
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                      WHERE database = $1 AND active_pid IS NOT NULL",
+                    &[&db],
+                )
+                .await;
+            let left = c
+                .query(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                      WHERE database = $1 AND NOT active",
+                    &[&db],
+                )
+                .await;
+            let remaining: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                    &[&db],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            if left.is_ok() && remaining == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let db = self.db.clone();
+        let ports = [self.main_port, self.cloud_port];
+        let _ = std::fs::remove_file(&self.config_path);
+        // Drop runs inside the test's runtime: clean up on a thread with its own.
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(cleanup(db, ports));
+        });
+        let _ = handle.join();
+    }
+}

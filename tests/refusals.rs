@@ -1,0 +1,106 @@
+//! `duplex setup` refuses unsafe conditions with a clear message and changes nothing.
+
+mod common;
+
+use common::{text, Pair, CLOUD_PORT, MAIN_PORT, PG15_PORT, REPLICA_PORT};
+
+/// Run setup for `role`; assert it failed naming `expected`, and that nothing was created.
+async fn assert_refused(pair: &Pair, role: &str, expected: &[&str]) {
+    let out = pair.run(role, &["setup"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "setup did not refuse:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("setup refused, nothing was changed"), "{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "missing `{e}` in:\n{stderr}");
+    }
+    assert_eq!(pair.replication_objects().await, Vec::<String>::new());
+    for c in [pair.main().await, pair.cloud().await] {
+        let schema = c
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'duplex'", &[])
+            .await
+            .unwrap();
+        assert!(schema.is_none(), "schema duplex was created by a refused setup");
+    }
+}
+
+#[tokio::test]
+async fn setup_refuses_a_peer_older_than_postgresql_16() {
+    let pair = Pair::on(MAIN_PORT, PG15_PORT, true).await;
+    assert_refused(
+        &pair,
+        "main",
+        &["the cloud instance runs PostgreSQL 15", "needs 16 or newer"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn setup_refuses_when_wal_level_is_not_logical() {
+    let pair = Pair::on(REPLICA_PORT, CLOUD_PORT, true).await;
+    assert_refused(
+        &pair,
+        "cloud",
+        &["wal_level is `replica` on the main instance", "ALTER SYSTEM SET wal_level = logical"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn setup_refuses_a_table_without_primary_key() {
+    let pair = Pair::new().await;
+    for c in [pair.main().await, pair.cloud().await] {
+        c.batch_execute(r#"CREATE TABLE "AuditNote" ("text" text)"#).await.unwrap();
+    }
+    assert_refused(
+        &pair,
+        "cloud",
+        &["table public.AuditNote has no primary key or usable replica identity on the cloud instance", "add a primary key"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn setup_refuses_tables_that_differ_and_names_the_columns() {
+    let pair = Pair::new().await;
+    pair.cloud()
+        .await
+        .batch_execute(
+            r#"ALTER TABLE "JumpLog" ADD COLUMN "notes" text;
+               ALTER TABLE "JumpLog" ALTER COLUMN "altitude" TYPE bigint;"#,
+        )
+        .await
+        .unwrap();
+    assert_refused(
+        &pair,
+        "cloud",
+        &[
+            "table public.JumpLog differs between the two instances",
+            "column \"altitude\" is bigint NOT NULL on cloud but integer NOT NULL on main",
+            "column \"notes\" exists only on cloud",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn setup_refuses_a_configured_table_that_does_not_exist() {
+    let pair = Pair::new().await;
+    pair.set_config("[tables]\ninclude = [\"User\", \"Jumps\"]\n");
+    assert_refused(
+        &pair,
+        "cloud",
+        &["table public.Jumps does not exist on the cloud instance", "table public.Jumps does not exist on the main instance"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn main_refuses_to_subscribe_before_cloud_copied_the_data() {
+    let pair = Pair::new().await;
+    assert_refused(
+        &pair,
+        "main",
+        &["run `duplex setup` with INSTANCE_ROLE=cloud first"],
+    )
+    .await;
+}
