@@ -93,6 +93,7 @@ esac
 # Drop what lab mode creates, in dependency order; every step tolerates absence.
 cleanup_lab() {
   local url
+  local -x PGOPTIONS="-c client_min_messages=warning"
   for url in "$MAIN_URL" "$CLOUD_URL"; do
     # Dropping a subscription also drops its slot on the peer.
     if [[ "$(sql "$(with_db "$url" postgres)" \
@@ -175,7 +176,17 @@ if [[ "$MODE" == lab ]]; then
       die "scripts/setup-replication.sh failed for INSTANCE_ROLE=$role (run it by hand to see why)"
   done
 else
-  trap 'log "dropping bench_probe"; for u in "$MAIN_URL" "$CLOUD_URL"; do sql "$u" -c "DROP TABLE IF EXISTS public.bench_probe" -c "DROP FUNCTION IF EXISTS public.bench_probe_applied_at()" || true; done' EXIT
+  # Dropping the table also takes it out of the publication (publisher side) and out of
+  # pg_subscription_rel (subscriber side).
+  drop_probe() {
+    local url
+    log "dropping bench_probe"
+    for url in "$MAIN_URL" "$CLOUD_URL"; do
+      sql "$url" -c "DROP TABLE IF EXISTS public.bench_probe" \
+        -c "DROP FUNCTION IF EXISTS public.bench_probe_applied_at()" || true
+    done
+  }
+  trap drop_probe EXIT
   add_and_refresh() { # publisher-url publication subscriber-url subscription
     sql "$1" -c "DO \$\$ BEGIN
         IF NOT EXISTS (SELECT FROM pg_publication_tables
@@ -223,6 +234,7 @@ wait_for() {
   done
 }
 
+# Sets RESULT to "rows p50 p90 p99 max" (milliseconds) for one direction.
 measure() { # from-side from-url to-url
   local from="$1" from_url="$2" to_url="$3" run
   run="$(date +%s%N)"
@@ -231,14 +243,14 @@ measure() { # from-side from-url to-url
   log "$from -> $([[ $from == main ]] && echo cloud || echo main): $N inserts, ${PAUSE}s apart"
   send "$from" "$from_url" "$N" "$run"
   wait_for "$from" "$to_url" "$N" "$run"
-  sql "$to_url" -F ' ' -c "
+  RESULT="$(sql "$to_url" -F ' ' -c "
     SELECT count(*),
            to_char(percentile_cont(0.50) WITHIN GROUP (ORDER BY ms), 'FM9990.00'),
            to_char(percentile_cont(0.90) WITHIN GROUP (ORDER BY ms), 'FM9990.00'),
            to_char(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), 'FM9990.00'),
            to_char(max(ms), 'FM9990.00')
     FROM (SELECT extract(epoch FROM applied_at - sent_at) * 1000 AS ms
-          FROM public.bench_probe WHERE side = '$from' AND run = '$run') AS t"
+          FROM public.bench_probe WHERE side = '$from' AND run = '$run') AS t")"
 }
 
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)"
@@ -248,7 +260,12 @@ printf 'cloud:      %s\n' "$(sql "$CLOUD_URL" -c "SELECT version()")"
 printf 'inserts:    %s per direction, single-row autocommit, %ss apart, after %s warm-up rows\n' \
   "$N" "$PAUSE" "$WARMUP"
 printf '\n%-15s %6s %9s %9s %9s %9s\n' direction rows p50_ms p90_ms p99_ms max_ms
-read -r rows p50 p90 p99 max <<<"$(measure main "$MAIN_URL" "$CLOUD_URL")"
-printf '%-15s %6s %9s %9s %9s %9s\n' main_to_cloud "$rows" "$p50" "$p90" "$p99" "$max"
-read -r rows p50 p90 p99 max <<<"$(measure cloud "$CLOUD_URL" "$MAIN_URL")"
-printf '%-15s %6s %9s %9s %9s %9s\n' cloud_to_main "$rows" "$p50" "$p90" "$p99" "$max"
+for direction in main_to_cloud cloud_to_main; do
+  if [[ "$direction" == main_to_cloud ]]; then
+    measure main "$MAIN_URL" "$CLOUD_URL"
+  else
+    measure cloud "$CLOUD_URL" "$MAIN_URL"
+  fi
+  read -r rows p50 p90 p99 max <<<"$RESULT"
+  printf '%-15s %6s %9s %9s %9s %9s\n' "$direction" "$rows" "$p50" "$p90" "$p99" "$max"
+done

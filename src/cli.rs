@@ -139,7 +139,12 @@ async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> 
     let remote = pg::connect(&settings.remote_db_url, "remote", "check")
         .await
         .map_err(|e| e.to_string());
-    let report = check::run(settings, local.as_ref().map_err(Clone::clone), remote.as_ref().map_err(Clone::clone)).await;
+    let report = check::run(
+        settings,
+        local.as_ref().map_err(Clone::clone),
+        remote.as_ref().map_err(Clone::clone),
+    )
+    .await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -155,7 +160,10 @@ async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> 
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let local = pg::connect(&settings.local_db_url, "local", "status").await;
     let remote = pg::connect(&settings.remote_db_url, "remote", "status").await;
-    for e in [local.as_ref().err(), remote.as_ref().err()].into_iter().flatten() {
+    for e in [local.as_ref().err(), remote.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
         eprintln!("warning: {e}");
     }
     let st = status::collect(settings, local.as_ref().ok(), remote.as_ref().ok()).await;

@@ -328,9 +328,10 @@ pub fn load_from(
         problems: vec![format!("cannot read configuration: {e}")],
     })?;
     let top: config::Map<String, Value> =
-        raw.try_deserialize().map_err(|e: config::ConfigError| ConfigError {
-            problems: vec![format!("cannot read configuration: {e}")],
-        })?;
+        raw.try_deserialize()
+            .map_err(|e: config::ConfigError| ConfigError {
+                problems: vec![format!("cannot read configuration: {e}")],
+            })?;
     validate(top)
 }
 
@@ -439,9 +440,11 @@ pub fn parse_rate(raw: &str) -> Result<u64, String> {
     let s = raw.trim().trim_end_matches("/s");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a rate: use bytes per second, e.g. 10MB or 512KiB or 0 for unlimited"))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        format!(
+            "`{raw}` is not a rate: use bytes per second, e.g. 10MB or 512KiB or 0 for unlimited"
+        )
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -535,25 +538,36 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
     let pg = &["postgres", "postgresql"];
     let local = get_url(&top, "local_db_url", "LOCAL_DB_URL", pg, &mut problems);
     if local.is_none() && !top.contains_key("local_db_url") {
-        problems.push("LOCAL_DB_URL (or DATABASE_URL) is not set: set it to this instance's postgres:// URL");
+        problems.push(
+            "LOCAL_DB_URL (or DATABASE_URL) is not set: set it to this instance's postgres:// URL",
+        );
     }
     let remote = get_url(&top, "remote_db_url", "REMOTE_DB_URL", pg, &mut problems);
     if remote.is_none() && !top.contains_key("remote_db_url") {
         problems.push("REMOTE_DB_URL is not set: set it to the peer instance's postgres:// URL");
     }
     let s3 = &["http", "https", "s3"];
-    let local_storage_url = get_url(&top, "local_storage_url", "LOCAL_STORAGE_URL", s3, &mut problems);
-    let remote_storage_url =
-        get_url(&top, "remote_storage_url", "REMOTE_STORAGE_URL", s3, &mut problems);
+    let local_storage_url = get_url(
+        &top,
+        "local_storage_url",
+        "LOCAL_STORAGE_URL",
+        s3,
+        &mut problems,
+    );
+    let remote_storage_url = get_url(
+        &top,
+        "remote_storage_url",
+        "REMOTE_STORAGE_URL",
+        s3,
+        &mut problems,
+    );
 
     let sync_enabled = match top.get("sync_enabled") {
         None => true,
         Some(v) => match v.clone().into_bool() {
             Ok(b) => b,
             Err(_) => {
-                problems.push(format!(
-                    "SYNC_ENABLED must be true or false, got `{v}`"
-                ));
+                problems.push(format!("SYNC_ENABLED must be true or false, got `{v}`"));
                 true
             }
         },
@@ -589,7 +603,8 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
             exclude: Vec::new(),
         },
         Some(Err(_)) => {
-            problems.push("`tables` must be a table: [tables] with include = [...] or schema/exclude");
+            problems
+                .push("`tables` must be a table: [tables] with include = [...] or schema/exclude");
             TableSelection::Schema {
                 schema: "public".into(),
                 exclude: Vec::new(),
@@ -602,7 +617,10 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
             match (t.get("include"), t.get("exclude")) {
                 (Some(_), Some(_)) => {
                     problems.push("tables.include and tables.exclude are both set: use either an include list or a schema with exclusions");
-                    TableSelection::Schema { schema, exclude: Vec::new() }
+                    TableSelection::Schema {
+                        schema,
+                        exclude: Vec::new(),
+                    }
                 }
                 (Some(inc), None) => {
                     let mut list = Vec::new();
@@ -643,9 +661,14 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
             "replication.user `{user}` must be 1-63 lower-case letters, digits or underscores"
         ));
     }
-    let password = get_string(&repl, "password", "DUPLEX_REPLICATION_PASSWORD", &mut problems)
-        .filter(|p| !p.is_empty())
-        .map(|p| Secret(SecretString::from(p)));
+    let password = get_string(
+        &repl,
+        "password",
+        "DUPLEX_REPLICATION_PASSWORD",
+        &mut problems,
+    )
+    .filter(|p| !p.is_empty())
+    .map(|p| Secret(SecretString::from(p)));
     let default_slot = match role {
         Some(Role::Main) | None => "duplex_cloud_to_main",
         Some(Role::Cloud) => "duplex_main_to_cloud",
@@ -658,13 +681,17 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         ));
     }
     let peer_host = get_string(&repl, "peer_host", "replication.peer_host", &mut problems);
-    let peer_port = repl.get("peer_port").and_then(|v| match v.clone().into_int() {
-        Ok(p) if (1..=65535).contains(&p) => Some(p as u16),
-        _ => {
-            problems.push(format!("replication.peer_port must be a port number, got `{v}`"));
-            None
-        }
-    });
+    let peer_port = repl
+        .get("peer_port")
+        .and_then(|v| match v.clone().into_int() {
+            Ok(p) if (1..=65535).contains(&p) => Some(p as u16),
+            _ => {
+                problems.push(format!(
+                    "replication.peer_port must be a port number, got `{v}`"
+                ));
+                None
+            }
+        });
     let initial_copy_timeout_secs = get_positive(
         &repl,
         "initial_copy_timeout_secs",
@@ -757,7 +784,10 @@ mod tests {
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("allowed values are `main` and `cloud`"), "{text}");
+        assert!(
+            text.contains("allowed values are `main` and `cloud`"),
+            "{text}"
+        );
         assert!(text.contains("LOCAL_DB_URL is malformed"), "{text}");
         assert!(text.contains("REMOTE_DB_URL is malformed"), "{text}");
         assert!(text.contains("SYNC_INTERVAL_MINUTES"), "{text}");

@@ -23,7 +23,10 @@ fn bad_configuration_exits_2_naming_every_problem() {
         &[
             ("INSTANCE_ROLE", "edge"),
             ("LOCAL_DB_URL", "postgres//missing-colon"),
-            ("REMOTE_DB_URL", "http://user:topsecret@cloud.example.com/app"),
+            (
+                "REMOTE_DB_URL",
+                "http://user:topsecret@cloud.example.com/app",
+            ),
             ("SYNC_INTERVAL_MINUTES", "0"),
             ("REPLICATION_SLOT_NAME", "My-Slot"),
         ],
@@ -37,7 +40,10 @@ fn bad_configuration_exits_2_naming_every_problem() {
         "SYNC_INTERVAL_MINUTES must be a positive whole number, got 0",
         "REPLICATION_SLOT_NAME `My-Slot` must start with `duplex_`",
     ] {
-        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
     }
     assert!(!stderr.contains("topsecret"), "password leaked:\n{stderr}");
 }
@@ -47,7 +53,10 @@ fn missing_role_and_urls_are_named() {
     let (code, _, stderr) = duplex(&[], &["status"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("INSTANCE_ROLE is not set"), "{stderr}");
-    assert!(stderr.contains("LOCAL_DB_URL (or DATABASE_URL) is not set"), "{stderr}");
+    assert!(
+        stderr.contains("LOCAL_DB_URL (or DATABASE_URL) is not set"),
+        "{stderr}"
+    );
     assert!(stderr.contains("REMOTE_DB_URL is not set"), "{stderr}");
 }
 
@@ -68,7 +77,10 @@ fn unknown_keys_in_the_config_file_are_named() {
     );
     std::fs::remove_file(&path).unwrap();
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("unknown key `sync_intervall_minutes`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown key `sync_intervall_minutes`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("unknown key `tables.included`"), "{stderr}");
 }
 
@@ -86,11 +98,17 @@ fn config_show_redacts_passwords_and_sync_disabled_only_warns() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     for secret in ["localpw", "remotepw", "replpw"] {
-        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked");
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
     }
     let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(shown["instance_role"], "cloud");
-    assert_eq!(shown["local_db_url"], "postgres://app:********@127.0.0.1:5432/app");
+    assert_eq!(
+        shown["local_db_url"],
+        "postgres://app:********@127.0.0.1:5432/app"
+    );
     assert_eq!(shown["sync_enabled"], false);
     assert!(stderr.contains("SYNC_ENABLED=false"), "{stderr}");
 }

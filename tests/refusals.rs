@@ -8,8 +8,15 @@ use common::{text, Pair, CLOUD_PORT, MAIN_PORT, PG15_PORT, REPLICA_PORT};
 async fn assert_refused(pair: &Pair, role: &str, expected: &[&str]) {
     let out = pair.run(role, &["setup"]).await;
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "setup did not refuse:\n{stdout}\n{stderr}");
-    assert!(stderr.contains("setup refused, nothing was changed"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "setup did not refuse:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("setup refused, nothing was changed"),
+        "{stderr}"
+    );
     for e in expected {
         assert!(stderr.contains(e), "missing `{e}` in:\n{stderr}");
     }
@@ -19,7 +26,10 @@ async fn assert_refused(pair: &Pair, role: &str, expected: &[&str]) {
             .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'duplex'", &[])
             .await
             .unwrap();
-        assert!(schema.is_none(), "schema duplex was created by a refused setup");
+        assert!(
+            schema.is_none(),
+            "schema duplex was created by a refused setup"
+        );
     }
 }
 
@@ -40,7 +50,10 @@ async fn setup_refuses_when_wal_level_is_not_logical() {
     assert_refused(
         &pair,
         "cloud",
-        &["wal_level is `replica` on the main instance", "ALTER SYSTEM SET wal_level = logical"],
+        &[
+            "wal_level is `replica` on the main instance",
+            "ALTER SYSTEM SET wal_level = logical",
+        ],
     )
     .await;
 }
@@ -49,7 +62,9 @@ async fn setup_refuses_when_wal_level_is_not_logical() {
 async fn setup_refuses_a_table_without_primary_key() {
     let pair = Pair::new().await;
     for c in [pair.main().await, pair.cloud().await] {
-        c.batch_execute(r#"CREATE TABLE "AuditNote" ("text" text)"#).await.unwrap();
+        c.batch_execute(r#"CREATE TABLE "AuditNote" ("text" text)"#)
+            .await
+            .unwrap();
     }
     assert_refused(
         &pair,
@@ -89,7 +104,10 @@ async fn setup_refuses_a_configured_table_that_does_not_exist() {
     assert_refused(
         &pair,
         "cloud",
-        &["table public.Jumps does not exist on the cloud instance", "table public.Jumps does not exist on the main instance"],
+        &[
+            "table public.Jumps does not exist on the cloud instance",
+            "table public.Jumps does not exist on the main instance",
+        ],
     )
     .await;
 }

@@ -36,10 +36,19 @@ async fn setup_twice_is_a_no_op_and_dry_run_changes_nothing() {
     let out = pair.run("cloud", &["setup", "--dry-run"]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("CREATE SUBSCRIPTION \"duplex_main_to_cloud\""), "{stdout}");
-    assert!(stdout.contains("CREATE PUBLICATION \"duplex_main_to_cloud\""), "{stdout}");
+    assert!(
+        stdout.contains("CREATE SUBSCRIPTION \"duplex_main_to_cloud\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CREATE PUBLICATION \"duplex_main_to_cloud\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("copy_data = true"), "{stdout}");
-    assert!(!stdout.contains(common::REPLICATION_PASSWORD), "dry run printed the password");
+    assert!(
+        !stdout.contains(common::REPLICATION_PASSWORD),
+        "dry run printed the password"
+    );
     assert!(
         pair.replication_objects().await.is_empty(),
         "--dry-run created objects"
@@ -65,7 +74,9 @@ async fn setup_twice_is_a_no_op_and_dry_run_changes_nothing() {
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(
-            stdout.contains(&format!("nothing to do: replication into {role} is already set up")),
+            stdout.contains(&format!(
+                "nothing to do: replication into {role} is already set up"
+            )),
             "second setup for {role} was not a no-op:\n{stdout}"
         );
         let out = pair.run(role, &["setup", "--dry-run"]).await;
@@ -95,15 +106,21 @@ async fn inserts_updates_and_deletes_replicate_both_ways_within_five_seconds() {
     })
     .await;
 
-    main.execute(r#"UPDATE "User" SET "name" = 'Ada L.' WHERE "id" = 'from-main'"#, &[])
-        .await
-        .unwrap();
+    main.execute(
+        r#"UPDATE "User" SET "name" = 'Ada L.' WHERE "id" = 'from-main'"#,
+        &[],
+    )
+    .await
+    .unwrap();
     wait_until("main's update visible on cloud", FIVE_SECONDS, || async {
         user_name(&cloud, "from-main").await == Some(Some("Ada L.".into()))
     })
     .await;
     cloud
-        .execute(r#"UPDATE "User" SET "name" = 'Grace H.' WHERE "id" = 'from-cloud'"#, &[])
+        .execute(
+            r#"UPDATE "User" SET "name" = 'Grace H.' WHERE "id" = 'from-cloud'"#,
+            &[],
+        )
         .await
         .unwrap();
     wait_until("cloud's update visible on main", FIVE_SECONDS, || async {
@@ -152,7 +169,9 @@ async fn existing_rows_on_main_are_copied_to_cloud_once() {
 }
 
 async fn table_activity(c: &Client) -> (i64, i64, i64) {
-    c.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
     let r = c
         .query_one(
             r#"SELECT (SELECT count(*) FROM "User"),
@@ -219,18 +238,35 @@ async fn excluded_tables_stay_local_and_quoted_identifiers_replicate() {
     // The JumpLog row was committed after the local-only rows: once it arrived, they would
     // have arrived too if they replicated.
     wait_until("JumpLog on cloud", FIVE_SECONDS, || async {
-        count(&cloud, r#"SELECT count(*) FROM "JumpLog" WHERE "id" = 'j1'"#).await == 1
+        count(
+            &cloud,
+            r#"SELECT count(*) FROM "JumpLog" WHERE "id" = 'j1'"#,
+        )
+        .await
+            == 1
     })
     .await;
     let updated: String = cloud
-        .query_one(r#"SELECT "updatedAt"::text FROM "JumpLog" WHERE "id" = 'j1'"#, &[])
+        .query_one(
+            r#"SELECT "updatedAt"::text FROM "JumpLog" WHERE "id" = 'j1'"#,
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(updated, "2026-01-02 03:04:05+00");
-    assert_eq!(count(&cloud, r#"SELECT count(*) FROM "DeviceFileIndex""#).await, 0);
-    assert_eq!(count(&cloud, r#"SELECT count(*) FROM "DeviceCommandQueue""#).await, 0);
-    assert_eq!(count(&main, r#"SELECT count(*) FROM "DeviceFileIndex""#).await, 1);
+    assert_eq!(
+        count(&cloud, r#"SELECT count(*) FROM "DeviceFileIndex""#).await,
+        0
+    );
+    assert_eq!(
+        count(&cloud, r#"SELECT count(*) FROM "DeviceCommandQueue""#).await,
+        0
+    );
+    assert_eq!(
+        count(&main, r#"SELECT count(*) FROM "DeviceFileIndex""#).await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -238,14 +274,21 @@ async fn status_and_check_report_both_directions_replicating() {
     let pair = Pair::new().await;
     let out = pair.run("main", &["check"]).await;
     let (stdout, _) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "check passed before setup:\n{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check passed before setup:\n{stdout}"
+    );
     assert!(stdout.contains("run `duplex setup`"), "{stdout}");
 
     pair.setup_both().await;
     for role in ["main", "cloud"] {
         let out = pair.run(role, &["check", "--json"]).await;
         let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "check failed for {role}:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "check failed for {role}:\n{stdout}\n{stderr}"
+        );
         let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert!(report["findings"]
             .as_array()

@@ -85,11 +85,13 @@ pub fn pg_config(
 ) -> Result<tokio_postgres::Config, Error> {
     // The redacted URL has the password replaced; parse it, then put the real one back.
     let mut cfg: tokio_postgres::Config =
-        url.redacted().parse().map_err(|e: tokio_postgres::Error| Error::BadUrl {
-            target,
-            url: url.redacted(),
-            reason: e.to_string(),
-        })?;
+        url.redacted()
+            .parse()
+            .map_err(|e: tokio_postgres::Error| Error::BadUrl {
+                target,
+                url: url.redacted(),
+                reason: e.to_string(),
+            })?;
     if let Some(password) = url.password() {
         cfg.password(password);
     }
@@ -100,9 +102,9 @@ pub fn pg_config(
             reason: "sslmode=require is not supported by this build yet; connect through a TLS tunnel (stunnel, ssh -L) or a private network and use sslmode=disable or prefer".into(),
         });
     }
-    cfg.application_name(&format!("duplex_{application}"));
+    cfg.application_name(format!("duplex_{application}"));
     cfg.connect_timeout(CONNECT_TIMEOUT);
-    cfg.options(&format!(
+    cfg.options(format!(
         "-c statement_timeout={} -c lock_timeout={}",
         STATEMENT_TIMEOUT.as_millis(),
         LOCK_TIMEOUT.as_millis()

@@ -331,7 +331,10 @@ pub async fn tables_without_select(
 /// Whether `role` has USAGE on `schema`.
 pub async fn has_schema_usage(client: &Client, role: &str, schema: &str) -> Result<bool, Error> {
     Ok(client
-        .query_one("SELECT has_schema_privilege($1, $2, 'USAGE')", &[&role, &schema])
+        .query_one(
+            "SELECT has_schema_privilege($1, $2, 'USAGE')",
+            &[&role, &schema],
+        )
         .await
         .context("checking schema privileges")?
         .get(0))

@@ -48,7 +48,13 @@ impl Report {
         self.findings.iter().all(|f| f.severity != Severity::Error)
     }
 
-    fn push(&mut self, severity: Severity, subject: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+    fn push(
+        &mut self,
+        severity: Severity,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        hint: Option<&str>,
+    ) {
         self.findings.push(Finding {
             severity,
             subject: subject.into(),
@@ -71,13 +77,25 @@ impl Report {
                 out.push_str(&format!("      -> {h}\n"));
             }
         }
-        let errors = self.findings.iter().filter(|f| f.severity == Severity::Error).count();
-        let warnings = self.findings.iter().filter(|f| f.severity == Severity::Warning).count();
+        let errors = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
+        let warnings = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .count();
         out.push_str(&format!(
             "\n{} error(s), {} warning(s): {}\n",
             errors,
             warnings,
-            if errors == 0 { "replication is ready" } else { "fix the errors above" }
+            if errors == 0 {
+                "replication is ready"
+            } else {
+                "fix the errors above"
+            }
         ));
         out
     }
@@ -91,10 +109,22 @@ pub async fn run(
 ) -> Report {
     let role = settings.instance_role;
     let peer = role.peer();
-    let mut report = Report { findings: Vec::new() };
-    report.push(Severity::Ok, "config", format!("valid, INSTANCE_ROLE={role}"), None);
+    let mut report = Report {
+        findings: Vec::new(),
+    };
+    report.push(
+        Severity::Ok,
+        "config",
+        format!("valid, INSTANCE_ROLE={role}"),
+        None,
+    );
     if !settings.sync_enabled {
-        report.push(Severity::Warning, "config", "SYNC_ENABLED=false: data-moving workers are paused", Some("set SYNC_ENABLED=true when sync should run"));
+        report.push(
+            Severity::Warning,
+            "config",
+            "SYNC_ENABLED=false: data-moving workers are paused",
+            Some("set SYNC_ENABLED=true when sync should run"),
+        );
     }
     let mut clients = Vec::new();
     for (side, url, conn) in [
@@ -117,17 +147,37 @@ pub async fn run(
     for (side, client) in &clients {
         match catalog::server_info(client).await {
             Ok(info) => server_findings(&mut report, *side, &info),
-            Err(e) => report.push(Severity::Error, format!("{side}: settings"), e.to_string(), None),
+            Err(e) => report.push(
+                Severity::Error,
+                format!("{side}: settings"),
+                e.to_string(),
+                None,
+            ),
         }
         let migrated = client
-            .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = 'duplex' AND tablename = 'sync_state'", &[])
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE schemaname = 'duplex' AND tablename = 'sync_state'",
+                &[],
+            )
             .await
             .map(|r| r.is_some())
             .unwrap_or(false);
         if migrated {
-            report.push(Severity::Ok, format!("{side}: schema duplex"), "present", None);
+            report.push(
+                Severity::Ok,
+                format!("{side}: schema duplex"),
+                "present",
+                None,
+            );
         } else {
-            report.push(Severity::Warning, format!("{side}: schema duplex"), "missing", Some(&format!("run `duplex setup` (or `duplex run`) with INSTANCE_ROLE={side}")));
+            report.push(
+                Severity::Warning,
+                format!("{side}: schema duplex"),
+                "missing",
+                Some(&format!(
+                    "run `duplex setup` (or `duplex run`) with INSTANCE_ROLE={side}"
+                )),
+            );
         }
     }
 
@@ -143,12 +193,26 @@ pub async fn run(
                     let Some(c) = c else { continue };
                     let subject = format!("{side}: publication {publication}");
                     match catalog::publication_tables(c, &publication).await {
-                        Ok(None) => report.push(Severity::Error, subject, "missing", Some(&format!("run `duplex setup` with INSTANCE_ROLE={role}"))),
-                        Ok(Some(t)) if t == tables => report.push(Severity::Ok, subject, format!("{} table(s)", t.len()), None),
+                        Ok(None) => report.push(
+                            Severity::Error,
+                            subject,
+                            "missing",
+                            Some(&format!("run `duplex setup` with INSTANCE_ROLE={role}")),
+                        ),
+                        Ok(Some(t)) if t == tables => report.push(
+                            Severity::Ok,
+                            subject,
+                            format!("{} table(s)", t.len()),
+                            None,
+                        ),
                         Ok(Some(t)) => report.push(
                             Severity::Error,
                             subject,
-                            format!("publishes {} table(s), the configuration selects {}", t.len(), tables.len()),
+                            format!(
+                                "publishes {} table(s), the configuration selects {}",
+                                t.len(),
+                                tables.len()
+                            ),
                             Some("run `duplex setup` to update the table list"),
                         ),
                         Err(e) => report.push(Severity::Error, subject, e.to_string(), None),
@@ -173,15 +237,38 @@ pub async fn run(
         match &d.slot {
             None if d.unknown.iter().any(|u| u.starts_with(d.from.as_str())) => {}
             None if d.subscription.is_none() => {}
-            None => report.push(Severity::Error, format!("{subject}: slot"), format!("missing on {}", d.from), Some("follow runbooks/replication-slot-dropped.md")),
-            Some(s) if matches!(s.wal_status.as_deref(), Some("lost") | Some("unreserved")) => report.push(
+            None => report.push(
                 Severity::Error,
-                format!("{subject}: slot {}", s.name),
-                format!("wal_status is {}: the WAL it needs is gone or about to be", s.wal_status.as_deref().unwrap_or("")),
+                format!("{subject}: slot"),
+                format!("missing on {}", d.from),
                 Some("follow runbooks/replication-slot-dropped.md"),
             ),
-            Some(s) if !s.active => report.push(Severity::Warning, format!("{subject}: slot {}", s.name), "inactive: no subscriber is streaming from it", Some(&format!("check that the {} instance is up and its subscription enabled", d.to))),
-            Some(s) => report.push(Severity::Ok, format!("{subject}: slot {}", s.name), format!("active, lag {} bytes", d.lag_bytes.unwrap_or(0)), None),
+            Some(s) if matches!(s.wal_status.as_deref(), Some("lost") | Some("unreserved")) => {
+                report.push(
+                    Severity::Error,
+                    format!("{subject}: slot {}", s.name),
+                    format!(
+                        "wal_status is {}: the WAL it needs is gone or about to be",
+                        s.wal_status.as_deref().unwrap_or("")
+                    ),
+                    Some("follow runbooks/replication-slot-dropped.md"),
+                )
+            }
+            Some(s) if !s.active => report.push(
+                Severity::Warning,
+                format!("{subject}: slot {}", s.name),
+                "inactive: no subscriber is streaming from it",
+                Some(&format!(
+                    "check that the {} instance is up and its subscription enabled",
+                    d.to
+                )),
+            ),
+            Some(s) => report.push(
+                Severity::Ok,
+                format!("{subject}: slot {}", s.name),
+                format!("active, lag {} bytes", d.lag_bytes.unwrap_or(0)),
+                None,
+            ),
         }
     }
     report
@@ -189,21 +276,49 @@ pub async fn run(
 
 fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {
     if info.version_num >= 160_000 {
-        report.push(Severity::Ok, format!("{side}: version"), format!("PostgreSQL {}", info.version), None);
+        report.push(
+            Severity::Ok,
+            format!("{side}: version"),
+            format!("PostgreSQL {}", info.version),
+            None,
+        );
     } else {
         report.push(Severity::Error, format!("{side}: version"), format!("PostgreSQL {} is older than 16", info.version), Some("upgrade to PostgreSQL 16 or newer: bidirectional replication needs `origin = none`"));
     }
     if info.wal_level == "logical" {
         report.push(Severity::Ok, format!("{side}: wal_level"), "logical", None);
     } else {
-        report.push(Severity::Error, format!("{side}: wal_level"), info.wal_level.clone(), Some("ALTER SYSTEM SET wal_level = logical; then restart the server"));
+        report.push(
+            Severity::Error,
+            format!("{side}: wal_level"),
+            info.wal_level.clone(),
+            Some("ALTER SYSTEM SET wal_level = logical; then restart the server"),
+        );
     }
     if info.track_commit_timestamp == "on" {
-        report.push(Severity::Ok, format!("{side}: track_commit_timestamp"), "on", None);
+        report.push(
+            Severity::Ok,
+            format!("{side}: track_commit_timestamp"),
+            "on",
+            None,
+        );
     } else {
-        report.push(Severity::Error, format!("{side}: track_commit_timestamp"), "off: conflicts cannot be resolved by last write", Some("ALTER SYSTEM SET track_commit_timestamp = on; then restart the server"));
+        report.push(
+            Severity::Error,
+            format!("{side}: track_commit_timestamp"),
+            "off: conflicts cannot be resolved by last write",
+            Some("ALTER SYSTEM SET track_commit_timestamp = on; then restart the server"),
+        );
     }
     if info.max_replication_slots < 2 || info.max_wal_senders < 2 {
-        report.push(Severity::Error, format!("{side}: slots"), format!("max_replication_slots={}, max_wal_senders={}", info.max_replication_slots, info.max_wal_senders), Some("set both to at least 10 and restart"));
+        report.push(
+            Severity::Error,
+            format!("{side}: slots"),
+            format!(
+                "max_replication_slots={}, max_wal_senders={}",
+                info.max_replication_slots, info.max_wal_senders
+            ),
+            Some("set both to at least 10 and restart"),
+        );
     }
 }

@@ -183,10 +183,8 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     }
     let user = &settings.replication.user;
     let mut warnings = Vec::new();
-    for (target, instance, client) in [
-        (Target::Local, role, local),
-        (Target::Remote, peer, remote),
-    ] {
+    for (target, instance, client) in [(Target::Local, role, local), (Target::Remote, peer, remote)]
+    {
         let mut add = |what: String, sql: String, shown: Option<String>| {
             plan.steps.push(Step {
                 target,
@@ -506,7 +504,9 @@ pub async fn apply(
             .await
             .context(format!("on {}: {}", step.instance, step.what))?;
         progress(&format!("{}: {}", step.instance, step.what));
-        report.done.push(format!("{}: {}", step.instance, step.what));
+        report
+            .done
+            .push(format!("{}: {}", step.instance, step.what));
     }
     let sub_name = incoming(role);
     if plan.subscription_changes && role == Role::Cloud {

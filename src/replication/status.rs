@@ -181,7 +181,11 @@ pub fn render(status: &Status) -> String {
         }
         out.push_str(&format!(
             "  state: {}\n",
-            if d.healthy() { "replicating" } else { "NOT replicating" }
+            if d.healthy() {
+                "replicating"
+            } else {
+                "NOT replicating"
+            }
         ));
     }
     out

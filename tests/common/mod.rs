@@ -236,7 +236,9 @@ async fn cleanup(db: String, ports: [u16; 2]) {
         for row in subs {
             let name: String = row.get(0);
             let q = format!("\"{name}\"");
-            let _ = c.batch_execute(&format!("ALTER SUBSCRIPTION {q} DISABLE")).await;
+            let _ = c
+                .batch_execute(&format!("ALTER SUBSCRIPTION {q} DISABLE"))
+                .await;
             let _ = c
                 .batch_execute(&format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"))
                 .await;

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The duplex demo, on a fresh machine:
+#   1. brings up the lab (main on 127.0.0.1:55432, cloud on 127.0.0.1:55433);
+#   2. resets database `app` on both and loads the example on-site app, with data on main;
+#   3. runs `duplex setup` for cloud (which copies main's rows) and then for main;
+#   4. writes on both sides and waits until each write shows on the other;
+#   5. shows `duplex status` from both sides.
+# Re-running it starts over from step 2 (the lab's `app` database is demo data only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+unset AWS_CA_BUNDLE || true
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "bringing up the lab"
+scripts/lab.sh up
+eval "$(scripts/lab.sh env)"
+PSQL=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1)
+base_main="${MAIN_DB_URL%/app}"
+base_cloud="${CLOUD_DB_URL%/app}"
+
+say "building duplex"
+cargo build --quiet
+DUPLEX="$PWD/target/debug/duplex"
+
+say "resetting database app on both sides and loading the example app"
+for base in "$base_main" "$base_cloud"; do
+  "${PSQL[@]}" "$base/app" -c "DO \$\$ DECLARE s record; BEGIN
+      FOR s IN SELECT subname FROM pg_subscription
+                WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = 'app') LOOP
+        EXECUTE format('ALTER SUBSCRIPTION %I DISABLE', s.subname);
+        EXECUTE format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', s.subname);
+        EXECUTE format('DROP SUBSCRIPTION %I', s.subname);
+      END LOOP; END \$\$" 2>/dev/null || true
+done
+for base in "$base_main" "$base_cloud"; do
+  "${PSQL[@]}" "$base/postgres" \
+    -c "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = 'app' AND active_pid IS NOT NULL" >/dev/null
+done
+for base in "$base_main" "$base_cloud"; do
+  for _ in $(seq 1 50); do
+    left=$("${PSQL[@]}" "$base/postgres" -Atc \
+      "SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = 'app' AND NOT active) d;
+       SELECT count(*) FROM pg_replication_slots WHERE database = 'app'" | tail -n1)
+    [ "$left" = 0 ] && break
+    sleep 0.2
+  done
+  "${PSQL[@]}" "$base/postgres" -c "DROP DATABASE IF EXISTS app WITH (FORCE)" -c "CREATE DATABASE app"
+  "${PSQL[@]}" "$base/app" -f sql/examples/app-schema.sql
+done
+"${PSQL[@]}" "$MAIN_DB_URL" -v users=50 -v jumps_per_user=20 -f sql/examples/generate-data.sql >/dev/null
+"${PSQL[@]}" "$MAIN_DB_URL" -Atc 'SELECT format($$main has %s users and %s jumps$$, (SELECT count(*) FROM "User"), (SELECT count(*) FROM "JumpLog"))'
+
+config="$PWD/config.example.toml"
+as_main() { INSTANCE_ROLE=main LOCAL_DB_URL="$MAIN_DB_URL" REMOTE_DB_URL="$CLOUD_DB_URL" "$DUPLEX" --config "$config" "$@"; }
+as_cloud() { INSTANCE_ROLE=cloud LOCAL_DB_URL="$CLOUD_DB_URL" REMOTE_DB_URL="$MAIN_DB_URL" "$DUPLEX" --config "$config" "$@"; }
+
+say "duplex setup --dry-run (cloud): the SQL it would run"
+as_cloud setup --dry-run | head -n 12
+echo "   ..."
+
+say "duplex setup (cloud): subscribe to main and copy its rows"
+as_cloud setup
+say "duplex setup (main): subscribe to cloud, no copy back"
+as_main setup
+
+"${PSQL[@]}" "$CLOUD_DB_URL" -Atc 'SELECT format($$cloud now has %s users and %s jumps$$, (SELECT count(*) FROM "User"), (SELECT count(*) FROM "JumpLog"))'
+
+wait_for() { # url sql what
+  local i
+  for i in $(seq 1 100); do
+    [ "$("${PSQL[@]}" "$1" -Atc "$2")" = t ] && { echo "   $3"; return 0; }
+    sleep 0.1
+  done
+  echo "demo: $3 did not happen within 10 s" >&2; exit 1
+}
+
+say "writing on both sides"
+"${PSQL[@]}" "$MAIN_DB_URL" -c "INSERT INTO \"User\" (id, email, name) VALUES ('demo-main', 'on-site@example.com', 'written on main')
+  ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"
+"${PSQL[@]}" "$CLOUD_DB_URL" -c "INSERT INTO \"User\" (id, email, name) VALUES ('demo-cloud', 'cloud@example.com', 'written on cloud')
+  ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"
+wait_for "$CLOUD_DB_URL" "SELECT EXISTS (SELECT 1 FROM \"User\" WHERE id = 'demo-main')" "main's row arrived on cloud"
+wait_for "$MAIN_DB_URL" "SELECT EXISTS (SELECT 1 FROM \"User\" WHERE id = 'demo-cloud')" "cloud's row arrived on main"
+
+say "duplex status (main)"
+as_main status
+say "duplex status (cloud)"
+as_cloud status
+say "duplex check (main)"
+as_main check
+
+cat <<EOF
+
+The lab keeps running. Try it yourself:
+  eval "\$(scripts/lab.sh env)"
+  INSTANCE_ROLE=main LOCAL_DB_URL="\$MAIN_DB_URL" REMOTE_DB_URL="\$CLOUD_DB_URL" $DUPLEX --config config.example.toml status
+Stop it with scripts/lab.sh down (data kept) or scripts/lab.sh reset (data wiped).
+EOF
