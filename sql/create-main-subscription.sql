@@ -35,9 +35,11 @@
 --                         the ones cloud received from main by replication (those carry
 --                         a replication origin). Without it every change made on main
 --                         would come back to main and loop. The rows cloud's initial copy
---                         wrote carry the origin of cloud's subscription too, so they are
---                         not sent back either (tested on PostgreSQL 18); waiting for the
---                         copy to finish before this runs is still the documented order.
+--                         writes carry an origin too (the tablesync worker's own,
+--                         pg_<subid>_<relid>), so even a copy still running when this is
+--                         created is not sent back (tested on PostgreSQL 18). Waiting for
+--                         the copy is still the rule: it does not rest on that detail, and
+--                         a failed copy is found before the second direction exists.
 --   disable_on_error = true  an apply error (a conflict such as a duplicate key, or a
 --                         row both sides changed) disables the subscription instead of
 --                         retrying the same transaction forever; duplex reports the
