@@ -46,6 +46,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the controller: monitor, alerts, HTTP API (until SIGINT/SIGTERM).
+    Run,
+    /// Pause the workers that move data (on the running daemon; survives restarts).
+    Pause,
+    /// Resume them.
+    Resume,
+    /// Run a monitor cycle now on the running daemon.
+    Trigger,
     /// Configuration helpers.
     Config {
         /// What to do with the configuration.
@@ -77,6 +85,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Setup { dry_run } => run_setup(&settings, dry_run).await,
         Command::Check { json } => run_check(&settings, json).await,
         Command::Status { json } => run_status(&settings, json).await,
+        Command::Run => {
+            crate::app::run(settings.clone(), tokio_util::sync::CancellationToken::new())
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
+        Command::Pause => control(&settings, "pause").await,
+        Command::Resume => control(&settings, "resume").await,
+        Command::Trigger => control(&settings, "trigger").await,
         Command::Config {
             action: ConfigAction::Show,
         } => serde_json::to_string_pretty(&settings)
@@ -155,6 +172,67 @@ async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Call the running daemon's API: `POST /api/sync/<action>`.
+async fn control(settings: &Settings, action: &str) -> anyhow::Result<ExitCode> {
+    let addr = settings.daemon.http_addr;
+    let Some(token) = settings.daemon.admin_token.as_ref() else {
+        anyhow::bail!("DUPLEX_ADMIN_TOKEN is not set: set it to the running daemon's admin token");
+    };
+    let (code, body) = match api_call(addr, "POST", &format!("/api/sync/{action}"), token.expose())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused) => {
+            anyhow::bail!("no duplex daemon is running at {addr}: start it with `duplex run` (or set DUPLEX_HTTP_ADDR to where it listens)")
+        }
+        Err(e) => anyhow::bail!("cannot reach the duplex daemon at {addr}: {e}"),
+    };
+    if code == 200 {
+        println!("{action}: ok {body}");
+        Ok(ExitCode::SUCCESS)
+    } else if code == 401 {
+        anyhow::bail!("the daemon at {addr} refused the admin token: use the DUPLEX_ADMIN_TOKEN it was started with")
+    } else {
+        anyhow::bail!("the daemon at {addr} answered {code}: {body}")
+    }
+}
+
+/// A minimal HTTP/1.1 request to the local daemon; returns status code and body.
+pub async fn api_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(40), io)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 40 s")
+        })??;
+    let text = String::from_utf8_lossy(&raw);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }
 
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {

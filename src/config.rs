@@ -239,6 +239,68 @@ pub struct Settings {
     pub tables: TableSelection,
     /// Replication provisioning.
     pub replication: ReplicationSettings,
+    /// The long-running controller (`duplex run`).
+    pub daemon: DaemonSettings,
+    /// Alert thresholds.
+    pub alerts: AlertSettings,
+    /// Where alerts are sent.
+    pub notifications: NotificationSettings,
+}
+
+/// `[daemon]`: the controller's timing and HTTP API.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonSettings {
+    /// `DUPLEX_HTTP_ADDR`: where the API listens. Default `127.0.0.1:8787`.
+    pub http_addr: std::net::SocketAddr,
+    /// `DUPLEX_ADMIN_TOKEN`: bearer token for the admin API. Unset: the admin API answers 401.
+    pub admin_token: Option<Secret>,
+    /// `DUPLEX_MONITOR_INTERVAL_SECS`: replication monitor period. Default 30.
+    pub monitor_interval_secs: u64,
+    /// Lag above which the connection is DEGRADED and health fails. Default 60.
+    pub degraded_lag_secs: u64,
+    /// Reconnect delays while DISCONNECTED, in order. Default 30, 60, 120, 300, 600.
+    pub reconnect_backoff_secs: Vec<u64>,
+    /// Longest reconnect delay once the list is used up. Default 3600.
+    pub reconnect_max_secs: u64,
+    /// Random spread added to each delay, as a fraction (0.0-1.0). Default 0.1.
+    pub reconnect_jitter: f64,
+}
+
+/// `[alerts]`: thresholds; each alert logs once when it starts and once when it clears.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertSettings {
+    /// Replication lag that raises a WARNING. Default 3600.
+    pub lag_warning_secs: u64,
+    /// Time disconnected that raises a CRITICAL. Default 86400.
+    pub disconnected_critical_secs: u64,
+    /// WAL retained by a slot that raises a WARNING (`5GB`). Default 5 GB.
+    pub retained_wal_warning_bytes: u64,
+    /// Filesystem path whose free space is watched (`DUPLEX_DISK_PATH`). Default: unset.
+    pub disk_path: Option<std::path::PathBuf>,
+    /// Free space below this percentage (with a storage queue over `disk_queue_min`) warns.
+    /// Default 20.
+    pub disk_free_min_percent: u64,
+    /// Storage queue size that makes low disk space worth a warning. Default 100.
+    pub disk_queue_min: u64,
+    /// Storage queue size that raises a WARNING on its own. Default 500.
+    pub queue_warning: u64,
+}
+
+/// `[notifications]`: webhook and e-mail sinks for CRITICAL and FAILED alerts.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationSettings {
+    /// `DUPLEX_WEBHOOK_URL`: Slack-compatible incoming webhook (secret).
+    pub webhook_url: Option<Secret>,
+    /// `DUPLEX_SMTP_URL`: `smtp://user:pass@host:port` or `smtps://...` (secret).
+    pub smtp_url: Option<Secret>,
+    /// Sender address for e-mail.
+    pub email_from: Option<String>,
+    /// Recipients (`DUPLEX_EMAIL_TO`, comma-separated).
+    pub email_to: Vec<String>,
+    /// Send WARNING alerts too. Default false.
+    pub include_warnings: bool,
+    /// At most one notification per alert kind in this many seconds. Default 900.
+    pub rate_limit_secs: u64,
 }
 
 /// Every problem found in the configuration, reported together.
@@ -262,6 +324,17 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("REPLICATION_SLOT_NAME", "replication.slot_name"),
     ("MAX_TRANSFER_RATE", "max_transfer_rate"),
     ("DUPLEX_REPLICATION_PASSWORD", "replication.password"),
+    ("DUPLEX_HTTP_ADDR", "daemon.http_addr"),
+    ("DUPLEX_ADMIN_TOKEN", "daemon.admin_token"),
+    (
+        "DUPLEX_MONITOR_INTERVAL_SECS",
+        "daemon.monitor_interval_secs",
+    ),
+    ("DUPLEX_DISK_PATH", "alerts.disk_path"),
+    ("DUPLEX_WEBHOOK_URL", "notifications.webhook_url"),
+    ("DUPLEX_SMTP_URL", "notifications.smtp_url"),
+    ("DUPLEX_EMAIL_FROM", "notifications.email_from"),
+    ("DUPLEX_EMAIL_TO", "notifications.email_to"),
 ];
 
 const TOP_KEYS: &[&str] = &[
@@ -276,6 +349,35 @@ const TOP_KEYS: &[&str] = &[
     "max_transfer_rate",
     "tables",
     "replication",
+    "daemon",
+    "alerts",
+    "notifications",
+];
+const DAEMON_KEYS: &[&str] = &[
+    "http_addr",
+    "admin_token",
+    "monitor_interval_secs",
+    "degraded_lag_secs",
+    "reconnect_backoff_secs",
+    "reconnect_max_secs",
+    "reconnect_jitter",
+];
+const ALERT_KEYS: &[&str] = &[
+    "lag_warning_secs",
+    "disconnected_critical_secs",
+    "retained_wal_warning_bytes",
+    "disk_path",
+    "disk_free_min_percent",
+    "disk_queue_min",
+    "queue_warning",
+];
+const NOTIFICATION_KEYS: &[&str] = &[
+    "webhook_url",
+    "smtp_url",
+    "email_from",
+    "email_to",
+    "include_warnings",
+    "rate_limit_secs",
 ];
 const TABLE_KEYS: &[&str] = &["include", "schema", "exclude"];
 const REPLICATION_KEYS: &[&str] = &[
@@ -514,6 +616,216 @@ fn string_list(value: &Value, label: &str, problems: &mut Problems) -> Vec<Strin
     }
 }
 
+fn section(
+    top: &config::Map<String, Value>,
+    name: &str,
+    known: &[&str],
+    problems: &mut Problems,
+) -> config::Map<String, Value> {
+    let map = match top.get(name).map(|v| v.clone().into_table()) {
+        None => config::Map::new(),
+        Some(Ok(t)) => t,
+        Some(Err(_)) => {
+            problems.push(format!("`{name}` must be a table ([{name}])"));
+            config::Map::new()
+        }
+    };
+    unknown_keys(&map, known, &format!("{name}."), problems);
+    map
+}
+
+fn get_bool(
+    map: &config::Map<String, Value>,
+    key: &str,
+    label: &str,
+    default: bool,
+    problems: &mut Problems,
+) -> bool {
+    match map.get(key) {
+        None => default,
+        Some(v) => v.clone().into_bool().unwrap_or_else(|_| {
+            problems.push(format!("{label} must be true or false, got `{v}`"));
+            default
+        }),
+    }
+}
+
+fn get_bytes(
+    map: &config::Map<String, Value>,
+    key: &str,
+    label: &str,
+    default: u64,
+    problems: &mut Problems,
+) -> u64 {
+    match map.get(key) {
+        None => default,
+        Some(v) => parse_rate(&v.to_string()).unwrap_or_else(|e| {
+            problems.push(format!("{label}: {e}"));
+            default
+        }),
+    }
+}
+
+fn get_secret(
+    map: &config::Map<String, Value>,
+    key: &str,
+    label: &str,
+    problems: &mut Problems,
+) -> Option<Secret> {
+    get_string(map, key, label, problems)
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Secret(SecretString::from(s)))
+}
+
+fn daemon_settings(top: &config::Map<String, Value>, problems: &mut Problems) -> DaemonSettings {
+    let d = section(top, "daemon", DAEMON_KEYS, problems);
+    let http_addr = match get_string(&d, "http_addr", "DUPLEX_HTTP_ADDR", problems) {
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], 8787)),
+        Some(raw) => raw.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "DUPLEX_HTTP_ADDR `{raw}` is not an address: use host:port, e.g. 127.0.0.1:8787"
+            ));
+            std::net::SocketAddr::from(([127, 0, 0, 1], 8787))
+        }),
+    };
+    let reconnect_backoff_secs = match d.get("reconnect_backoff_secs") {
+        None => vec![30, 60, 120, 300, 600],
+        Some(v) => {
+            let items: Vec<String> = match &v.kind {
+                ValueKind::Array(a) => a.iter().map(|x| x.to_string()).collect(),
+                _ => v
+                    .to_string()
+                    .split(',')
+                    .map(|x| x.trim().to_string())
+                    .collect(),
+            };
+            let parsed: Vec<u64> = items
+                .iter()
+                .filter_map(|x| x.parse().ok())
+                .filter(|n| *n > 0)
+                .collect();
+            if parsed.len() != items.len() || parsed.is_empty() {
+                problems.push("daemon.reconnect_backoff_secs must be a list of positive whole numbers of seconds, e.g. [30, 60, 120, 300, 600]");
+                vec![30, 60, 120, 300, 600]
+            } else {
+                parsed
+            }
+        }
+    };
+    let reconnect_jitter = match d.get("reconnect_jitter") {
+        None => 0.1,
+        Some(v) => match v.clone().into_float() {
+            Ok(f) if (0.0..=1.0).contains(&f) => f,
+            _ => {
+                problems.push(format!(
+                    "daemon.reconnect_jitter must be a fraction between 0 and 1, got `{v}`"
+                ));
+                0.1
+            }
+        },
+    };
+    DaemonSettings {
+        http_addr,
+        admin_token: get_secret(&d, "admin_token", "DUPLEX_ADMIN_TOKEN", problems),
+        monitor_interval_secs: get_positive(
+            &d,
+            "monitor_interval_secs",
+            "DUPLEX_MONITOR_INTERVAL_SECS",
+            30,
+            problems,
+        ),
+        degraded_lag_secs: get_positive(
+            &d,
+            "degraded_lag_secs",
+            "daemon.degraded_lag_secs",
+            60,
+            problems,
+        ),
+        reconnect_backoff_secs,
+        reconnect_max_secs: get_positive(
+            &d,
+            "reconnect_max_secs",
+            "daemon.reconnect_max_secs",
+            3600,
+            problems,
+        ),
+        reconnect_jitter,
+    }
+}
+
+fn alert_settings(top: &config::Map<String, Value>, problems: &mut Problems) -> AlertSettings {
+    let a = section(top, "alerts", ALERT_KEYS, problems);
+    let disk_free_min_percent = get_positive(
+        &a,
+        "disk_free_min_percent",
+        "alerts.disk_free_min_percent",
+        20,
+        problems,
+    );
+    if disk_free_min_percent > 100 {
+        problems.push("alerts.disk_free_min_percent must be at most 100");
+    }
+    AlertSettings {
+        lag_warning_secs: get_positive(
+            &a,
+            "lag_warning_secs",
+            "alerts.lag_warning_secs",
+            3600,
+            problems,
+        ),
+        disconnected_critical_secs: get_positive(
+            &a,
+            "disconnected_critical_secs",
+            "alerts.disconnected_critical_secs",
+            86_400,
+            problems,
+        ),
+        retained_wal_warning_bytes: get_bytes(
+            &a,
+            "retained_wal_warning_bytes",
+            "alerts.retained_wal_warning_bytes",
+            5_000_000_000,
+            problems,
+        ),
+        disk_path: get_string(&a, "disk_path", "DUPLEX_DISK_PATH", problems)
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
+        disk_free_min_percent,
+        disk_queue_min: get_positive(&a, "disk_queue_min", "alerts.disk_queue_min", 100, problems),
+        queue_warning: get_positive(&a, "queue_warning", "alerts.queue_warning", 500, problems),
+    }
+}
+
+fn notification_settings(
+    top: &config::Map<String, Value>,
+    problems: &mut Problems,
+) -> NotificationSettings {
+    let n = section(top, "notifications", NOTIFICATION_KEYS, problems);
+    NotificationSettings {
+        webhook_url: get_secret(&n, "webhook_url", "DUPLEX_WEBHOOK_URL", problems),
+        smtp_url: get_secret(&n, "smtp_url", "DUPLEX_SMTP_URL", problems),
+        email_from: get_string(&n, "email_from", "DUPLEX_EMAIL_FROM", problems),
+        email_to: n
+            .get("email_to")
+            .map(|v| string_list(v, "DUPLEX_EMAIL_TO", problems))
+            .unwrap_or_default(),
+        include_warnings: get_bool(
+            &n,
+            "include_warnings",
+            "notifications.include_warnings",
+            false,
+            problems,
+        ),
+        rate_limit_secs: get_positive(
+            &n,
+            "rate_limit_secs",
+            "notifications.rate_limit_secs",
+            900,
+            problems,
+        ),
+    }
+}
+
 fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
     let mut problems = Problems(Vec::new());
     unknown_keys(&top, TOP_KEYS, "", &mut problems);
@@ -700,6 +1012,10 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         &mut problems,
     );
 
+    let daemon = daemon_settings(&top, &mut problems);
+    let alerts = alert_settings(&top, &mut problems);
+    let notifications = notification_settings(&top, &mut problems);
+
     match (role, local, remote, problems.0.is_empty()) {
         (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
             instance_role,
@@ -720,6 +1036,9 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
                 peer_port,
                 initial_copy_timeout_secs,
             },
+            daemon,
+            alerts,
+            notifications,
         }),
         _ => Err(ConfigError {
             problems: problems.0,

@@ -368,3 +368,169 @@ pub async fn duplex_slots_in_database(client: &Client) -> Result<Vec<String>, Er
         .map(|r| r.get(0))
         .collect())
 }
+
+/// The publisher's walsender for one subscription (`pg_stat_replication`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sender {
+    /// `state`, e.g. `streaming`, `catchup`.
+    pub state: Option<String>,
+    /// `sync_state`, e.g. `async`.
+    pub sync_state: Option<String>,
+    /// LSNs as text.
+    pub sent_lsn: Option<String>,
+    /// LSN written by the subscriber.
+    pub write_lsn: Option<String>,
+    /// LSN flushed by the subscriber.
+    pub flush_lsn: Option<String>,
+    /// LSN applied by the subscriber.
+    pub replay_lsn: Option<String>,
+    /// `write_lag` in ms.
+    pub write_lag_ms: Option<i64>,
+    /// `flush_lag` in ms.
+    pub flush_lag_ms: Option<i64>,
+    /// `replay_lag` in ms.
+    pub replay_lag_ms: Option<i64>,
+}
+
+/// The walsender serving subscription `subscription` (its `application_name`), if any.
+pub async fn sender(client: &Client, subscription: &str) -> Result<Option<Sender>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT state, sync_state, sent_lsn::text, write_lsn::text, flush_lsn::text,
+                    replay_lsn::text,
+                    (extract(epoch FROM write_lag) * 1000)::bigint,
+                    (extract(epoch FROM flush_lag) * 1000)::bigint,
+                    (extract(epoch FROM replay_lag) * 1000)::bigint
+               FROM pg_stat_replication WHERE application_name = $1
+              ORDER BY backend_start DESC LIMIT 1",
+            &[&subscription],
+        )
+        .await
+        .context("reading pg_stat_replication")?;
+    Ok(row.map(|r| Sender {
+        state: r.get(0),
+        sync_state: r.get(1),
+        sent_lsn: r.get(2),
+        write_lsn: r.get(3),
+        flush_lsn: r.get(4),
+        replay_lsn: r.get(5),
+        write_lag_ms: r.get(6),
+        flush_lag_ms: r.get(7),
+        replay_lag_ms: r.get(8),
+    }))
+}
+
+/// Slot health beyond [`Slot`]: what the monitor reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotHealth {
+    /// The basics.
+    #[serde(flatten)]
+    pub slot: Slot,
+    /// `safe_wal_size`: bytes that can still be written before the slot is in danger.
+    pub safe_wal_size: Option<i64>,
+    /// Why the slot was invalidated (PostgreSQL 17+), or `conflicting` on 16.
+    pub invalidation_reason: Option<String>,
+}
+
+/// Read [`SlotHealth`] for `name`, or `None`.
+pub async fn slot_health(
+    client: &Client,
+    name: &str,
+    version_num: i32,
+) -> Result<Option<SlotHealth>, Error> {
+    let reason = if version_num >= 170_000 {
+        "invalidation_reason"
+    } else {
+        "CASE WHEN conflicting THEN 'conflicting' END"
+    };
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT active, wal_status,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                        safe_wal_size, {reason}
+                   FROM pg_replication_slots WHERE slot_name = $1"
+            ),
+            &[&name],
+        )
+        .await
+        .context("reading pg_replication_slots")?;
+    Ok(row.map(|r| SlotHealth {
+        slot: Slot {
+            name: name.to_string(),
+            active: r.get(0),
+            wal_status: r.get(1),
+            pending_bytes: r.get(2),
+            retained_bytes: r.get(3),
+        },
+        safe_wal_size: r.get(4),
+        invalidation_reason: r.get(5),
+    }))
+}
+
+/// Subscriber-side counters and timestamps of one subscription.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SubscriptionStats {
+    /// `apply_error_count`.
+    pub apply_error_count: i64,
+    /// `sync_error_count`.
+    pub sync_error_count: i64,
+    /// `confl_*` counters (PostgreSQL 18+), by name without the prefix.
+    pub conflicts: std::collections::BTreeMap<String, i64>,
+    /// Milliseconds since the apply worker last heard from the publisher.
+    pub ms_since_last_message: Option<i64>,
+    /// Milliseconds since the last WAL position reported back to the publisher was sent
+    /// (`now() - latest_end_time`).
+    pub ms_since_latest_end: Option<i64>,
+}
+
+/// Read [`SubscriptionStats`] for `name` in the connected database.
+pub async fn subscription_stats(client: &Client, name: &str) -> Result<SubscriptionStats, Error> {
+    let mut stats = SubscriptionStats::default();
+    let row = client
+        .query_opt(
+            "SELECT to_jsonb(s) FROM pg_stat_subscription_stats s
+              WHERE s.subid = (SELECT oid FROM pg_subscription WHERE subname = $1
+                  AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            &[&name],
+        )
+        .await
+        .context("reading pg_stat_subscription_stats")?;
+    if let Some(row) = row {
+        let json: serde_json::Value = row.get(0);
+        if let Some(map) = json.as_object() {
+            for (k, v) in map {
+                let n = v.as_i64().unwrap_or(0);
+                match k.as_str() {
+                    "apply_error_count" => stats.apply_error_count = n,
+                    "sync_error_count" => stats.sync_error_count = n,
+                    k if k.starts_with("confl_") => {
+                        stats
+                            .conflicts
+                            .insert(k.trim_start_matches("confl_").to_string(), n);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let row = client
+        .query_opt(
+            "SELECT (extract(epoch FROM now() - last_msg_receipt_time) * 1000)::bigint,
+                    (extract(epoch FROM now() - latest_end_time) * 1000)::bigint
+               FROM pg_stat_subscription
+              WHERE subname = $1 AND relid IS NULL AND pid IS NOT NULL
+                AND subid IN (SELECT oid FROM pg_subscription
+                               WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()))
+              LIMIT 1",
+            &[&name],
+        )
+        .await
+        .context("reading pg_stat_subscription")?;
+    if let Some(r) = row {
+        stats.ms_since_last_message = r.get(0);
+        stats.ms_since_latest_end = r.get(1);
+    }
+    Ok(stats)
+}

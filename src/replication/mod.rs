@@ -3,7 +3,9 @@
 
 pub mod catalog;
 pub mod check;
+pub mod monitor;
 pub mod setup;
+pub mod state;
 pub mod status;
 
 use crate::config::{Role, Settings, TableName, TableSelection};

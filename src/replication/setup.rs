@@ -289,7 +289,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             None => add(
                 format!("publish the {} replicated table(s)", tables.len()),
                 format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete')",
                     quote_ident(&publication),
                     table_list(&tables)
                 ),
@@ -335,7 +335,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             };
             let stmt = |conn: String| {
                 format!(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = true)",
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = true, streaming = parallel)",
                     quote_ident(&sub_name),
                     quote_literal(&conn),
                     quote_ident(&sub_name),

@@ -1,0 +1,149 @@
+//! `duplex run`: check the local instance, start the workers and the HTTP API, and stop
+//! them all on SIGINT/SIGTERM within the shutdown deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::notify::{Notifier, NotifySettings};
+use crate::pg;
+use crate::replication::monitor::Monitor;
+use crate::shutdown::{cancel_on_signal, Workers};
+use crate::store::sync_state;
+
+/// How long workers get to stop after the signal.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(4500);
+
+/// Errors that stop `duplex run` from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The local instance cannot be used.
+    #[error(transparent)]
+    Pg(#[from] pg::Error),
+    /// The recorded role differs.
+    #[error(transparent)]
+    State(#[from] sync_state::Error),
+    /// The API address cannot be bound.
+    #[error("cannot listen on {addr} ({source}): is another duplex running? Set DUPLEX_HTTP_ADDR to a free address")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The notification settings are unusable.
+    #[error("notifications: {0}")]
+    Notify(String),
+    /// The connection pool could not be built.
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
+}
+
+/// Run until `cancel` (or a signal) and return once every worker stopped or was aborted.
+pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Error> {
+    let settings = Arc::new(settings);
+    let role = settings.instance_role;
+    let mut local = pg::connect(&settings.local_db_url, "local", "run").await?;
+    let applied = pg::migrations::migrate(&mut local).await?;
+    if !applied.is_empty() {
+        tracing::info!("applied migrations {applied:?}");
+    }
+    sync_state::ensure_role(&local, role, settings.sync_enabled).await?;
+    if !settings.sync_enabled {
+        // SYNC_ENABLED=false forces a pause; otherwise the persisted pause state stands.
+        local
+            .execute("UPDATE duplex.sync_state SET sync_enabled = false", &[])
+            .await
+            .map_err(|source| pg::Error::Query {
+                context: "pausing sync".into(),
+                source,
+            })?;
+    }
+    drop(local);
+
+    let n = &settings.notifications;
+    let notify_settings = NotifySettings {
+        webhook_url: n
+            .webhook_url
+            .as_ref()
+            .map(|s| secrecy::SecretString::from(s.expose().to_string())),
+        smtp_url: n
+            .smtp_url
+            .as_ref()
+            .map(|s| secrecy::SecretString::from(s.expose().to_string())),
+        email_from: n.email_from.clone(),
+        email_to: n.email_to.clone(),
+        include_warnings: n.include_warnings,
+        rate_limit: Duration::from_secs(n.rate_limit_secs),
+        timeout: Duration::from_secs(10),
+    };
+    let notifier = Notifier::new(notify_settings).map_err(|e| Error::Notify(e.to_string()))?;
+    let notifier = notifier.is_configured().then_some(notifier);
+
+    let pool_cfg = pg::pg_config(&settings.local_db_url, "local", "api")?;
+    let mgr = deadpool_postgres::Manager::new(pool_cfg, tokio_postgres::NoTls);
+    let pool = deadpool_postgres::Pool::builder(mgr)
+        .max_size(2)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(pg::CONNECT_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Pool(e.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(settings.daemon.http_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: settings.daemon.http_addr,
+            source,
+        })?;
+    if settings.daemon.admin_token.is_none() {
+        tracing::warn!("DUPLEX_ADMIN_TOKEN is not set: the admin API answers 401 to everything");
+    }
+
+    cancel_on_signal(cancel.clone());
+    let workers = Workers::new();
+    let monitor = Arc::new(Monitor::new(settings.clone(), notifier));
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(4);
+    let state = AppState {
+        settings: settings.clone(),
+        report: monitor.report(),
+        pool,
+        trigger: trigger_tx,
+    };
+    workers.spawn(
+        "replication_monitor",
+        monitor.clone().run(cancel.clone(), trigger_rx),
+    );
+    let app = http::router(state);
+    let http_cancel = cancel.clone();
+    workers.spawn("http", async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    tracing::info!(
+        role = %role,
+        api = %settings.daemon.http_addr,
+        "duplex running; monitor every {} s",
+        settings.daemon.monitor_interval_secs
+    );
+
+    cancel.cancelled().await;
+    let stragglers = workers.shutdown(SHUTDOWN_DEADLINE).await;
+    if stragglers.is_empty() {
+        tracing::info!("all workers stopped");
+    } else {
+        tracing::warn!(
+            "workers that did not stop in time: {}",
+            stragglers.join(", ")
+        );
+    }
+    Ok(())
+}

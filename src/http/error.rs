@@ -1,0 +1,61 @@
+//! API errors as JSON responses. A 500 says what failed, never the SQL or a secret.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Every error the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Unknown route.
+    #[error("no such route")]
+    NotFound,
+    /// A parameter is wrong; the message names it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The daemon cannot do it now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The local database failed.
+    #[error("the local database did not answer: {0}")]
+    Database(String),
+}
+
+impl ApiError {
+    /// From a driver error: keep the server's message class, drop the SQL.
+    pub fn db(e: tokio_postgres::Error) -> Self {
+        tracing::warn!("API database error: {}", crate::pg::describe(&e));
+        ApiError::Database(
+            e.code()
+                .map(|c| format!("SQLSTATE {}", c.code()))
+                .unwrap_or_else(|| "connection error".into()),
+        )
+    }
+
+    /// From a pool error.
+    pub fn pool(e: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!("API pool error: {e}");
+        ApiError::Database("no connection available".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, kind) = match &self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database"),
+        };
+        (
+            code,
+            Json(json!({ "error": kind, "message": self.to_string() })),
+        )
+            .into_response()
+    }
+}

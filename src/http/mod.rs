@@ -1,0 +1,297 @@
+//! The HTTP API: health and metrics without a token, everything else behind the admin
+//! bearer token. Errors are JSON; no response carries a password or SQL text.
+
+mod error;
+mod metrics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, RwLock};
+
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::replication::monitor::{Report, TriggerRequest};
+use crate::replication::state::ConnectionState;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration.
+    pub settings: Arc<Settings>,
+    /// The monitor's latest report.
+    pub report: Arc<RwLock<Report>>,
+    /// Connections to the local instance for log queries and control.
+    pub pool: Pool,
+    /// Ask the monitor for a cycle now.
+    pub trigger: mpsc::Sender<TriggerRequest>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/api/sync/status", get(status))
+        .route("/api/sync/log", get(log))
+        .route("/api/sync/pause", post(pause))
+        .route("/api/sync/resume", post(resume))
+        .route("/api/sync/trigger", post(trigger))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health/sync", get(health))
+        .route("/metrics", get(metrics::metrics))
+        .merge(admin)
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// Compare without stopping at the first difference, so timing does not reveal how much
+/// of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.settings.daemon.admin_token.as_ref() else {
+        return ApiError::Unauthorized("the admin API is disabled: set DUPLEX_ADMIN_TOKEN")
+            .into_response();
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.is_empty() || !constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        return ApiError::Unauthorized("missing or wrong bearer token").into_response();
+    }
+    next.run(req).await
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let r = state.report.read().await;
+    let limit = (state.settings.daemon.degraded_lag_secs * 1000) as i64;
+    let reason = match (r.state, r.lag_ms) {
+        _ if r.checked_at.is_none() => Some("no monitor cycle has completed yet".to_string()),
+        (ConnectionState::Connected, Some(lag)) if lag < limit => None,
+        (ConnectionState::Connected, Some(lag)) => {
+            Some(format!("replication lag {lag} ms is over {limit} ms"))
+        }
+        (ConnectionState::Connected, None) => Some("replication lag unknown".into()),
+        (s, _) => Some(format!("connection is {}: {}", s.as_str(), r.state_reason)),
+    };
+    let body = json!({
+        "healthy": reason.is_none(),
+        "state": r.state,
+        "lag_ms": r.lag_ms,
+        "reason": reason,
+        "checked_at": r.checked_at,
+    });
+    let code = if reason.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let report = state.report.read().await.clone();
+    let client = state.pool.get().await.map_err(ApiError::pool)?;
+    let row = client
+        .query_one(
+            "SELECT instance_role, last_heartbeat, replication_lag_ms, storage_queue_size,
+                    is_connected, sync_enabled FROM duplex.sync_state",
+            &[],
+        )
+        .await
+        .map_err(ApiError::db)?;
+    let sync_state = json!({
+        "instance_role": row.get::<_, String>(0),
+        "last_heartbeat": row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(1),
+        "replication_lag_ms": row.get::<_, Option<i64>>(2),
+        "storage_queue_size": row.get::<_, i64>(3),
+        "is_connected": row.get::<_, bool>(4),
+        "sync_enabled": row.get::<_, bool>(5),
+    });
+    let last_success = client
+        .query_opt(
+            "SELECT sync_type, created_at FROM duplex.sync_log WHERE status = 'SUCCESS'
+              ORDER BY created_at DESC, id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(ApiError::db)?
+        .map(|r| json!({ "sync_type": r.get::<_, String>(0), "at": r.get::<_, chrono::DateTime<chrono::Utc>>(1) }));
+    let recent = log_entries(&client, None, None, 20).await?;
+    Ok(Json(json!({
+        "role": report.role,
+        "sync_state": sync_state,
+        "connection_state": report.state,
+        "state_reason": report.state_reason,
+        "disconnected_since": report.disconnected_since,
+        "next_reconnect_at": report.next_reconnect_at,
+        "lag_ms": report.lag_ms,
+        "directions": report.directions,
+        "storage_queue_size": report.storage_queue_size,
+        "last_successful_sync": last_success,
+        "active_alerts": report.alerts,
+        "recent_log": recent,
+        "checked_at": report.checked_at,
+    })))
+}
+
+const STATUSES: &[&str] = &[
+    "SUCCESS", "INFO", "WARNING", "FAILED", "CRITICAL", "RESOLVED",
+];
+
+async fn log(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    for key in params.keys() {
+        if !["status", "type", "limit"].contains(&key.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown parameter `{key}`: use status, type or limit"
+            )));
+        }
+    }
+    let status = match params.get("status") {
+        None => None,
+        Some(s) if STATUSES.contains(&s.to_uppercase().as_str()) => Some(s.to_uppercase()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "parameter `status` must be one of {}",
+                STATUSES.join(", ")
+            )))
+        }
+    };
+    let limit = match params.get("limit") {
+        None => 50,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "parameter `limit` must be a whole number from 1 to 1000".into(),
+                ))
+            }
+        },
+    };
+    let client = state.pool.get().await.map_err(ApiError::pool)?;
+    let entries = log_entries(
+        &client,
+        status.as_deref(),
+        params.get("type").map(String::as_str),
+        limit,
+    )
+    .await?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+async fn log_entries(
+    client: &deadpool_postgres::Client,
+    status: Option<&str>,
+    sync_type: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Value>, ApiError> {
+    let rows = client
+        .query(
+            "SELECT id, sync_type, status, records_synced, error_message, details, created_at
+               FROM duplex.sync_log
+              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR sync_type = $2)
+              ORDER BY created_at DESC, id DESC LIMIT $3",
+            &[&status, &sync_type, &limit],
+        )
+        .await
+        .map_err(ApiError::db)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>(0),
+                "sync_type": r.get::<_, String>(1),
+                "status": r.get::<_, String>(2),
+                "records_synced": r.get::<_, i64>(3),
+                "message": r.get::<_, Option<String>>(4),
+                "details": r.get::<_, Value>(5),
+                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
+            })
+        })
+        .collect())
+}
+
+async fn set_enabled(state: &AppState, enabled: bool) -> Result<Json<Value>, ApiError> {
+    let client = state.pool.get().await.map_err(ApiError::pool)?;
+    client
+        .execute(
+            "UPDATE duplex.sync_state SET sync_enabled = $1, updated_at = now()",
+            &[&enabled],
+        )
+        .await
+        .map_err(ApiError::db)?;
+    let what = if enabled { "resumed" } else { "paused" };
+    client
+        .execute(
+            "INSERT INTO duplex.sync_log (sync_type, status, error_message, details)
+             VALUES ('control', 'INFO', $1, jsonb_build_object('sync_enabled', $2::boolean))",
+            &[&format!("sync {what} through the API"), &enabled],
+        )
+        .await
+        .map_err(ApiError::db)?;
+    state.report.write().await.sync_enabled = enabled;
+    tracing::info!("sync {what} through the API");
+    Ok(Json(json!({ "sync_enabled": enabled })))
+}
+
+async fn pause(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    set_enabled(&state, false).await
+}
+
+async fn resume(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    set_enabled(&state, true).await
+}
+
+async fn trigger(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state
+        .trigger
+        .send(tx)
+        .await
+        .map_err(|_| ApiError::Unavailable("the monitor is not running".into()))?;
+    let report = tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| ApiError::Unavailable("the cycle did not finish within 30 s".into()))?
+        .map_err(|_| ApiError::Unavailable("the monitor stopped".into()))?
+        .map_err(ApiError::Unavailable)?;
+    Ok(Json(json!({
+        "triggered": true,
+        "connection_state": report.state,
+        "lag_ms": report.lag_ms,
+        "cycles": report.cycles,
+        "checked_at": report.checked_at,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison_needs_an_exact_match() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}
