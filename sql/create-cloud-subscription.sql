@@ -34,9 +34,12 @@
 --   origin = none         cloud's publication does not send back what cloud received by
 --                         replication (applied changes carry a replication origin),
 --                         so a row never loops main -> cloud -> main.
---   disable_on_error = true  an apply error (a conflict such as a duplicate key) disables
---                         the subscription instead of retrying the same transaction
---                         forever; duplex reports the disabled subscription.
+--   disable_on_error = false  on purpose: with true, PostgreSQL also disables the
+--                         subscription when the link to the publisher drops (the lost
+--                         connection is raised as an error in the apply loop; measured
+--                         on PostgreSQL 18), so every outage would need a person. An
+--                         apply error instead makes the worker retry; duplex raises a
+--                         FAILED alert when the error count keeps rising.
 --   streaming = parallel  a large transaction is streamed before it commits and applied
 --                         by parallel apply workers (PostgreSQL 16+), instead of waiting
 --                         for the commit on main.

@@ -40,10 +40,12 @@
 --                         created is not sent back (tested on PostgreSQL 18). Waiting for
 --                         the copy is still the rule: it does not rest on that detail, and
 --                         a failed copy is found before the second direction exists.
---   disable_on_error = true  an apply error (a conflict such as a duplicate key, or a
---                         row both sides changed) disables the subscription instead of
---                         retrying the same transaction forever; duplex reports the
---                         disabled subscription and the operator resolves it.
+--   disable_on_error = false  on purpose: with true, PostgreSQL also disables the
+--                         subscription when the link to the publisher drops (the lost
+--                         connection is raised as an error in the apply loop; measured
+--                         on PostgreSQL 18), so every outage would need a person. An
+--                         apply error instead makes the worker retry; duplex raises a
+--                         FAILED alert when the error count keeps rising.
 --   streaming = parallel  a large transaction is streamed before it commits and applied
 --                         by parallel apply workers (PostgreSQL 16+).
 --   slot_name             as above; the slot keeps cloud's WAL until main confirmed it.

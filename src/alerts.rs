@@ -119,6 +119,8 @@ pub struct Inputs<'a> {
     pub subscription: &'a str,
     /// Whether that subscription exists, its enabled flag and its error counts.
     pub subscription_state: Option<(bool, i64, i64)>,
+    /// Apply errors of that subscription when they keep rising while the peer answers.
+    pub apply_failing: Option<i64>,
     /// The slot it streams from on the peer: `Some(None)` when the peer answered and the
     /// slot is missing, `None` when unknown.
     pub incoming_slot: Option<Option<&'a SlotHealth>>,
@@ -175,6 +177,16 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
             message: format!("subscription {sub} is disabled ({apply_errors} apply error(s), {sync_errors} sync error(s) so far), usually by an apply error: changes from the peer are not applied. Follow runbooks/subscription-disabled.md"),
             runbook: Some("runbooks/subscription-disabled.md"),
             details: serde_json::json!({ "subscription": sub, "apply_error_count": apply_errors, "sync_error_count": sync_errors }),
+        });
+    }
+    if let Some(errors) = i.apply_failing {
+        out.push(Condition {
+            kind: format!("apply_errors:{sub}"),
+            level: Level::Failed,
+            title: format!("subscription {sub} keeps failing to apply a change"),
+            message: format!("subscription {sub} keeps failing to apply a change from the peer ({errors} apply error(s) so far): that change and every later one wait in the peer's slot. Follow runbooks/subscription-disabled.md"),
+            runbook: Some("runbooks/subscription-disabled.md"),
+            details: serde_json::json!({ "subscription": sub, "apply_error_count": errors }),
         });
     }
     if let Some(lag) = i.lag_ms {
@@ -308,6 +320,7 @@ mod tests {
             disconnected_for: Some(Duration::from_secs(90_000)),
             subscription: "duplex_cloud_to_main",
             subscription_state: Some((false, 3, 0)),
+            apply_failing: Some(3),
             incoming_slot: Some(Some(&lost)),
             outgoing_slot: Some(&big),
             lag_ms: Some(3_700_000),
@@ -320,6 +333,7 @@ mod tests {
             vec![
                 "slot_wal:duplex_in",
                 "subscription_disabled:duplex_cloud_to_main",
+                "apply_errors:duplex_cloud_to_main",
                 "replication_lag",
                 "disconnected",
                 "retained_wal:duplex_out",

@@ -374,7 +374,10 @@ async fn critical_alert_reaches_webhook_and_email_with_severity_instance_title_a
         "runbooks/replication-slot-dropped.md",
         "cloud no longer receives changes",
     ] {
-        assert!(text.contains(expected), "{expected:?} missing from {text:?}");
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from {text:?}"
+        );
     }
 
     let mail = sink.next().await;
@@ -385,10 +388,16 @@ async fn critical_alert_reaches_webhook_and_email_with_severity_instance_title_a
     assert_eq!(mail.mail_from, "<duplex@example.com>");
     assert_eq!(
         mail.rcpt_to,
-        vec!["<ops@example.com>".to_owned(), "<dba@example.com>".to_owned()]
+        vec![
+            "<ops@example.com>".to_owned(),
+            "<dba@example.com>".to_owned()
+        ]
     );
     let to = mail.header("To").unwrap_or_default();
-    assert!(to.contains("ops@example.com") && to.contains("dba@example.com"), "{to}");
+    assert!(
+        to.contains("ops@example.com") && to.contains("dba@example.com"),
+        "{to}"
+    );
     let body = mail.body();
     assert!(body.contains("cloud no longer receives changes"), "{body}");
     assert!(
@@ -600,7 +609,9 @@ async fn secrets_never_appear_in_debug_output_or_errors() {
     assert_eq!(outcome.errors.len(), 2, "{outcome:?}");
 
     let invalid = Notifier::new(NotifySettings {
-        webhook_url: Some(SecretString::from(format!("ftp://{closed}/{WEBHOOK_TOKEN}"))),
+        webhook_url: Some(SecretString::from(format!(
+            "ftp://{closed}/{WEBHOOK_TOKEN}"
+        ))),
         smtp_url: Some(SecretString::from(format!(
             "smtp://{SMTP_USER}:{SMTP_PASSWORD}@{closed}?tls=maybe"
         ))),
@@ -608,7 +619,10 @@ async fn secrets_never_appear_in_debug_output_or_errors() {
     })
     .expect_err("invalid settings are refused")
     .to_string();
-    assert!(invalid.contains("webhook_url") && invalid.contains("smtp_url"), "{invalid}");
+    assert!(
+        invalid.contains("webhook_url") && invalid.contains("smtp_url"),
+        "{invalid}"
+    );
 
     for (what, text) in [
         ("settings Debug", settings_debug.as_str()),
@@ -617,7 +631,10 @@ async fn secrets_never_appear_in_debug_output_or_errors() {
         ("settings error", invalid.as_str()),
     ] {
         assert!(!text.contains("s3cr3t"), "{what} leaks a secret: {text}");
-        assert!(!text.contains(WEBHOOK_TOKEN), "{what} leaks the webhook path: {text}");
+        assert!(
+            !text.contains(WEBHOOK_TOKEN),
+            "{what} leaks the webhook path: {text}"
+        );
     }
     assert!(settings_debug.contains("127.0.0.1"), "{settings_debug}");
 }

@@ -45,12 +45,12 @@ SELECT EXISTS (
               v_name, v_sub.suborigin
               USING HINT = format('ALTER SUBSCRIPTION %I SET (origin = none)', v_name);
       END IF;
-      IF NOT v_sub.subdisableonerr THEN
-          RAISE WARNING 'subscription % has disable_on_error = false', v_name
-              USING HINT = format('ALTER SUBSCRIPTION %I SET (disable_on_error = true)', v_name);
+      IF v_sub.subdisableonerr THEN
+          RAISE WARNING 'subscription % has disable_on_error = true: a dropped link will disable it', v_name
+              USING HINT = format('ALTER SUBSCRIPTION %I SET (disable_on_error = false)', v_name);
       END IF;
       IF NOT v_sub.subenabled THEN
-          RAISE WARNING 'subscription % is disabled (an apply error disables it: see the server log and pg_stat_subscription_stats)', v_name
+          RAISE WARNING 'subscription % is disabled (see runbooks/subscription-disabled.md)', v_name
               USING HINT = format('after fixing the cause: ALTER SUBSCRIPTION %I ENABLE', v_name);
       END IF;
   END
@@ -74,7 +74,7 @@ SELECT EXISTS (
       PUBLICATION :"publication"
       WITH (copy_data = :copy_data,
             origin = none,
-            disable_on_error = true,
+            disable_on_error = false,
             streaming = parallel,
             slot_name = :'slot_name');
   \unset duplex_conninfo

@@ -26,6 +26,9 @@ use crate::store::sync_log;
 const NAME: &str = "replication_monitor";
 /// Longest a cycle waits for the peer before calling it unreachable.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest time without a new apply error before a failing subscription counts as
+/// recovered (the apply worker retries every `wal_retrieve_retry_interval`, 5 s default).
+const APPLY_QUIET_MIN: Duration = Duration::from_secs(10);
 
 /// Errors of one monitor cycle.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,46 @@ pub struct Monitor {
     report: Arc<RwLock<Report>>,
     immediate_sync: broadcast::Sender<&'static str>,
     versions: Mutex<(i32, i32)>,
+    errors: Mutex<std::collections::HashMap<String, ErrorTrack>>,
+}
+
+/// Apply errors of one subscription across cycles.
+#[derive(Debug)]
+struct ErrorTrack {
+    last: i64,
+    rising: u32,
+    last_increase: Option<Instant>,
+}
+
+impl ErrorTrack {
+    /// Increases before the subscription counts as failing: one error comes from every
+    /// lost connection, a stuck change keeps adding more.
+    const RISING: u32 = 2;
+
+    fn new(count: i64) -> Self {
+        ErrorTrack {
+            last: count,
+            rising: 0,
+            last_increase: None,
+        }
+    }
+
+    /// Record the count seen now; true while failing. It stops failing after `quiet`
+    /// without a new error (time, not cycles: a trigger can run cycles back to back).
+    fn observe(&mut self, count: i64, now: Instant, quiet: Duration) -> bool {
+        if count > self.last {
+            self.rising += 1;
+            self.last_increase = Some(now);
+        } else if self
+            .last_increase
+            .is_some_and(|at| now.saturating_duration_since(at) >= quiet)
+        {
+            self.rising = 0;
+            self.last_increase = None;
+        }
+        self.last = count;
+        self.rising >= Self::RISING
+    }
 }
 
 impl Monitor {
@@ -161,6 +204,7 @@ impl Monitor {
             notifier,
             immediate_sync,
             versions: Mutex::new((0, 0)),
+            errors: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -195,7 +239,7 @@ impl Monitor {
             let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                r = self.tick() => r,
+                r = self.tick(reply.is_some()) => r,
             };
             if started.elapsed() > period {
                 tracing::warn!(
@@ -235,8 +279,9 @@ impl Monitor {
         Ok(guard)
     }
 
-    /// One cycle: observe, transition, alert, record. Returns the new report.
-    pub async fn tick(&self) -> Result<Report, Error> {
+    /// One cycle: observe, transition, alert, record. Returns the new report. `now_please`
+    /// (a trigger) skips the remaining reconnect backoff.
+    pub async fn tick(&self, now_please: bool) -> Result<Report, Error> {
         let role = self.settings.instance_role;
         let local_guard = self.local_client().await?;
         let Some(local) = local_guard.as_ref() else {
@@ -248,6 +293,9 @@ impl Monitor {
 
         let attempt = {
             let mut m = self.machine.lock().await;
+            if now_please {
+                m.expedite(now);
+            }
             if let Some(t) = m.begin_attempt(now) {
                 transitions.push(t);
             }
@@ -304,6 +352,24 @@ impl Monitor {
         };
         drop(remote_guard);
 
+        // Apply errors that keep rising while the peer answers: a change that cannot apply.
+        let mut failing: Vec<(String, i64)> = Vec::new();
+        let quiet = Duration::from_secs(self.settings.daemon.monitor_interval_secs * 3)
+            .max(APPLY_QUIET_MIN);
+        if unreachable.is_none() {
+            let mut tracks = self.errors.lock().await;
+            for d in &directions {
+                if let Some(sub) = &d.subscription {
+                    let count = sub.stats.apply_error_count + sub.stats.sync_error_count;
+                    let track = tracks
+                        .entry(d.name.clone())
+                        .or_insert_with(|| ErrorTrack::new(count));
+                    if track.observe(count, now, quiet) {
+                        failing.push((d.name.clone(), count));
+                    }
+                }
+            }
+        }
         let lag_ms = if directions.iter().all(|d| d.lag_ms.is_some()) && !directions.is_empty() {
             directions.iter().filter_map(|d| d.lag_ms).max()
         } else {
@@ -311,9 +377,13 @@ impl Monitor {
         };
         let observation = match &unreachable {
             Some(why) => Observation::Unreachable(why.clone()),
-            None => Observation::Reachable {
-                problems: problems(&directions, self.settings.daemon.degraded_lag_secs),
-            },
+            None => {
+                let mut problems = problems(&directions, self.settings.daemon.degraded_lag_secs);
+                for (name, count) in &failing {
+                    problems.push(format!("{name}: apply errors keep rising ({count})"));
+                }
+                Observation::Reachable { problems }
+            }
         };
         let (state, disconnected_since, next_attempt, reconnected) = {
             let mut m = self.machine.lock().await;
@@ -375,6 +445,10 @@ impl Monitor {
                     )
                 })
             }),
+            apply_failing: failing
+                .iter()
+                .find(|(n, _)| *n == sub_name)
+                .map(|(_, c)| *c),
             incoming_slot: incoming_dir
                 .filter(|d| d.publisher_known)
                 .map(|d| d.slot.as_ref()),
@@ -401,6 +475,13 @@ impl Monitor {
         for a in &cleared {
             record_alert(local, &a.condition, true).await?;
             self.send(&a.condition, true).await;
+        }
+        // Offer every other raised alert again: the notifier's per-kind rate limit turns
+        // this into a reminder, and retries a send that failed.
+        for a in &active {
+            if !started.iter().any(|c| c.kind == a.condition.kind) {
+                self.send(&a.condition, false).await;
+            }
         }
         if reconnected {
             let _ = self.immediate_sync.send("reconnected");

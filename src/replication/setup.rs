@@ -335,7 +335,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             };
             let stmt = |conn: String| {
                 format!(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = true, streaming = parallel)",
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = false, streaming = parallel)",
                     quote_ident(&sub_name),
                     quote_literal(&conn),
                     quote_ident(&sub_name),

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// How early a cycle may come and still count as on time for a reconnect attempt.
+const TICK_SLACK: Duration = Duration::from_millis(100);
+
 /// How this side sees its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -134,8 +137,16 @@ impl Machine {
     /// DISCONNECTED and the backoff delay has not passed.
     pub fn should_attempt(&self, now: Instant) -> bool {
         match (self.state, self.next_attempt) {
-            (ConnectionState::Disconnected, Some(at)) => now >= at,
+            // Cycles are timed by an interval: allow for a tick that fires a hair early.
+            (ConnectionState::Disconnected, Some(at)) => now + TICK_SLACK >= at,
             _ => true,
+        }
+    }
+
+    /// Make the next reconnect attempt due now (an operator asked for a cycle).
+    pub fn expedite(&mut self, now: Instant) {
+        if self.state == ConnectionState::Disconnected {
+            self.next_attempt = Some(now);
         }
     }
 
@@ -165,13 +176,15 @@ impl Machine {
                         self.attempt += 1;
                     }
                 }
+                if was == ConnectionState::Disconnected {
+                    // Still waiting for the next attempt: keep its time.
+                    return None;
+                }
                 self.next_attempt = Some(now + self.backoff.delay(self.attempt, unit));
-                (was != ConnectionState::Disconnected).then(|| {
-                    self.go(
-                        ConnectionState::Disconnected,
-                        format!("peer unreachable: {why}"),
-                    )
-                })
+                Some(self.go(
+                    ConnectionState::Disconnected,
+                    format!("peer unreachable: {why}"),
+                ))
             }
             Observation::Reachable { problems } => {
                 self.disconnected_since = None;
@@ -252,6 +265,11 @@ mod tests {
             (ConnectionState::Connected, ConnectionState::Disconnected)
         );
         assert!(!m.should_attempt(t0 + Duration::from_secs(29)));
+        // Cycles that only wait do not postpone the attempt.
+        assert!(m
+            .observe(&down, t0 + Duration::from_secs(10), 0.5)
+            .is_none());
+        assert_eq!(m.next_attempt(), Some(t0 + Duration::from_secs(30)));
         assert!(m.begin_attempt(t0 + Duration::from_secs(29)).is_none());
         let t30 = t0 + Duration::from_secs(30);
         assert_eq!(

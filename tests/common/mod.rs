@@ -302,3 +302,120 @@ impl Drop for Pair {
         let _ = handle.join();
     }
 }
+
+/// Daemon settings for tests: one-second cycles, short backoff without jitter.
+pub const FAST_DAEMON: &str = r#"
+[daemon]
+monitor_interval_secs = 1
+reconnect_backoff_secs = [1, 1, 2]
+reconnect_max_secs = 2
+reconnect_jitter = 0.0
+"#;
+
+/// A `duplex run` started by a test; stopped by the test (by PID) or, failing that, killed
+/// when dropped.
+pub struct Daemon {
+    child: tokio::process::Child,
+    /// API address.
+    pub addr: std::net::SocketAddr,
+    /// Admin token.
+    pub token: String,
+}
+
+/// A free loopback port.
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    l.local_addr().expect("local address")
+}
+
+impl Pair {
+    /// Start `duplex run` for `role`; returns once its API answers.
+    pub async fn start_daemon(&self, role: &str, env: &[(&str, &str)]) -> Daemon {
+        let addr = free_addr();
+        let token = format!("token-{}", self.id);
+        let mut cmd = self.duplex(role, &["run"]);
+        cmd.env("DUPLEX_HTTP_ADDR", addr.to_string())
+            .env("DUPLEX_ADMIN_TOKEN", &token)
+            .env("DUPLEX_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        let child = cmd.spawn().expect("starting duplex run");
+        let mut daemon = Daemon { child, addr, token };
+        let d = &mut daemon;
+        let start = Instant::now();
+        loop {
+            if d.child.try_wait().expect("checking duplex run").is_some() {
+                panic!("duplex run exited during start-up");
+            }
+            if duplex::cli::api_call(d.addr, "GET", "/health/sync", "")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "duplex run did not answer within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        daemon
+    }
+}
+
+impl Daemon {
+    /// `GET path` with the admin token: status and JSON (or text) body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call("GET", path, &self.token.clone()).await
+    }
+
+    /// `POST path` with the admin token.
+    pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call("POST", path, &self.token.clone()).await
+    }
+
+    /// Any request with any token.
+    pub async fn call(&self, method: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let (code, body) = duplex::cli::api_call(self.addr, method, path, token)
+            .await
+            .expect("calling the API");
+        let value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+        (code, value)
+    }
+
+    /// The connection state the daemon reports.
+    pub async fn state(&self) -> String {
+        let (_, v) = self.get("/api/sync/status").await;
+        v["connection_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// SIGTERM by PID; returns whether it exited 0 and how long it took.
+    pub async fn stop(mut self) -> (bool, Duration) {
+        let pid = self.child.id().expect("daemon pid") as i32;
+        let start = Instant::now();
+        // SAFETY: sending a signal to our own child process by PID.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("duplex run did not exit within 10 s of SIGTERM")
+            .expect("waiting for duplex run");
+        (status.success(), start.elapsed())
+    }
+}
+
+/// `sync_log` rows of the local database of `role`: (sync_type, status, message, details).
+pub async fn sync_log(c: &Client) -> Vec<(String, String, String, serde_json::Value)> {
+    c.query(
+        "SELECT sync_type, status, coalesce(error_message, ''), details FROM duplex.sync_log ORDER BY id",
+        &[],
+    )
+    .await
+    .expect("reading sync_log")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}

@@ -1,0 +1,383 @@
+//! `duplex run` against the lab: API, pause/resume, trigger, graceful shutdown, and the
+//! incidents that need a person (slot dropped, subscription disabled), walked through
+//! their runbooks.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{sync_log, wait_until, Pair, EXAMPLE_TABLES, FAST_DAEMON};
+use serde_json::Value;
+
+const TEN_SECONDS: Duration = Duration::from_secs(10);
+
+fn runbook(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/runbooks/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("reading the runbook")
+}
+
+/// Assert the runbook tells the reader to run `command`, then return it for the test to run.
+fn from_runbook<'a>(book: &str, command: &'a str) -> &'a str {
+    assert!(
+        book.contains(command),
+        "the runbook does not contain the command the test runs: {command}"
+    );
+    command
+}
+
+async fn alert_entries(pair: &Pair, kind_prefix: &str) -> Vec<(String, String)> {
+    sync_log(&pair.main().await)
+        .await
+        .into_iter()
+        .filter(|(t, _, _, d)| {
+            t == "alert" && d["kind"].as_str().unwrap_or("").starts_with(kind_prefix)
+        })
+        .map(|(_, status, msg, _)| (status, msg))
+        .collect()
+}
+
+async fn cycles(d: &common::Daemon) -> u64 {
+    let (_, v) = d.post("/api/sync/trigger").await;
+    v["cycles"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_api_needs_a_token_pause_survives_restart_and_shutdown_is_graceful() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let d = pair.start_daemon("main", &[]).await;
+
+    wait_until("health 200", TEN_SECONDS, || async {
+        d.call("GET", "/health/sync", "").await.0 == 200
+    })
+    .await;
+    let (code, body) = d.call("GET", "/api/sync/status", "").await;
+    assert_eq!((code, body["error"].as_str()), (401, Some("unauthorized")));
+    let (code, _) = d.call("POST", "/api/sync/pause", "not-the-token").await;
+    assert_eq!(code, 401);
+    let (code, body) = d.get("/api/nothing-here").await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+    let (code, body) = d.get("/api/sync/log?limit=lots").await;
+    assert_eq!(code, 400);
+    assert!(
+        body["message"].as_str().unwrap().contains("`limit`"),
+        "{body}"
+    );
+    let (code, body) = d.get("/api/sync/log?status=bogus").await;
+    assert_eq!(code, 400);
+    assert!(
+        body["message"].as_str().unwrap().contains("`status`"),
+        "{body}"
+    );
+
+    let (code, status) = d.get("/api/sync/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["connection_state"], "CONNECTED", "{status}");
+    assert_eq!(status["sync_state"]["instance_role"], "MAIN");
+    assert_eq!(status["sync_state"]["is_connected"], true);
+    assert!(status["sync_state"]["last_heartbeat"].is_string());
+    assert!(status["lag_ms"].is_i64(), "{status}");
+    let text = status.to_string();
+    for secret in [
+        "lab-secret",
+        common::REPLICATION_PASSWORD,
+        "CREATE ",
+        "SELECT ",
+    ] {
+        assert!(!text.contains(secret), "status exposes `{secret}`");
+    }
+    let (code, metrics) = d.call("GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("duplex_connection_state{role=\"main\",state=\"CONNECTED\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("duplex_replication_lag_bytes{direction=\"duplex_cloud_to_main\"}"));
+    assert!(metrics
+        .contains("duplex_subscription_apply_errors_total{direction=\"duplex_cloud_to_main\"} 0"));
+
+    // Trigger runs a cycle now, outside the one-second interval.
+    let before = cycles(&d).await;
+    let after = cycles(&d).await;
+    assert!(
+        after > before,
+        "trigger did not run a cycle ({before} -> {after})"
+    );
+
+    let (code, body) = d.post("/api/sync/pause").await;
+    assert_eq!((code, &body["sync_enabled"]), (200, &Value::Bool(false)));
+    let (ok, took) = d.stop().await;
+    assert!(ok, "duplex run did not exit 0 on SIGTERM");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+
+    let d = pair.start_daemon("main", &[]).await;
+    let (_, status) = d.get("/api/sync/status").await;
+    assert_eq!(
+        status["sync_state"]["sync_enabled"], false,
+        "pause did not survive restart"
+    );
+    let out = pair
+        .duplex("main", &["resume"])
+        .env("DUPLEX_HTTP_ADDR", d.addr.to_string())
+        .env("DUPLEX_ADMIN_TOKEN", &d.token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, status) = d.get("/api/sync/status").await;
+    assert_eq!(status["sync_state"]["sync_enabled"], true);
+    let (ok, _) = d.stop().await;
+    assert!(ok);
+
+    // With no daemon, the control commands say so.
+    let out = pair
+        .duplex("main", &["trigger"])
+        .env("DUPLEX_HTTP_ADDR", common::free_addr().to_string())
+        .env("DUPLEX_ADMIN_TOKEN", "x")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no duplex daemon is running"));
+}
+
+#[tokio::test]
+async fn a_dropped_slot_is_critical_once_and_the_runbook_restores_replication() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let d = pair.start_daemon("main", &[]).await;
+    wait_until("CONNECTED", TEN_SECONDS, || async {
+        d.state().await == "CONNECTED"
+    })
+    .await;
+
+    // Drop main's slot on cloud. The subscription reconnects within a second, so keep
+    // terminating its walsender until the drop succeeds.
+    let cloud = pair.cloud().await;
+    let slot = pair.slot("main");
+    wait_until("slot dropped on cloud", TEN_SECONDS, || async {
+        let _ = cloud
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&slot],
+            )
+            .await;
+        cloud
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .is_ok()
+    })
+    .await;
+
+    wait_until("CRITICAL slot_missing logged", TEN_SECONDS, || async {
+        !alert_entries(&pair, "slot_missing").await.is_empty()
+    })
+    .await;
+    let n = cycles(&d).await;
+    wait_until("three more cycles", TEN_SECONDS, || async {
+        cycles(&d).await >= n + 3
+    })
+    .await;
+    let entries = alert_entries(&pair, "slot_missing").await;
+    assert_eq!(entries.len(), 1, "one entry per incident, got {entries:?}");
+    assert_eq!(entries[0].0, "CRITICAL");
+    assert!(entries[0]
+        .1
+        .contains("runbooks/replication-slot-dropped.md"));
+    let (_, status) = d.get("/api/sync/status").await;
+    assert_eq!(status["connection_state"], "DEGRADED");
+    assert_eq!(
+        status["active_alerts"][0]["runbook"], "runbooks/replication-slot-dropped.md",
+        "{status}"
+    );
+    let out = pair.run("main", &["status"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MISSING"));
+
+    // Follow the runbook.
+    let book = runbook("replication-slot-dropped.md");
+    let main = pair.main().await;
+    for sql in [
+        "ALTER SUBSCRIPTION duplex_cloud_to_main DISABLE",
+        "ALTER SUBSCRIPTION duplex_cloud_to_main SET (slot_name = NONE)",
+        "DROP SUBSCRIPTION duplex_cloud_to_main",
+    ] {
+        main.batch_execute(from_runbook(&book, sql)).await.unwrap();
+    }
+    from_runbook(&book, "duplex setup");
+    let out = pair.run("main", &["setup"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    cloud
+        .execute(
+            r#"INSERT INTO "User" ("id", "email") VALUES ('after', 'after@example.com')"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_until("cloud's row on main again", TEN_SECONDS, || async {
+        main.query_opt(r#"SELECT 1 FROM "User" WHERE "id" = 'after'"#, &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    wait_until("alert RESOLVED and CONNECTED", TEN_SECONDS, || async {
+        let e = alert_entries(&pair, "slot_missing").await;
+        e.len() == 2 && e[1].0 == "RESOLVED" && d.state().await == "CONNECTED"
+    })
+    .await;
+    let (ok, _) = d.stop().await;
+    assert!(ok);
+}
+
+/// A local HTTP receiver for the webhook, stopped by the test.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got, task)
+}
+
+#[tokio::test]
+async fn a_change_that_cannot_apply_fails_once_degrades_and_notifies() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let (hook, received, receiver) = webhook_receiver().await;
+    let d = pair
+        .start_daemon("main", &[("DUPLEX_WEBHOOK_URL", hook.as_str())])
+        .await;
+    wait_until("CONNECTED", TEN_SECONDS, || async {
+        d.state().await == "CONNECTED"
+    })
+    .await;
+
+    // A constraint only main has: cloud's row cannot apply there.
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    main.batch_execute(
+        r#"ALTER TABLE "User" ADD CONSTRAINT "no_poison" CHECK ("name" <> 'poison')"#,
+    )
+    .await
+    .unwrap();
+    cloud
+        .execute(r#"INSERT INTO "User" ("id", "email", "name") VALUES ('p1', 'p1@example.com', 'poison')"#, &[])
+        .await
+        .unwrap();
+
+    wait_until("FAILED apply_errors logged", TEN_SECONDS, || async {
+        !alert_entries(&pair, "apply_errors").await.is_empty()
+    })
+    .await;
+    let n = cycles(&d).await;
+    wait_until("three more cycles", TEN_SECONDS, || async {
+        cycles(&d).await >= n + 3
+    })
+    .await;
+    let entries = alert_entries(&pair, "apply_errors").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].0, "FAILED");
+    assert!(
+        entries[0].1.contains("apply error(s) so far"),
+        "{}",
+        entries[0].1
+    );
+    assert!(entries[0].1.contains("runbooks/subscription-disabled.md"));
+    assert_eq!(d.state().await, "DEGRADED");
+    assert_eq!(d.call("GET", "/health/sync", "").await.0, 503);
+
+    wait_until("webhook received", TEN_SECONDS, || async {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    {
+        let got = received.lock().unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let text = got[0]["text"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("FAILED") && text.contains("duplex_cloud_to_main"),
+            "{text}"
+        );
+        assert!(text.contains("runbooks/subscription-disabled.md"), "{text}");
+        assert!(!got[0].to_string().contains("lab-secret"));
+    }
+
+    // Follow the runbook: remove the cause; the worker's next retry applies the change.
+    let book = runbook("subscription-disabled.md");
+    assert!(book.contains("ALTER TABLE \\\"User\\\" DROP CONSTRAINT <name>"));
+    main.batch_execute(r#"ALTER TABLE "User" DROP CONSTRAINT "no_poison""#)
+        .await
+        .unwrap();
+    wait_until("the failed row applied on main", TEN_SECONDS, || async {
+        main.query_opt(r#"SELECT 1 FROM "User" WHERE "id" = 'p1'"#, &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    // It clears after ten seconds without a new error.
+    wait_until(
+        "RESOLVED and CONNECTED",
+        Duration::from_secs(30),
+        || async {
+            let e = alert_entries(&pair, "apply_errors").await;
+            e.len() == 2 && e[1].0 == "RESOLVED" && d.state().await == "CONNECTED"
+        },
+    )
+    .await;
+
+    // A subscription someone disabled: FAILED once, and the runbook's ENABLE restores it.
+    main.batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main DISABLE")
+        .await
+        .unwrap();
+    wait_until(
+        "FAILED subscription_disabled logged",
+        TEN_SECONDS,
+        || async {
+            !alert_entries(&pair, "subscription_disabled")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    assert_eq!(d.state().await, "DEGRADED");
+    main.batch_execute(from_runbook(
+        &book,
+        "ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE",
+    ))
+    .await
+    .unwrap();
+    wait_until("subscription_disabled RESOLVED", TEN_SECONDS, || async {
+        let e = alert_entries(&pair, "subscription_disabled").await;
+        e.len() == 2 && e[0].0 == "FAILED" && e[1].0 == "RESOLVED"
+    })
+    .await;
+    let (ok, _) = d.stop().await;
+    assert!(ok);
+    receiver.abort();
+}
