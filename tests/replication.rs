@@ -9,6 +9,9 @@ use tokio_postgres::Client;
 
 const FIVE_SECONDS: Duration = Duration::from_secs(5);
 
+/// Statistics views are cluster-wide: keep to this test's database.
+const THIS_DB: &str = "WHERE subid IN (SELECT oid FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()))";
+
 async fn count(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.expect(sql).get(0)
 }
@@ -163,7 +166,7 @@ async fn existing_rows_on_main_are_copied_to_cloud_once() {
     .await;
     assert_eq!(count(&main, r#"SELECT count(*) FROM "User""#).await, 26);
     assert_eq!(
-        count(&main, "SELECT coalesce(sum(apply_error_count + sync_error_count), 0)::bigint FROM pg_stat_subscription_stats").await,
+        count(&main, &format!("SELECT coalesce(sum(apply_error_count + sync_error_count), 0)::bigint FROM pg_stat_subscription_stats {THIS_DB}")).await,
         0
     );
 }
@@ -177,7 +180,9 @@ async fn table_activity(c: &Client) -> (i64, i64, i64) {
             r#"SELECT (SELECT count(*) FROM "User"),
                       n_tup_ins + n_tup_upd + n_tup_del,
                       (SELECT coalesce(sum(apply_error_count + sync_error_count), 0)::bigint
-                         FROM pg_stat_subscription_stats)
+                         FROM pg_stat_subscription_stats
+                        WHERE subid IN (SELECT oid FROM pg_subscription WHERE subdbid =
+                              (SELECT oid FROM pg_database WHERE datname = current_database())))
                  FROM pg_stat_user_tables WHERE relname = 'User'"#,
             &[],
         )
