@@ -69,98 +69,113 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             );
         }
     }
+    let slots: Vec<(&str, &crate::replication::catalog::SlotHealth)> = r
+        .directions
+        .iter()
+        .filter_map(|d| d.slot.as_ref().map(|s| (d.name.as_str(), s)))
+        .collect();
     family(
         &mut out,
         "duplex_slot_retained_wal_bytes",
         "gauge",
         "WAL kept for the slot (current LSN minus restart_lsn)",
     );
+    for (dir, s) in &slots {
+        if let Some(b) = s.slot.retained_bytes {
+            let _ = writeln!(
+                out,
+                "duplex_slot_retained_wal_bytes{{direction=\"{dir}\",slot=\"{}\"}} {b}",
+                escape(&s.slot.name)
+            );
+        }
+    }
     family(
         &mut out,
         "duplex_slot_active",
         "gauge",
         "1 when a walsender streams from the slot",
     );
+    for (dir, s) in &slots {
+        let _ = writeln!(
+            out,
+            "duplex_slot_active{{direction=\"{dir}\",slot=\"{}\"}} {}",
+            escape(&s.slot.name),
+            s.slot.active as u8
+        );
+    }
     family(
         &mut out,
         "duplex_slot_wal_status",
         "gauge",
         "1 for the slot's wal_status",
     );
-    for d in &r.directions {
-        if let Some(s) = &d.slot {
-            let slot = escape(&s.slot.name);
-            if let Some(b) = s.slot.retained_bytes {
-                let _ = writeln!(
-                    out,
-                    "duplex_slot_retained_wal_bytes{{direction=\"{}\",slot=\"{slot}\"}} {b}",
-                    d.name
-                );
-            }
+    for (dir, s) in &slots {
+        for st in ["reserved", "extended", "unreserved", "lost"] {
             let _ = writeln!(
                 out,
-                "duplex_slot_active{{direction=\"{}\",slot=\"{slot}\"}} {}",
-                d.name, s.slot.active as u8
+                "duplex_slot_wal_status{{direction=\"{dir}\",slot=\"{}\",status=\"{st}\"}} {}",
+                escape(&s.slot.name),
+                (s.slot.wal_status.as_deref() == Some(st)) as u8
             );
-            for st in ["reserved", "extended", "unreserved", "lost"] {
-                let _ = writeln!(
-                    out,
-                    "duplex_slot_wal_status{{direction=\"{}\",slot=\"{slot}\",status=\"{st}\"}} {}",
-                    d.name,
-                    (s.slot.wal_status.as_deref() == Some(st)) as u8
-                );
-            }
         }
     }
+    let subs: Vec<(&str, &crate::replication::monitor::SubscriptionHealth)> = r
+        .directions
+        .iter()
+        .filter_map(|d| d.subscription.as_ref().map(|s| (d.name.as_str(), s)))
+        .collect();
     family(
         &mut out,
         "duplex_subscription_enabled",
         "gauge",
         "1 when the subscription is enabled",
     );
+    for (dir, s) in &subs {
+        let _ = writeln!(
+            out,
+            "duplex_subscription_enabled{{direction=\"{dir}\"}} {}",
+            s.enabled as u8
+        );
+    }
     family(
         &mut out,
         "duplex_subscription_apply_errors_total",
         "counter",
         "Apply errors of the subscription",
     );
+    for (dir, s) in &subs {
+        let _ = writeln!(
+            out,
+            "duplex_subscription_apply_errors_total{{direction=\"{dir}\"}} {}",
+            s.stats.apply_error_count
+        );
+    }
     family(
         &mut out,
         "duplex_subscription_sync_errors_total",
         "counter",
         "Initial-sync errors of the subscription",
     );
+    for (dir, s) in &subs {
+        let _ = writeln!(
+            out,
+            "duplex_subscription_sync_errors_total{{direction=\"{dir}\"}} {}",
+            s.stats.sync_error_count
+        );
+    }
     family(
         &mut out,
         "duplex_subscription_conflicts_total",
         "counter",
         "Conflicts detected while applying (PostgreSQL 18+)",
     );
-    for d in &r.directions {
-        if let Some(s) = &d.subscription {
+    for (dir, s) in &subs {
+        for (kind, n) in &s.stats.conflicts {
             let _ = writeln!(
                 out,
-                "duplex_subscription_enabled{{direction=\"{}\"}} {}",
-                d.name, s.enabled as u8
+                "duplex_subscription_conflicts_total{{direction=\"{dir}\",type=\"{}\"}} {n}",
+                escape(kind)
             );
-            let _ = writeln!(
-                out,
-                "duplex_subscription_apply_errors_total{{direction=\"{}\"}} {}",
-                d.name, s.stats.apply_error_count
-            );
-            let _ = writeln!(
-                out,
-                "duplex_subscription_sync_errors_total{{direction=\"{}\"}} {}",
-                d.name, s.stats.sync_error_count
-            );
-            for (kind, n) in &s.stats.conflicts {
-                let _ = writeln!(
-                    out,
-                    "duplex_subscription_conflicts_total{{direction=\"{}\",type=\"{}\"}} {n}",
-                    d.name,
-                    escape(kind)
-                );
-            }
         }
     }
     family(
