@@ -98,6 +98,22 @@ async fn the_api_needs_a_token_pause_survives_restart_and_shutdown_is_graceful()
     assert!(metrics.contains("duplex_replication_lag_bytes{direction=\"duplex_cloud_to_main\"}"));
     assert!(metrics
         .contains("duplex_subscription_apply_errors_total{direction=\"duplex_cloud_to_main\"} 0"));
+    // Prometheus wants each family's samples together, after its TYPE line.
+    let mut seen: Vec<String> = Vec::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap().to_string();
+        if seen.last() != Some(&name) {
+            assert!(
+                !seen.contains(&name),
+                "samples of {name} are split:\n{metrics}"
+            );
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "no TYPE for {name}"
+            );
+            seen.push(name);
+        }
+    }
 
     // Trigger runs a cycle now, outside the one-second interval.
     let before = cycles(&d).await;
