@@ -4,7 +4,10 @@
 #   2. resets database `app` on both and loads the example on-site app, with data on main;
 #   3. runs `duplex setup` for cloud (which copies main's rows) and then for main;
 #   4. writes on both sides and waits until each write shows on the other;
-#   5. shows `duplex status` from both sides.
+#   5. shows `duplex status` from both sides;
+#   6. starts the controller (`duplex run`) beside each side, prints its API URLs and
+#      admin token, stops the cloud cluster and starts it again to show the connection
+#      state change, then stops both controllers (by PID).
 # Re-running it starts over from step 2 (the lab's `app` database is demo data only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,10 +93,71 @@ as_cloud status
 say "duplex check (main)"
 as_main check
 
+say "starting the controllers (duplex run) beside main and cloud"
+TOKEN="${DUPLEX_ADMIN_TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}"
+MAIN_API=127.0.0.1:8787
+CLOUD_API=127.0.0.1:8788
+logs="$(mktemp -d)"
+export DUPLEX_ADMIN_TOKEN="$TOKEN" DUPLEX_MONITOR_INTERVAL_SECS=2
+DUPLEX_HTTP_ADDR=$MAIN_API as_main run >"$logs/main.log" 2>&1 &
+main_pid=$!
+DUPLEX_HTTP_ADDR=$CLOUD_API as_cloud run >"$logs/cloud.log" 2>&1 &
+cloud_pid=$!
+stop_daemons() {
+  kill -TERM "$main_pid" "$cloud_pid" 2>/dev/null || true
+  wait "$main_pid" "$cloud_pid" 2>/dev/null || true
+}
+trap 'stop_daemons; scripts/lab.sh start cloud >/dev/null 2>&1 || true' EXIT
+
+health() { curl -s "http://$1/health/sync" || true; }
+state_of() {
+  curl -s -H "Authorization: Bearer $TOKEN" "http://$1/api/sync/status" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin).get("connection_state",""))' 2>/dev/null || true
+}
+wait_state() { # api state seconds
+  local i
+  for i in $(seq 1 $(( $3 * 10 ))); do
+    [ "$(state_of "$1")" = "$2" ] && { echo "   $1 is $2"; return 0; }
+    sleep 0.1
+  done
+  echo "demo: $1 did not reach $2 within $3 s (logs in $logs)" >&2; exit 1
+}
+wait_state $MAIN_API CONNECTED 30
+wait_state $CLOUD_API CONNECTED 30
+cat <<EOF
+   main's API:  http://$MAIN_API   (health: /health/sync, metrics: /metrics)
+   cloud's API: http://$CLOUD_API
+   admin token: $TOKEN
+   e.g. curl -H "Authorization: Bearer $TOKEN" http://$MAIN_API/api/sync/status
+EOF
+echo "   main's health: $(health $MAIN_API)"
+
+say "stopping the cloud cluster: main keeps taking writes, its controller notices"
+scripts/lab.sh stop cloud immediate
+"${PSQL[@]}" "$MAIN_DB_URL" -c "INSERT INTO \"User\" (id, email, name) VALUES ('written-offline', 'offline@example.com', 'written while cloud was down')
+  ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"
+wait_state $MAIN_API DISCONNECTED 10
+echo "   main's health: $(health $MAIN_API)"
+as_main status 2>/dev/null | sed -n '1,12p'
+
+say "starting the cloud cluster again"
+scripts/lab.sh start cloud
+# Skip the rest of the reconnect backoff (30 s at first) instead of waiting for it.
+as_main trigger >/dev/null
+wait_state $MAIN_API CONNECTED 60
+wait_for "$CLOUD_DB_URL" "SELECT EXISTS (SELECT 1 FROM \"User\" WHERE id = 'written-offline')" "the row written while cloud was down arrived on cloud"
+echo "   main's health: $(health $MAIN_API)"
+"${PSQL[@]}" "$MAIN_DB_URL" -c "SELECT created_at::time(0) AS at, status, error_message FROM duplex.sync_log WHERE sync_type = 'connection' ORDER BY id"
+
+say "stopping the controllers"
+stop_daemons
+trap - EXIT
+
 cat <<EOF
 
 The lab keeps running. Try it yourself:
   eval "\$(scripts/lab.sh env)"
   INSTANCE_ROLE=main LOCAL_DB_URL="\$MAIN_DB_URL" REMOTE_DB_URL="\$CLOUD_DB_URL" $DUPLEX --config config.example.toml status
+  DUPLEX_ADMIN_TOKEN=secret INSTANCE_ROLE=main LOCAL_DB_URL="\$MAIN_DB_URL" REMOTE_DB_URL="\$CLOUD_DB_URL" $DUPLEX --config config.example.toml run
 Stop it with scripts/lab.sh down (data kept) or scripts/lab.sh reset (data wiped).
 EOF
