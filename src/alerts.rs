@@ -174,7 +174,7 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
             kind: format!("subscription_disabled:{sub}"),
             level: Level::Failed,
             title: format!("subscription {sub} is disabled"),
-            message: format!("subscription {sub} is disabled ({apply_errors} apply error(s), {sync_errors} sync error(s) so far), usually by an apply error: changes from the peer are not applied. Follow runbooks/subscription-disabled.md"),
+            message: format!("subscription {sub} is disabled ({apply_errors} apply error(s), {sync_errors} sync error(s) so far): changes from the peer wait in its slot until it is enabled again. Follow runbooks/subscription-disabled.md"),
             runbook: Some("runbooks/subscription-disabled.md"),
             details: serde_json::json!({ "subscription": sub, "apply_error_count": apply_errors, "sync_error_count": sync_errors }),
         });

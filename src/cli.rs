@@ -174,6 +174,22 @@ async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> 
     })
 }
 
+/// The running daemon's status, when one answers with the configured token.
+async fn controller_view(settings: &Settings) -> Option<serde_json::Value> {
+    let token = settings.daemon.admin_token.as_ref()?;
+    let (code, body) = api_call(
+        settings.daemon.http_addr,
+        "GET",
+        "/api/sync/status",
+        token.expose(),
+    )
+    .await
+    .ok()?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
 /// Call the running daemon's API: `POST /api/sync/<action>`.
 async fn control(settings: &Settings, action: &str) -> anyhow::Result<ExitCode> {
     let addr = settings.daemon.http_addr;
@@ -245,10 +261,39 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
         eprintln!("warning: {e}");
     }
     let st = status::collect(settings, local.as_ref().ok(), remote.as_ref().ok()).await;
+    let controller = controller_view(settings).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        v["controller"] = controller.unwrap_or(serde_json::Value::Null);
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", status::render(&st));
+        match controller {
+            Some(c) => {
+                println!(
+                    "\ncontroller at {}: {} ({})",
+                    settings.daemon.http_addr,
+                    c["connection_state"].as_str().unwrap_or("?"),
+                    c["state_reason"].as_str().unwrap_or("")
+                );
+                for a in c["active_alerts"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {} {}: {}{}",
+                        a["level"].as_str().unwrap_or(""),
+                        a["kind"].as_str().unwrap_or(""),
+                        a["title"].as_str().unwrap_or(""),
+                        a["runbook"]
+                            .as_str()
+                            .map(|r| format!(" (follow {r})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            None => println!(
+                "\ncontroller: none answering at {} (start `duplex run`; set DUPLEX_ADMIN_TOKEN to see its state)",
+                settings.daemon.http_addr
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

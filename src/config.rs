@@ -598,7 +598,7 @@ fn string_list(value: &Value, label: &str, problems: &mut Problems) -> Vec<Strin
             .filter_map(|v| match v.clone().into_string() {
                 Ok(s) => Some(s),
                 Err(_) => {
-                    problems.push(format!("{label} must be a list of table names"));
+                    problems.push(format!("{label} must be a list of names"));
                     None
                 }
             })
@@ -610,7 +610,7 @@ fn string_list(value: &Value, label: &str, problems: &mut Problems) -> Vec<Strin
             .filter(|s| !s.is_empty())
             .collect(),
         _ => {
-            problems.push(format!("{label} must be a list of table names"));
+            problems.push(format!("{label} must be a list of names"));
             Vec::new()
         }
     }

@@ -214,8 +214,23 @@ async fn a_dropped_slot_is_critical_once_and_the_runbook_restores_replication() 
         status["active_alerts"][0]["runbook"], "runbooks/replication-slot-dropped.md",
         "{status}"
     );
-    let out = pair.run("main", &["status"]).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("MISSING"));
+    let out = pair
+        .duplex("main", &["status"])
+        .env("DUPLEX_HTTP_ADDR", d.addr.to_string())
+        .env("DUPLEX_ADMIN_TOKEN", &d.token)
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("MISSING"), "{shown}");
+    assert!(
+        shown.contains("controller at") && shown.contains("DEGRADED"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(follow runbooks/replication-slot-dropped.md)"),
+        "{shown}"
+    );
 
     // Follow the runbook.
     let book = runbook("replication-slot-dropped.md");

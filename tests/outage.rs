@@ -88,7 +88,36 @@ async fn losing_cloud_disconnects_backs_off_and_catches_up_after_restart() {
     )
     .await;
 
+    // Walk the runbook: its query of retained WAL runs, then the peer comes back and a
+    // trigger skips the rest of the backoff.
+    let book = std::fs::read_to_string(format!(
+        "{}/runbooks/peer-disconnected.md",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let query = "SELECT slot_name, wal_status, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) AS retained, pg_size_pretty(safe_wal_size) AS room FROM pg_replication_slots WHERE slot_name LIKE 'duplex%'";
+    assert!(book.contains(query), "the runbook's query changed");
+    assert!(!main.query(query, &[]).await.unwrap().is_empty());
+    for step in [
+        "scripts/lab.sh start cloud",
+        "duplex trigger",
+        "duplex status",
+    ] {
+        assert!(book.contains(step), "the runbook no longer says `{step}`");
+    }
     lab(&["start", "cloud"]);
+    let out = pair
+        .duplex("main", &["trigger"])
+        .env("DUPLEX_HTTP_ADDR", d.addr.to_string())
+        .env("DUPLEX_ADMIN_TOKEN", &d.token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cloud = pair.cloud().await;
     wait_until("offline rows on cloud", Duration::from_secs(30), || async {
         cloud

@@ -120,7 +120,7 @@ pub fn pg_config(
     cfg.application_name(format!("duplex_{application}"));
     cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.options(format!(
-        "-c statement_timeout={} -c lock_timeout={}",
+        "-c statement_timeout={} -c lock_timeout={} -c client_min_messages=warning",
         STATEMENT_TIMEOUT.as_millis(),
         LOCK_TIMEOUT.as_millis()
     ));
