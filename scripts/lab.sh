@@ -78,6 +78,9 @@ find_pg15_bin() {
   if [ ! -x "$bin/postgres" ]; then
     [ "$(id -u)" -eq 0 ] || die "PostgreSQL 15 is missing: apt-get install postgresql-15 (as root)"
     log "installing Debian's postgresql-15 for the refusal fixtures"
+    # Debian's package would also create and start a cluster of its own on port 5432.
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/duplex-lab.conf
     if ! apt-get install -y --no-install-recommends postgresql-15 >/dev/null 2>&1; then
       apt-get update >/dev/null && apt-get install -y --no-install-recommends postgresql-15 >/dev/null \
         || die "could not install postgresql-15"

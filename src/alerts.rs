@@ -74,6 +74,7 @@ impl Book {
         &mut self,
         now: Vec<Condition>,
         at: DateTime<Utc>,
+        unknown: &dyn Fn(&str) -> bool,
     ) -> (Vec<Condition>, Vec<Active>) {
         let mut started = Vec::new();
         let current: BTreeMap<String, Condition> =
@@ -81,7 +82,7 @@ impl Book {
         let cleared_keys: Vec<String> = self
             .active
             .keys()
-            .filter(|k| !current.contains_key(*k))
+            .filter(|k| !current.contains_key(*k) && !unknown(k))
             .cloned()
             .collect();
         let cleared = cleared_keys
@@ -98,6 +99,13 @@ impl Book {
             }
         }
         (started, cleared)
+    }
+
+    /// Alerts raised before a restart, read back from `sync_log`.
+    pub fn restore(&mut self, alerts: Vec<Active>) {
+        for a in alerts {
+            self.active.insert(a.condition.kind.clone(), a);
+        }
     }
 
     /// Raised alerts, most severe first.
@@ -363,10 +371,14 @@ mod tests {
             details: serde_json::Value::Null,
         };
         let now = Utc::now();
-        assert_eq!(book.update(vec![c.clone()], now).0.len(), 1);
-        let (started, cleared) = book.update(vec![c.clone()], now);
+        let known = |_: &str| false;
+        assert_eq!(book.update(vec![c.clone()], now, &known).0.len(), 1);
+        let (started, cleared) = book.update(vec![c.clone()], now, &known);
         assert!(started.is_empty() && cleared.is_empty());
-        let (started, cleared) = book.update(vec![], now);
+        // While its input is unknown, the alert stays raised.
+        let (_, cleared) = book.update(vec![], now, &|k: &str| k == "replication_lag");
+        assert!(cleared.is_empty());
+        let (started, cleared) = book.update(vec![], now, &known);
         assert!(started.is_empty());
         assert_eq!(cleared.len(), 1);
         assert!(book.active().is_empty());

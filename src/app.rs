@@ -45,6 +45,8 @@ pub enum Error {
 
 /// Run until `cancel` (or a signal) and return once every worker stopped or was aborted.
 pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Error> {
+    // Listen for signals first, so a stop during start-up is still a clean exit.
+    cancel_on_signal(cancel.clone());
     let settings = Arc::new(settings);
     let role = settings.instance_role;
     let mut local = pg::connect(&settings.local_db_url, "local", "run").await?;
@@ -83,6 +85,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     };
     let notifier = Notifier::new(notify_settings).map_err(|e| Error::Notify(e.to_string()))?;
     let notifier = notifier.is_configured().then_some(notifier);
+    let (notify_tx, notify_rx) = tokio::sync::mpsc::channel(64);
 
     let pool_cfg = pg::pg_config(&settings.local_db_url, "local", "api")?;
     let mgr = deadpool_postgres::Manager::new(pool_cfg, tokio_postgres::NoTls);
@@ -104,9 +107,17 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         tracing::warn!("DUPLEX_ADMIN_TOKEN is not set: the admin API answers 401 to everything");
     }
 
-    cancel_on_signal(cancel.clone());
     let workers = Workers::new();
-    let monitor = Arc::new(Monitor::new(settings.clone(), notifier));
+    let monitor = Arc::new(Monitor::new(
+        settings.clone(),
+        notifier.as_ref().map(|_| notify_tx),
+    ));
+    if let Some(notifier) = notifier {
+        workers.spawn(
+            "notifier",
+            crate::replication::monitor::run_notifier(notifier, notify_rx, cancel.clone()),
+        );
+    }
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(4);
     let state = AppState {
         settings: settings.clone(),

@@ -64,12 +64,34 @@ impl SecretUrl {
     /// Parse `raw`, keeping the password apart from the printable URL.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
-        let password = url.password().map(|p| {
+        let mut password = url.password().map(|p| {
             let decoded = percent_decode(p);
             SecretString::from(decoded)
         });
         if password.is_some() {
             let _ = url.set_password(Some("********"));
+        }
+        // libpq also takes `?password=` (and `sslpassword=`): keep them out of the URL too.
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if pairs
+            .iter()
+            .any(|(k, _)| k == "password" || k == "sslpassword")
+        {
+            let mut query = url.query_pairs_mut();
+            query.clear();
+            for (k, v) in &pairs {
+                if k == "password" || k == "sslpassword" {
+                    if k == "password" && password.is_none() {
+                        password = Some(SecretString::from(v.clone()));
+                    }
+                    query.append_pair(k, "********");
+                } else {
+                    query.append_pair(k, v);
+                }
+            }
         }
         Ok(SecretUrl { url, password })
     }
@@ -417,6 +439,13 @@ pub fn load_from(
             (*var == "LOCAL_DB_URL")
                 .then(|| env.get("DATABASE_URL"))
                 .flatten()
+        });
+        // An empty variable counts as unset (and lets DATABASE_URL stand in).
+        let value = value.filter(|v| !v.trim().is_empty()).or_else(|| {
+            (*var == "LOCAL_DB_URL")
+                .then(|| env.get("DATABASE_URL"))
+                .flatten()
+                .filter(|v| !v.trim().is_empty())
         });
         if let Some(value) = value {
             builder = builder
@@ -849,13 +878,14 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
 
     let pg = &["postgres", "postgresql"];
     let local = get_url(&top, "local_db_url", "LOCAL_DB_URL", pg, &mut problems);
-    if local.is_none() && !top.contains_key("local_db_url") {
+    let blank = |key: &str| top.get(key).is_none_or(|v| v.to_string().trim().is_empty());
+    if local.is_none() && blank("local_db_url") {
         problems.push(
             "LOCAL_DB_URL (or DATABASE_URL) is not set: set it to this instance's postgres:// URL",
         );
     }
     let remote = get_url(&top, "remote_db_url", "REMOTE_DB_URL", pg, &mut problems);
-    if remote.is_none() && !top.contains_key("remote_db_url") {
+    if remote.is_none() && blank("remote_db_url") {
         problems.push("REMOTE_DB_URL is not set: set it to the peer instance's postgres:// URL");
     }
     let s3 = &["http", "https", "s3"];
@@ -1040,9 +1070,14 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
             alerts,
             notifications,
         }),
-        _ => Err(ConfigError {
-            problems: problems.0,
-        }),
+        _ => {
+            if problems.0.is_empty() {
+                problems.push("the configuration is incomplete: set INSTANCE_ROLE, LOCAL_DB_URL and REMOTE_DB_URL");
+            }
+            Err(ConfigError {
+                problems: problems.0,
+            })
+        }
     }
 }
 
@@ -1129,6 +1164,41 @@ mod tests {
             assert!(!out.contains("s3cr3t-repl"), "{out}");
             assert!(out.contains("********"), "{out}");
         }
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset_and_query_passwords_are_redacted() {
+        let err = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "main"),
+                ("LOCAL_DB_URL", ""),
+                ("REMOTE_DB_URL", "postgres://a@h/db"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("LOCAL_DB_URL (or DATABASE_URL) is not set"));
+        let s = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "main"),
+                ("LOCAL_DB_URL", " "),
+                (
+                    "DATABASE_URL",
+                    "postgres://u@h/db?password=hunter2&sslmode=disable",
+                ),
+                ("REMOTE_DB_URL", "postgres://a@h2/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.local_db_url.password(), Some("hunter2"));
+        let shown = s.local_db_url.redacted();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("sslmode=disable"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -57,6 +57,11 @@ async fn the_api_needs_a_token_pause_survives_restart_and_shutdown_is_graceful()
     assert_eq!((code, body["error"].as_str()), (401, Some("unauthorized")));
     let (code, _) = d.call("POST", "/api/sync/pause", "not-the-token").await;
     assert_eq!(code, 401);
+    let (code, body) = d.call("DELETE", "/health/sync", "").await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     let (code, body) = d.get("/api/nothing-here").await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
     let (code, body) = d.get("/api/sync/log?limit=lots").await;
@@ -208,6 +213,16 @@ async fn a_dropped_slot_is_critical_once_and_the_runbook_restores_replication() 
     assert!(entries[0]
         .1
         .contains("runbooks/replication-slot-dropped.md"));
+    // A restart does not raise the same incident again.
+    let (ok, _) = d.stop().await;
+    assert!(ok);
+    let d = pair.start_daemon("main", &[]).await;
+    let n = cycles(&d).await;
+    wait_until("three cycles after restart", TEN_SECONDS, || async {
+        cycles(&d).await >= n + 3
+    })
+    .await;
+    assert_eq!(alert_entries(&pair, "slot_missing").await.len(), 1);
     let (_, status) = d.get("/api/sync/status").await;
     assert_eq!(status["connection_state"], "DEGRADED");
     assert_eq!(

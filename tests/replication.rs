@@ -287,6 +287,11 @@ async fn status_and_check_report_both_directions_replicating() {
     assert!(stdout.contains("run `duplex setup`"), "{stdout}");
 
     pair.setup_both().await;
+    // Main's apply worker starts a moment after its setup returns.
+    wait_until("check passes", Duration::from_secs(10), || async {
+        pair.run("main", &["check"]).await.status.success()
+    })
+    .await;
     for role in ["main", "cloud"] {
         let out = pair.run(role, &["check", "--json"]).await;
         let (stdout, stderr) = text(&out);

@@ -14,6 +14,9 @@ pub enum ApiError {
     /// Unknown route.
     #[error("no such route")]
     NotFound,
+    /// Known route, other method.
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// A parameter is wrong; the message names it.
     #[error("{0}")]
     BadRequest(String),
@@ -48,6 +51,7 @@ impl IntoResponse for ApiError {
         let (code, kind) = match &self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database"),

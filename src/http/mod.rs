@@ -50,16 +50,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .merge(admin)
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
 }
 
-/// Compare without stopping at the first difference, so timing does not reveal how much
-/// of a guess was right.
+/// Compare digests rather than the strings, so neither where they differ nor the token's
+/// length shows in the time taken.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -82,14 +85,24 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 async fn health(State(state): State<AppState>) -> Response {
     let r = state.report.read().await;
     let limit = (state.settings.daemon.degraded_lag_secs * 1000) as i64;
+    let stale_after =
+        chrono::Duration::seconds((state.settings.daemon.monitor_interval_secs * 3).max(10) as i64);
+    // This route needs no token: the reason names the state, never hosts or users.
     let reason = match (r.state, r.lag_ms) {
         _ if r.checked_at.is_none() => Some("no monitor cycle has completed yet".to_string()),
+        _ if r.last_error.is_some() => Some("the latest monitor cycle failed".to_string()),
+        _ if r
+            .checked_at
+            .is_some_and(|at| chrono::Utc::now() - at > stale_after) =>
+        {
+            Some("the monitor has not completed a cycle recently".to_string())
+        }
         (ConnectionState::Connected, Some(lag)) if lag < limit => None,
         (ConnectionState::Connected, Some(lag)) => {
             Some(format!("replication lag {lag} ms is over {limit} ms"))
         }
         (ConnectionState::Connected, None) => Some("replication lag unknown".into()),
-        (s, _) => Some(format!("connection is {}: {}", s.as_str(), r.state_reason)),
+        (s, _) => Some(format!("connection is {}", s.as_str())),
     };
     let body = json!({
         "healthy": reason.is_none(),
@@ -149,6 +162,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "active_alerts": report.alerts,
         "recent_log": recent,
         "checked_at": report.checked_at,
+        "last_error": report.last_error,
     })))
 }
 
@@ -158,8 +172,14 @@ const STATUSES: &[&str] = &[
 
 async fn log(
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the query string cannot be read: {}",
+            e.body_text()
+        ))
+    })?;
     for key in params.keys() {
         if !["status", "type", "limit"].contains(&key.as_str()) {
             return Err(ApiError::BadRequest(format!(

@@ -392,8 +392,9 @@ pub struct Sender {
     pub replay_lag_ms: Option<i64>,
 }
 
-/// The walsender serving subscription `subscription` (its `application_name`), if any.
-pub async fn sender(client: &Client, subscription: &str) -> Result<Option<Sender>, Error> {
+/// The walsender streaming from slot `slot_name`, if any. (Matched through the slot, not
+/// `application_name`: every database's subscription has the same name.)
+pub async fn sender(client: &Client, slot_name: &str) -> Result<Option<Sender>, Error> {
     let row = client
         .query_opt(
             "SELECT state, sync_state, sent_lsn::text, write_lsn::text, flush_lsn::text,
@@ -401,9 +402,9 @@ pub async fn sender(client: &Client, subscription: &str) -> Result<Option<Sender
                     (extract(epoch FROM write_lag) * 1000)::bigint,
                     (extract(epoch FROM flush_lag) * 1000)::bigint,
                     (extract(epoch FROM replay_lag) * 1000)::bigint
-               FROM pg_stat_replication WHERE application_name = $1
-              ORDER BY backend_start DESC LIMIT 1",
-            &[&subscription],
+               FROM pg_stat_replication
+              WHERE pid = (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot_name],
         )
         .await
         .context("reading pg_stat_replication")?;

@@ -304,7 +304,7 @@ fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {
         );
     } else {
         report.push(
-            Severity::Error,
+            Severity::Warning,
             format!("{side}: track_commit_timestamp"),
             "off: conflicts cannot be resolved by last write",
             Some("ALTER SYSTEM SET track_commit_timestamp = on; then restart the server"),

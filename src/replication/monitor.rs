@@ -4,6 +4,7 @@
 //!
 //! It stops when its cancellation token is cancelled; a cycle in progress is abandoned.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,8 @@ pub struct Report {
     pub checked_at: Option<DateTime<Utc>>,
     /// Cycles run since start.
     pub cycles: u64,
+    /// Why the latest cycle failed, if it did (the local instance could not be used).
+    pub last_error: Option<String>,
 }
 
 impl Report {
@@ -120,6 +123,7 @@ impl Report {
             storage_queue_size: 0,
             checked_at: None,
             cycles: 0,
+            last_error: None,
         }
     }
 }
@@ -134,8 +138,10 @@ pub struct Monitor {
     remote: Mutex<Option<Client>>,
     machine: Mutex<Machine>,
     book: Mutex<Book>,
-    notifier: Option<Notifier>,
+    notify: Option<mpsc::Sender<Notification>>,
     report: Arc<RwLock<Report>>,
+    awaiting_reconnect: AtomicBool,
+    restored: AtomicBool,
     immediate_sync: broadcast::Sender<&'static str>,
     versions: Mutex<(i32, i32)>,
     errors: Mutex<std::collections::HashMap<String, ErrorTrack>>,
@@ -181,8 +187,9 @@ impl ErrorTrack {
 }
 
 impl Monitor {
-    /// A monitor for `settings`; `report` is shared with the HTTP API.
-    pub fn new(settings: Arc<Settings>, notifier: Option<Notifier>) -> Self {
+    /// A monitor for `settings`. Notifications go to `notify` (the notifier worker), so a
+    /// slow webhook never delays a cycle.
+    pub fn new(settings: Arc<Settings>, notify: Option<mpsc::Sender<Notification>>) -> Self {
         let d = &settings.daemon;
         let backoff = Backoff {
             schedule: d
@@ -201,7 +208,9 @@ impl Monitor {
             remote: Mutex::new(None),
             machine: Mutex::new(Machine::new(backoff)),
             book: Mutex::new(Book::default()),
-            notifier,
+            notify,
+            awaiting_reconnect: AtomicBool::new(false),
+            restored: AtomicBool::new(false),
             immediate_sync,
             versions: Mutex::new((0, 0)),
             errors: Mutex::new(std::collections::HashMap::new()),
@@ -257,6 +266,7 @@ impl Monitor {
                 }
                 Err(e) => {
                     tracing::warn!(worker = NAME, "cycle failed: {e:#}");
+                    self.report.write().await.last_error = Some(e.to_string());
                     Err(e.to_string())
                 }
             };
@@ -287,6 +297,10 @@ impl Monitor {
         let Some(local) = local_guard.as_ref() else {
             unreachable!("local_client always leaves a client")
         };
+        if !self.restored.load(Ordering::Relaxed) {
+            self.restore(local).await?;
+            self.restored.store(true, Ordering::Relaxed);
+        }
         let now = Instant::now();
         let mut transitions: Vec<Transition> = Vec::new();
         let unit: f64 = rand::random();
@@ -387,18 +401,19 @@ impl Monitor {
         };
         let (state, disconnected_since, next_attempt, reconnected) = {
             let mut m = self.machine.lock().await;
-            let before = m.state();
             if let Some(t) = m.observe(&observation, now, unit) {
                 transitions.push(t);
             }
-            let reconnected = before == ConnectionState::Reconnecting
-                && matches!(
-                    m.state(),
-                    ConnectionState::Connected | ConnectionState::Degraded
-                )
-                && transitions
-                    .iter()
-                    .any(|t| t.from == ConnectionState::Disconnected);
+            if transitions
+                .iter()
+                .any(|t| t.to == ConnectionState::Disconnected)
+            {
+                self.awaiting_reconnect.store(true, Ordering::Relaxed);
+            }
+            // CONNECTED means both slots exist and stream (a missing slot keeps the state
+            // DEGRADED and raises its CRITICAL alert instead).
+            let reconnected = m.state() == ConnectionState::Connected
+                && self.awaiting_reconnect.swap(false, Ordering::Relaxed);
             (
                 m.state(),
                 m.disconnected_since(),
@@ -465,7 +480,22 @@ impl Monitor {
         let conditions = alerts::evaluate(&self.settings.alerts, &inputs);
         let (started, cleared, active) = {
             let mut book = self.book.lock().await;
-            let (s, c) = book.update(conditions, Utc::now());
+            // While the peer does not answer, alerts about what only the peer can tell stay
+            // raised: unknown is not resolved.
+            let incoming_slot_name = incoming_dir
+                .and_then(|d| d.subscription.as_ref())
+                .and_then(|s| s.slot_name.clone());
+            let peer_down = unreachable.is_some();
+            let unknown = |kind: &str| {
+                peer_down
+                    && (kind.starts_with("slot_missing:")
+                        || kind.starts_with("apply_errors:")
+                        || kind == "replication_lag"
+                        || incoming_slot_name
+                            .as_deref()
+                            .is_some_and(|n| kind == format!("slot_wal:{n}")))
+            };
+            let (s, c) = book.update(conditions, Utc::now(), &unknown);
             (s, c, book.active())
         };
         for c in &started {
@@ -485,6 +515,19 @@ impl Monitor {
         }
         if reconnected {
             let _ = self.immediate_sync.send("reconnected");
+            sync_log::insert(
+                local,
+                &sync_log::Entry {
+                    sync_type: "connection",
+                    status: "INFO",
+                    records_synced: 0,
+                    error_message: Some(
+                        "reconnected with both slots in place: immediate sync cycle signalled",
+                    ),
+                    details: serde_json::json!({ "signal": "immediate_sync" }),
+                },
+            )
+            .await?;
         }
 
         let to_utc = |i: Instant| {
@@ -511,11 +554,12 @@ impl Monitor {
         report.storage_queue_size = queue;
         report.checked_at = Some(Utc::now());
         report.cycles += 1;
+        report.last_error = None;
         Ok(report.clone())
     }
 
     async fn send(&self, c: &Condition, cleared: bool) {
-        let Some(notifier) = &self.notifier else {
+        let Some(tx) = &self.notify else {
             return;
         };
         let n = Notification {
@@ -531,11 +575,116 @@ impl Monitor {
             runbook: c.runbook.map(str::to_string),
             cleared,
         };
-        let outcome = notifier.notify(&n).await;
-        for e in &outcome.errors {
-            tracing::warn!(worker = NAME, kind = %c.kind, "notification failed: {e}");
+        if tx.try_send(n).is_err() {
+            tracing::warn!(worker = NAME, kind = %c.kind, "notification queue full: dropped (the alert stays in sync_log)");
         }
     }
+
+    /// Bring back what the previous run of this process knew: alerts still raised (their
+    /// latest `sync_log` entry is not RESOLVED) and when the peer became unreachable.
+    async fn restore(&self, local: &Client) -> Result<(), pg::Error> {
+        let rows = local
+            .query(
+                "SELECT DISTINCT ON (details->>'kind')
+                        details->>'kind', status, coalesce(error_message, ''), details, created_at
+                   FROM duplex.sync_log WHERE sync_type = 'alert' AND details ? 'kind'
+                  ORDER BY details->>'kind', id DESC",
+                &[],
+            )
+            .await
+            .map_err(|source| pg::Error::Query {
+                context: "reading raised alerts".into(),
+                source,
+            })?;
+        let mut restored = Vec::new();
+        for r in rows {
+            let status: String = r.get(1);
+            let level = match status.as_str() {
+                "WARNING" => alerts::Level::Warning,
+                "FAILED" => alerts::Level::Failed,
+                "CRITICAL" => alerts::Level::Critical,
+                _ => continue,
+            };
+            let details: serde_json::Value = r.get(3);
+            let runbook = match details["runbook"].as_str() {
+                Some("runbooks/replication-slot-dropped.md") => {
+                    Some("runbooks/replication-slot-dropped.md")
+                }
+                Some("runbooks/subscription-disabled.md") => {
+                    Some("runbooks/subscription-disabled.md")
+                }
+                Some("runbooks/peer-disconnected.md") => Some("runbooks/peer-disconnected.md"),
+                _ => None,
+            };
+            restored.push(Active {
+                condition: Condition {
+                    kind: r.get(0),
+                    level,
+                    title: details["title"].as_str().unwrap_or_default().to_string(),
+                    message: r.get(2),
+                    runbook,
+                    details: details["facts"].clone(),
+                },
+                since: r.get(4),
+            });
+        }
+        if !restored.is_empty() {
+            tracing::info!(
+                worker = NAME,
+                "{} alert(s) still raised from before the restart",
+                restored.len()
+            );
+        }
+        self.book.lock().await.restore(restored);
+        let since: Option<DateTime<Utc>> = local
+            .query_opt(
+                "SELECT created_at FROM duplex.sync_log
+                  WHERE sync_type = 'connection' AND details->>'to' = 'DISCONNECTED'
+                    AND id > coalesce((SELECT max(id) FROM duplex.sync_log
+                                        WHERE sync_type = 'connection'
+                                          AND details->>'to' IN ('CONNECTED', 'DEGRADED')), 0)
+                  ORDER BY id LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(|source| pg::Error::Query {
+                context: "reading the last disconnection".into(),
+                source,
+            })?
+            .map(|r| r.get(0));
+        if let Some(since) = since {
+            let ago = (Utc::now() - since).to_std().unwrap_or_default();
+            self.machine.lock().await.restore_disconnected_since(
+                Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
+            );
+            self.awaiting_reconnect.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The notifier worker: sends what the monitor queues, one at a time, until `cancel`.
+pub async fn run_notifier(
+    notifier: Notifier,
+    mut queue: mpsc::Receiver<Notification>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            n = queue.recv() => match n { Some(n) => n, None => break },
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            o = notifier.notify(&n) => o,
+        };
+        for e in &outcome.errors {
+            tracing::warn!(worker = "notifier", kind = %n.kind, "notification failed: {e}");
+        }
+    }
+    tracing::info!(worker = "notifier", "stopped");
 }
 
 enum CollectError {
@@ -604,10 +753,10 @@ async fn collect(
                 slot = catalog::slot_health(c, &slot_name, pub_version)
                     .await
                     .map_err(wrap(pub_is_local))?;
+                sender = catalog::sender(c, &slot_name)
+                    .await
+                    .map_err(wrap(pub_is_local))?;
             }
-            sender = catalog::sender(c, &name)
-                .await
-                .map_err(wrap(pub_is_local))?;
         }
         let lag_ms = match (&sender, &subscription) {
             (Some(s), _) => Some(s.replay_lag_ms.unwrap_or(0)),
@@ -702,6 +851,7 @@ async fn record_alert(local: &Client, c: &Condition, cleared: bool) -> Result<()
             error_message: Some(&message),
             details: serde_json::json!({
                 "kind": c.kind,
+                "title": c.title,
                 "level": c.level.as_str(),
                 "runbook": c.runbook,
                 "facts": c.details,

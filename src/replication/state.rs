@@ -143,6 +143,12 @@ impl Machine {
         }
     }
 
+    /// The peer was already unreachable before this process started (read back from the
+    /// log), so the outage keeps its real start.
+    pub fn restore_disconnected_since(&mut self, since: Instant) {
+        self.disconnected_since = Some(since);
+    }
+
     /// Make the next reconnect attempt due now (an operator asked for a cycle).
     pub fn expedite(&mut self, now: Instant) {
         if self.state == ConnectionState::Disconnected {
