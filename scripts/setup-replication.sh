@@ -34,7 +34,7 @@
 #
 # Every step is idempotent: a second run changes nothing. Exit codes: 0 done, 1 a step
 # failed or a precondition does not hold, 2 bad configuration. Passwords are never
-# printed; the password reaches psql through the environment (\getenv), not argv.
+# printed, and never passed on a command line: psql gets them through its environment.
 set -euo pipefail
 
 NAME=setup-replication
@@ -94,6 +94,16 @@ parse_url() {
 
 urldecode() { local s="${1//+/ }"; printf '%b' "${s//%/\\x}"; }
 
+# psql is given the URL without its password, and the password through PGPASSWORD, so
+# it never shows in the process list.
+url_password() {
+  local userinfo
+  case "$1" in *@*) userinfo="${1#*://}"; userinfo="${userinfo%%@*}" ;; *) return 0 ;; esac
+  [[ "$userinfo" == *:* ]] && urldecode "${userinfo#*:}"
+  return 0
+}
+without_password() { sed -E 's#^([a-z]+://[^:/@]*):[^@/]*@#\1@#' <<<"$1"; }
+
 # The URL with its password replaced, for messages.
 redact() { sed -E 's#^([a-z]+://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"; }
 
@@ -102,8 +112,8 @@ redact() { sed -E 's#^([a-z]+://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"; }
 psql_on() {
   local url="$1"
   shift
-  PGAPPNAME=duplex_setup PGOPTIONS="-c lock_timeout=30s" \
-    "$PSQL" "$url" -X -q -v ON_ERROR_STOP=1 \
+  PGPASSWORD="$(url_password "$url")" PGAPPNAME=duplex_setup PGOPTIONS="-c lock_timeout=30s" \
+    "$PSQL" "$(without_password "$url")" -X -q -v ON_ERROR_STOP=1 \
     -c '\getenv repl_password DUPLEX_REPLICATION_PASSWORD' "$@"
 }
 
@@ -111,7 +121,8 @@ psql_on() {
 query() {
   local url="$1" sql="$2"
   shift 2
-  PGAPPNAME=duplex_setup "$PSQL" "$url" -X -q -A -t -v ON_ERROR_STOP=1 "$@" -f - <<<"$sql"
+  PGPASSWORD="$(url_password "$url")" PGAPPNAME=duplex_setup \
+    "$PSQL" "$(without_password "$url")" -X -q -A -t -v ON_ERROR_STOP=1 "$@" -f - <<<"$sql"
 }
 
 # --- configuration -------------------------------------------------------------------

@@ -1,0 +1,99 @@
+//! The psql route: `scripts/setup-replication.sh` and the SQL scripts it runs provision
+//! the same replication as `duplex setup`, idempotently.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{url, wait_until, Pair};
+
+fn pg_bin() -> String {
+    std::env::var("PG_BIN").unwrap_or_else(|_| {
+        let out =
+            std::process::Command::new(format!("{}/scripts/lab.sh", env!("CARGO_MANIFEST_DIR")))
+                .arg("pg-bin")
+                .output()
+                .expect("scripts/lab.sh pg-bin");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+async fn script(pair: &Pair, role: &str) -> std::process::Output {
+    let (local, remote) = match role {
+        "main" => (pair.main_port, pair.cloud_port),
+        _ => (pair.cloud_port, pair.main_port),
+    };
+    tokio::process::Command::new(format!(
+        "{}/scripts/setup-replication.sh",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .env("INSTANCE_ROLE", role)
+    .env("LOCAL_DB_URL", url(local, &pair.db))
+    .env("REMOTE_DB_URL", url(remote, &pair.db))
+    .env("REPLICATION_SLOT_NAME", pair.slot(role))
+    .env("DUPLEX_REPLICATION_PASSWORD", common::REPLICATION_PASSWORD)
+    .env("PG_BIN", pg_bin())
+    .output()
+    .await
+    .expect("running scripts/setup-replication.sh")
+}
+
+#[tokio::test]
+async fn the_shell_wrapper_sets_up_both_directions_and_a_second_run_changes_nothing() {
+    let pair = Pair::new().await;
+    let out = script(&pair, "main").await;
+    assert_eq!(out.status.code(), Some(1), "main before cloud must refuse");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INSTANCE_ROLE=cloud"));
+
+    for role in ["cloud", "main"] {
+        let out = script(&pair, role).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{role}: {stderr}");
+        assert!(
+            !stderr.contains(common::REPLICATION_PASSWORD),
+            "password printed"
+        );
+    }
+    let objects = pair.replication_objects().await;
+    assert_eq!(objects.len(), 6, "{objects:?}");
+    for role in ["cloud", "main"] {
+        assert!(script(&pair, role).await.status.success());
+    }
+    assert_eq!(pair.replication_objects().await, objects);
+
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    main.execute(
+        r#"INSERT INTO "User" ("id", "email") VALUES ('m', 'm@example.com')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    cloud
+        .execute(
+            r#"INSERT INTO "User" ("id", "email") VALUES ('c', 'c@example.com')"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    for c in [&main, &cloud] {
+        wait_until(
+            "both rows on both sides",
+            Duration::from_secs(5),
+            || async {
+                c.query_one(r#"SELECT count(*) FROM "User""#, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    == 2
+            },
+        )
+        .await;
+    }
+    // duplex agrees that the scripts set everything up.
+    let out = pair.run("main", &["setup", "--dry-run"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to do"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
