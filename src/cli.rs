@@ -121,7 +121,7 @@ async fn run_setup(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCod
     }
     let role = settings.instance_role;
     if dry_run {
-        if plan.steps.is_empty() {
+        if plan.steps.is_empty() && plan.pending_migrations.is_empty() {
             println!("-- nothing to do: replication into {role} is already set up");
         } else {
             println!(

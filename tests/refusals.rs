@@ -122,3 +122,22 @@ async fn main_refuses_to_subscribe_before_cloud_copied_the_data() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn setup_refuses_a_database_recorded_for_the_other_role_even_in_a_dry_run() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    // Main's duplex pointed at cloud's database by mistake (a copied .env).
+    let mut cmd = pair.duplex("main", &["setup", "--dry-run"]);
+    cmd.env("LOCAL_DB_URL", common::url(CLOUD_PORT, &pair.db))
+        .env("REMOTE_DB_URL", common::url(MAIN_PORT, &pair.db));
+    let out = cmd.output().await.unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("this database is recorded as the cloud instance but INSTANCE_ROLE is main"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("runbooks/role-mismatch.md"), "{stderr}");
+}

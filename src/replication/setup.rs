@@ -59,12 +59,21 @@ pub struct Plan {
     pub tables: Vec<TableName>,
     /// Whether setup creates or refreshes the local subscription (so cloud waits for its copy).
     pub subscription_changes: bool,
+    /// duplex's own migrations not yet applied on the local instance (file names).
+    pub pending_migrations: Vec<&'static str>,
 }
 
 impl Plan {
     /// The plan as SQL a person can read: the password is redacted.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if !self.pending_migrations.is_empty() {
+            let _ = writeln!(
+                out,
+                "-- on the local instance: create schema duplex and apply sql/migrations/{} (in one transaction, under an advisory lock)\n",
+                self.pending_migrations.join(", sql/migrations/")
+            );
+        }
         for step in &self.steps {
             let _ = writeln!(
                 out,
@@ -149,6 +158,13 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     }
 
     let slot_name = &settings.replication.slot_name;
+    let (recorded_role, applied) = local_duplex_state(local).await?;
+    if let Some(recorded) = recorded_role.filter(|r| r != role.as_db()) {
+        problems.push(format!(
+            "this database is recorded as the {} instance but INSTANCE_ROLE is {role}: point LOCAL_DB_URL at the {role} database or fix INSTANCE_ROLE (see runbooks/role-mismatch.md)",
+            recorded.to_lowercase()
+        ));
+    }
     let existing_sub = catalog::subscription(local, &incoming(role)).await?;
     if existing_sub.is_none() {
         if let Some(slot) = catalog::slot(remote, slot_name).await? {
@@ -176,6 +192,11 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
 
     let mut plan = Plan {
         tables: tables.clone(),
+        pending_migrations: pg::migrations::MIGRATIONS
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| m.name)
+            .collect(),
         ..Plan::default()
     };
     if local_info.track_commit_timestamp != "on" || remote_info.track_commit_timestamp != "on" {
@@ -390,6 +411,39 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         }
     }
     Ok(plan)
+}
+
+/// The role recorded in `duplex.sync_state` and the applied migration versions, read
+/// without creating anything (both empty before duplex first ran here).
+async fn local_duplex_state(local: &Client) -> Result<(Option<String>, Vec<i32>), pg::Error> {
+    let exists = |table: &'static str| async move {
+        local
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .context("looking for schema duplex")
+            .map(|r| r.get::<_, bool>(0))
+    };
+    let role = if exists("duplex.sync_state").await? {
+        local
+            .query_opt("SELECT instance_role FROM duplex.sync_state", &[])
+            .await
+            .context("reading duplex.sync_state")?
+            .map(|r| r.get(0))
+    } else {
+        None
+    };
+    let applied = if exists("duplex.schema_migrations").await? {
+        local
+            .query("SELECT version FROM duplex.schema_migrations", &[])
+            .await
+            .context("reading duplex.schema_migrations")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((role, applied))
 }
 
 enum LoginProbe {
