@@ -37,6 +37,9 @@ pub enum Error {
     /// The local instance could not be read or written: nothing can be recorded.
     #[error("local instance: {0}")]
     Local(#[from] pg::Error),
+    /// The local instance did not answer in time.
+    #[error("the local instance did not answer within {REMOTE_TIMEOUT:?}")]
+    Stalled,
 }
 
 /// The subscriber half of one direction, as monitored.
@@ -344,7 +347,17 @@ impl Monitor {
             Ok(Ok(directions)) => Ok(directions),
             Ok(Err(CollectError::Local(e))) => return Err(Error::Local(e)),
             Ok(Err(CollectError::Remote(e))) => Err(e),
-            Err(_) => Err(format!("no answer within {REMOTE_TIMEOUT:?}")),
+            Err(_) => {
+                // The cycle timed out: blame the peer only if the local instance answers.
+                let local_ok =
+                    tokio::time::timeout(Duration::from_secs(2), local.simple_query("SELECT 1"))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                if !local_ok {
+                    return Err(Error::Stalled);
+                }
+                Err(format!("no answer within {REMOTE_TIMEOUT:?}"))
+            }
         };
         let directions = match remote_failed {
             Ok(d) => d,
