@@ -904,16 +904,7 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         &mut problems,
     );
 
-    let sync_enabled = match top.get("sync_enabled") {
-        None => true,
-        Some(v) => match v.clone().into_bool() {
-            Ok(b) => b,
-            Err(_) => {
-                problems.push(format!("SYNC_ENABLED must be true or false, got `{v}`"));
-                true
-            }
-        },
-    };
+    let sync_enabled = get_bool(&top, "sync_enabled", "SYNC_ENABLED", true, &mut problems);
     let sync_interval_minutes = get_positive(
         &top,
         "sync_interval_minutes",

@@ -140,13 +140,7 @@ async fn the_api_needs_a_token_pause_survives_restart_and_shutdown_is_graceful()
         status["sync_state"]["sync_enabled"], false,
         "pause did not survive restart"
     );
-    let out = pair
-        .duplex("main", &["resume"])
-        .env("DUPLEX_HTTP_ADDR", d.addr.to_string())
-        .env("DUPLEX_ADMIN_TOKEN", &d.token)
-        .output()
-        .await
-        .unwrap();
+    let out = d.cli(&pair, "main", &["resume"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -229,13 +223,7 @@ async fn a_dropped_slot_is_critical_once_and_the_runbook_restores_replication() 
         status["active_alerts"][0]["runbook"], "runbooks/replication-slot-dropped.md",
         "{status}"
     );
-    let out = pair
-        .duplex("main", &["status"])
-        .env("DUPLEX_HTTP_ADDR", d.addr.to_string())
-        .env("DUPLEX_ADMIN_TOKEN", &d.token)
-        .output()
-        .await
-        .unwrap();
+    let out = d.cli(&pair, "main", &["status"]).await;
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("MISSING"), "{shown}");
     assert!(

@@ -106,13 +106,7 @@ async fn losing_cloud_disconnects_backs_off_and_catches_up_after_restart() {
         assert!(book.contains(step), "the runbook no longer says `{step}`");
     }
     lab(&["start", "cloud"]);
-    let out = pair
-        .duplex("main", &["trigger"])
-        .env("DUPLEX_HTTP_ADDR", d.addr.to_string())
-        .env("DUPLEX_ADMIN_TOKEN", &d.token)
-        .output()
-        .await
-        .unwrap();
+    let out = d.cli(&pair, "main", &["trigger"]).await;
     assert!(
         out.status.success(),
         "{}",

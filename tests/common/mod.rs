@@ -384,6 +384,16 @@ impl Daemon {
         (code, value)
     }
 
+    /// Run `duplex <args>` for `role` of `pair`, pointed at this daemon's API.
+    pub async fn cli(&self, pair: &Pair, role: &str, args: &[&str]) -> Output {
+        pair.duplex(role, args)
+            .env("DUPLEX_HTTP_ADDR", self.addr.to_string())
+            .env("DUPLEX_ADMIN_TOKEN", &self.token)
+            .output()
+            .await
+            .expect("running duplex against the daemon")
+    }
+
     /// The connection state the daemon reports.
     pub async fn state(&self) -> String {
         let (_, v) = self.get("/api/sync/status").await;
