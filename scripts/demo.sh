@@ -55,8 +55,10 @@ done
 "${PSQL[@]}" "$MAIN_DB_URL" -Atc 'SELECT format($$main has %s users and %s jumps$$, (SELECT count(*) FROM "User"), (SELECT count(*) FROM "JumpLog"))'
 
 config="$PWD/config.example.toml"
-as_main() { INSTANCE_ROLE=main LOCAL_DB_URL="$MAIN_DB_URL" REMOTE_DB_URL="$CLOUD_DB_URL" "$DUPLEX" --config "$config" "$@"; }
-as_cloud() { INSTANCE_ROLE=cloud LOCAL_DB_URL="$CLOUD_DB_URL" REMOTE_DB_URL="$MAIN_DB_URL" "$DUPLEX" --config "$config" "$@"; }
+main_env=(INSTANCE_ROLE=main LOCAL_DB_URL="$MAIN_DB_URL" REMOTE_DB_URL="$CLOUD_DB_URL")
+cloud_env=(INSTANCE_ROLE=cloud LOCAL_DB_URL="$CLOUD_DB_URL" REMOTE_DB_URL="$MAIN_DB_URL")
+as_main() { env "${main_env[@]}" "$DUPLEX" --config "$config" "$@"; }
+as_cloud() { env "${cloud_env[@]}" "$DUPLEX" --config "$config" "$@"; }
 
 say "duplex setup --dry-run (cloud): the SQL it would run"
 as_cloud setup --dry-run | head -n 12
@@ -99,9 +101,10 @@ MAIN_API=127.0.0.1:8787
 CLOUD_API=127.0.0.1:8788
 logs="$(mktemp -d)"
 export DUPLEX_ADMIN_TOKEN="$TOKEN" DUPLEX_MONITOR_INTERVAL_SECS=2
-DUPLEX_HTTP_ADDR=$MAIN_API as_main run >"$logs/main.log" 2>&1 &
+# Started through `env`, not a shell function, so that $! is the daemon's own PID.
+env "${main_env[@]}" DUPLEX_HTTP_ADDR=$MAIN_API "$DUPLEX" --config "$config" run >"$logs/main.log" 2>&1 &
 main_pid=$!
-DUPLEX_HTTP_ADDR=$CLOUD_API as_cloud run >"$logs/cloud.log" 2>&1 &
+env "${cloud_env[@]}" DUPLEX_HTTP_ADDR=$CLOUD_API "$DUPLEX" --config "$config" run >"$logs/cloud.log" 2>&1 &
 cloud_pid=$!
 stop_daemons() {
   kill -TERM "$main_pid" "$cloud_pid" 2>/dev/null || true
