@@ -473,7 +473,7 @@ async fn login_works(url: &crate::config::SecretUrl, user: &str, password: &str)
 /// try, and the loser must not fail.
 fn create_role_sql(user: &str, password_literal: &str) -> String {
     format!(
-        "DO $duplex$ BEGIN CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {password_literal}; EXCEPTION WHEN duplicate_object THEN NULL; END $duplex$",
+        "DO $duplex$ BEGIN CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {password_literal}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $duplex$",
         quote_ident(user)
     )
 }
