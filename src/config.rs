@@ -919,16 +919,13 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         4,
         &mut problems,
     );
-    let max_transfer_rate_bytes = match top.get("max_transfer_rate") {
-        None => 0,
-        Some(v) => match parse_rate(&v.to_string()) {
-            Ok(n) => n,
-            Err(e) => {
-                problems.push(format!("MAX_TRANSFER_RATE: {e}"));
-                0
-            }
-        },
-    };
+    let max_transfer_rate_bytes = get_bytes(
+        &top,
+        "max_transfer_rate",
+        "MAX_TRANSFER_RATE",
+        0,
+        &mut problems,
+    );
 
     let tables = match top.get("tables").map(|v| v.clone().into_table()) {
         None => TableSelection::Schema {
@@ -978,15 +975,7 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         }
     };
 
-    let repl = match top.get("replication").map(|v| v.clone().into_table()) {
-        None => config::Map::new(),
-        Some(Ok(t)) => t,
-        Some(Err(_)) => {
-            problems.push("`replication` must be a table ([replication])");
-            config::Map::new()
-        }
-    };
-    unknown_keys(&repl, REPLICATION_KEYS, "replication.", &mut problems);
+    let repl = section(&top, "replication", REPLICATION_KEYS, &mut problems);
     let user = get_string(&repl, "user", "replication.user", &mut problems)
         .unwrap_or_else(|| "duplex_replicator".into());
     if !valid_slot_name(&user) {
