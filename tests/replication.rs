@@ -36,9 +36,22 @@ async fn insert_user(c: &Client, id: &str, name: &str) {
 async fn setup_twice_is_a_no_op_and_dry_run_changes_nothing() {
     let pair = Pair::new().await;
 
-    let out = pair.run("cloud", &["setup", "--dry-run"]).await;
+    // The TLS mode of REMOTE_DB_URL reaches the subscription's connection string.
+    let out = pair
+        .duplex("cloud", &["setup", "--dry-run"])
+        .env(
+            "REMOTE_DB_URL",
+            format!(
+                "{}?sslmode=disable",
+                common::url(common::MAIN_PORT, &pair.db)
+            ),
+        )
+        .output()
+        .await
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("sslmode=''disable''"), "{stdout}");
     assert!(
         stdout.contains("CREATE SUBSCRIPTION \"duplex_main_to_cloud\""),
         "{stdout}"

@@ -345,9 +345,18 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 .peer_port
                 .or_else(|| settings.remote_db_url.url().port())
                 .unwrap_or(5432);
+            // The peer's server connects with libpq: pass on the TLS mode the URL asks for
+            // (libpq's own default, prefer, when it names none).
+            let sslmode = settings
+                .remote_db_url
+                .url()
+                .query_pairs()
+                .find(|(k, _)| k == "sslmode")
+                .map(|(_, v)| format!(" sslmode={}", conninfo_value(&v)))
+                .unwrap_or_default();
             let conninfo = |pw: &str| {
                 format!(
-                    "host={} port={port} dbname={} user={} password={}",
+                    "host={} port={port} dbname={} user={} password={}{sslmode}",
                     conninfo_value(&host),
                     conninfo_value(&remote_info.database),
                     conninfo_value(user),
