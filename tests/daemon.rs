@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{sync_log, wait_until, Pair, EXAMPLE_TABLES, FAST_DAEMON};
+use common::{insert_user, sync_log, user_exists, wait_until, Pair, EXAMPLE_TABLES, FAST_DAEMON};
 use serde_json::Value;
 
 const TEN_SECONDS: Duration = Duration::from_secs(10);
@@ -253,18 +253,9 @@ async fn a_dropped_slot_is_critical_once_and_the_runbook_restores_replication() 
         String::from_utf8_lossy(&out.stderr)
     );
 
-    cloud
-        .execute(
-            r#"INSERT INTO "User" ("id", "email") VALUES ('after', 'after@example.com')"#,
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_user(&cloud, "after", None).await;
     wait_until("cloud's row on main again", TEN_SECONDS, || async {
-        main.query_opt(r#"SELECT 1 FROM "User" WHERE "id" = 'after'"#, &[])
-            .await
-            .unwrap()
-            .is_some()
+        user_exists(&main, "after").await
     })
     .await;
     wait_until("alert RESOLVED and CONNECTED", TEN_SECONDS, || async {
@@ -319,10 +310,7 @@ async fn a_change_that_cannot_apply_fails_once_degrades_and_notifies() {
     )
     .await
     .unwrap();
-    cloud
-        .execute(r#"INSERT INTO "User" ("id", "email", "name") VALUES ('p1', 'p1@example.com', 'poison')"#, &[])
-        .await
-        .unwrap();
+    insert_user(&cloud, "p1", Some("poison")).await;
 
     wait_until("FAILED apply_errors logged", TEN_SECONDS, || async {
         !alert_entries(&pair, "apply_errors").await.is_empty()
@@ -368,10 +356,7 @@ async fn a_change_that_cannot_apply_fails_once_degrades_and_notifies() {
         .await
         .unwrap();
     wait_until("the failed row applied on main", TEN_SECONDS, || async {
-        main.query_opt(r#"SELECT 1 FROM "User" WHERE "id" = 'p1'"#, &[])
-            .await
-            .unwrap()
-            .is_some()
+        user_exists(&main, "p1").await
     })
     .await;
     // It clears after ten seconds without a new error.

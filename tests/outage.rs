@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{sync_log, wait_until, Pair, EXAMPLE_TABLES, FAST_DAEMON};
+use common::{insert_user, sync_log, wait_until, Pair, EXAMPLE_TABLES, FAST_DAEMON};
 
 fn lab(args: &[&str]) {
     let status = Command::new(format!("{}/scripts/lab.sh", env!("CARGO_MANIFEST_DIR")))
@@ -64,12 +64,7 @@ async fn losing_cloud_disconnects_backs_off_and_catches_up_after_restart() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cloud is unreachable"));
 
     for i in 0..20 {
-        main.execute(
-            r#"INSERT INTO "User" ("id", "email") VALUES ($1, $1 || '@example.com')"#,
-            &[&format!("offline-{i}")],
-        )
-        .await
-        .unwrap();
+        insert_user(&main, &format!("offline-{i}"), None).await;
     }
     // Stay down long enough for three reconnect attempts (1 s, 1 s, 2 s).
     wait_until(

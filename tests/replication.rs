@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{text, wait_until, Pair};
+use common::{insert_user, text, wait_until, Pair};
 use tokio_postgres::Client;
 
 const FIVE_SECONDS: Duration = Duration::from_secs(5);
@@ -21,15 +21,6 @@ async fn user_name(c: &Client, id: &str) -> Option<Option<String>> {
         .await
         .expect("reading User")
         .map(|r| r.get(0))
-}
-
-async fn insert_user(c: &Client, id: &str, name: &str) {
-    c.execute(
-        r#"INSERT INTO "User" ("id", "email", "name") VALUES ($1, $1 || '@example.com', $2)"#,
-        &[&id, &name],
-    )
-    .await
-    .expect("inserting User");
 }
 
 #[tokio::test]
@@ -111,12 +102,12 @@ async fn inserts_updates_and_deletes_replicate_both_ways_within_five_seconds() {
     pair.setup_both().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
 
-    insert_user(&main, "from-main", "Ada").await;
+    insert_user(&main, "from-main", Some("Ada")).await;
     wait_until("main's insert visible on cloud", FIVE_SECONDS, || async {
         user_name(&cloud, "from-main").await.is_some()
     })
     .await;
-    insert_user(&cloud, "from-cloud", "Grace").await;
+    insert_user(&cloud, "from-cloud", Some("Grace")).await;
     wait_until("cloud's insert visible on main", FIVE_SECONDS, || async {
         user_name(&main, "from-cloud").await.is_some()
     })
@@ -166,13 +157,13 @@ async fn existing_rows_on_main_are_copied_to_cloud_once() {
     let pair = Pair::new().await;
     let main = pair.main().await;
     for i in 0..25 {
-        insert_user(&main, &format!("seed-{i}"), "seed").await;
+        insert_user(&main, &format!("seed-{i}"), Some("seed")).await;
     }
     pair.setup_both().await;
     let cloud = pair.cloud().await;
     assert_eq!(count(&cloud, r#"SELECT count(*) FROM "User""#).await, 25);
     // Copied rows must not come back to main as duplicates.
-    insert_user(&cloud, "marker", "after copy").await;
+    insert_user(&cloud, "marker", Some("after copy")).await;
     wait_until("cloud's marker on main", FIVE_SECONDS, || async {
         user_name(&main, "marker").await.is_some()
     })
@@ -209,8 +200,8 @@ async fn one_insert_on_each_side_does_not_loop() {
     let pair = Pair::new().await;
     pair.setup_both().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    insert_user(&main, "m1", "main row").await;
-    insert_user(&cloud, "c1", "cloud row").await;
+    insert_user(&main, "m1", Some("main row")).await;
+    insert_user(&cloud, "c1", Some("cloud row")).await;
     for c in [&main, &cloud] {
         wait_until("both rows on both sides", FIVE_SECONDS, || async {
             count(c, r#"SELECT count(*) FROM "User""#).await == 2

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{url, wait_until, Pair};
+use common::{insert_user, url, wait_until, Pair};
 
 fn pg_bin() -> String {
     std::env::var("PG_BIN").unwrap_or_else(|_| {
@@ -62,19 +62,8 @@ async fn the_shell_wrapper_sets_up_both_directions_and_a_second_run_changes_noth
     assert_eq!(pair.replication_objects().await, objects);
 
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    main.execute(
-        r#"INSERT INTO "User" ("id", "email") VALUES ('m', 'm@example.com')"#,
-        &[],
-    )
-    .await
-    .unwrap();
-    cloud
-        .execute(
-            r#"INSERT INTO "User" ("id", "email") VALUES ('c', 'c@example.com')"#,
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_user(&main, "m", None).await;
+    insert_user(&cloud, "c", None).await;
     for c in [&main, &cloud] {
         wait_until(
             "both rows on both sides",

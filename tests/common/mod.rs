@@ -429,3 +429,21 @@ pub async fn sync_log(c: &Client) -> Vec<(String, String, String, serde_json::Va
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
     .collect()
 }
+
+/// Insert an example-app user with id `id` (email derived from it) and `name`.
+pub async fn insert_user(c: &Client, id: &str, name: Option<&str>) {
+    c.execute(
+        r#"INSERT INTO "User" ("id", "email", "name") VALUES ($1, $1 || '@example.com', $2)"#,
+        &[&id, &name],
+    )
+    .await
+    .expect("inserting User");
+}
+
+/// Whether user `id` exists.
+pub async fn user_exists(c: &Client, id: &str) -> bool {
+    c.query_opt(r#"SELECT 1 FROM "User" WHERE "id" = $1"#, &[&id])
+        .await
+        .expect("reading User")
+        .is_some()
+}
