@@ -12,7 +12,7 @@ use crate::notify::{Notifier, NotifySettings};
 use crate::pg;
 use crate::replication::monitor::Monitor;
 use crate::shutdown::{cancel_on_signal, Workers};
-use crate::store::sync_state;
+use crate::store::{self, sync_state};
 
 /// How long workers get to stop after the signal.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(4500);
@@ -50,20 +50,14 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let settings = Arc::new(settings);
     let role = settings.instance_role;
     let mut local = pg::connect(&settings.local_db_url, "local", "run").await?;
-    let applied = pg::migrations::migrate(&mut local).await?;
+    let applied = store::migrations::migrate(&mut local).await?;
     if !applied.is_empty() {
         tracing::info!("applied migrations {applied:?}");
     }
     sync_state::ensure_role(&local, role, settings.sync_enabled).await?;
     if !settings.sync_enabled {
         // SYNC_ENABLED=false forces a pause; otherwise the persisted pause state stands.
-        local
-            .execute("UPDATE duplex.sync_state SET sync_enabled = false", &[])
-            .await
-            .map_err(|source| pg::Error::Query {
-                context: "pausing sync".into(),
-                source,
-            })?;
+        sync_state::set_enabled(&local, false).await?;
     }
     drop(local);
 

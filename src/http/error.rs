@@ -39,6 +39,17 @@ impl ApiError {
         )
     }
 
+    /// From a store error: as [`ApiError::db`] for a query, else a connection error.
+    pub fn store(e: crate::pg::Error) -> Self {
+        match e {
+            crate::pg::Error::Query { source, .. } => Self::db(source),
+            other => {
+                tracing::warn!("API database error: {other}");
+                ApiError::Database("connection error".into())
+            }
+        }
+    }
+
     /// From a pool error.
     pub fn pool(e: deadpool_postgres::PoolError) -> Self {
         tracing::warn!("API pool error: {e}");

@@ -22,6 +22,7 @@ pub use error::ApiError;
 use crate::config::Settings;
 use crate::replication::monitor::{Report, TriggerRequest};
 use crate::replication::state::ConnectionState;
+use crate::store::{sync_log, sync_state};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -122,32 +123,14 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let report = state.report.read().await.clone();
     let client = state.pool.get().await.map_err(ApiError::pool)?;
-    let row = client
-        .query_one(
-            "SELECT instance_role, last_heartbeat, replication_lag_ms, storage_queue_size,
-                    is_connected, sync_enabled FROM duplex.sync_state",
-            &[],
-        )
+    let sync_state = sync_state::read(&client).await.map_err(ApiError::store)?;
+    let last_success = sync_log::last_success(&client)
         .await
-        .map_err(ApiError::db)?;
-    let sync_state = json!({
-        "instance_role": row.get::<_, String>(0),
-        "last_heartbeat": row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(1),
-        "replication_lag_ms": row.get::<_, Option<i64>>(2),
-        "storage_queue_size": row.get::<_, i64>(3),
-        "is_connected": row.get::<_, bool>(4),
-        "sync_enabled": row.get::<_, bool>(5),
-    });
-    let last_success = client
-        .query_opt(
-            "SELECT sync_type, created_at FROM duplex.sync_log WHERE status = 'SUCCESS'
-              ORDER BY created_at DESC, id DESC LIMIT 1",
-            &[],
-        )
+        .map_err(ApiError::store)?
+        .map(|(sync_type, at)| json!({ "sync_type": sync_type, "at": at }));
+    let recent = sync_log::recent(&client, None, None, 20)
         .await
-        .map_err(ApiError::db)?
-        .map(|r| json!({ "sync_type": r.get::<_, String>(0), "at": r.get::<_, chrono::DateTime<chrono::Utc>>(1) }));
-    let recent = log_entries(&client, None, None, 20).await?;
+        .map_err(ApiError::store)?;
     Ok(Json(json!({
         "role": report.role,
         "sync_state": sync_state,
@@ -209,66 +192,35 @@ async fn log(
         },
     };
     let client = state.pool.get().await.map_err(ApiError::pool)?;
-    let entries = log_entries(
+    let entries = sync_log::recent(
         &client,
         status.as_deref(),
         params.get("type").map(String::as_str),
         limit,
     )
-    .await?;
+    .await
+    .map_err(ApiError::store)?;
     Ok(Json(json!({ "entries": entries })))
-}
-
-async fn log_entries(
-    client: &deadpool_postgres::Client,
-    status: Option<&str>,
-    sync_type: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Value>, ApiError> {
-    let rows = client
-        .query(
-            "SELECT id, sync_type, status, records_synced, error_message, details, created_at
-               FROM duplex.sync_log
-              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR sync_type = $2)
-              ORDER BY created_at DESC, id DESC LIMIT $3",
-            &[&status, &sync_type, &limit],
-        )
-        .await
-        .map_err(ApiError::db)?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<_, i64>(0),
-                "sync_type": r.get::<_, String>(1),
-                "status": r.get::<_, String>(2),
-                "records_synced": r.get::<_, i64>(3),
-                "message": r.get::<_, Option<String>>(4),
-                "details": r.get::<_, Value>(5),
-                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
-            })
-        })
-        .collect())
 }
 
 async fn set_enabled(state: &AppState, enabled: bool) -> Result<Json<Value>, ApiError> {
     let client = state.pool.get().await.map_err(ApiError::pool)?;
-    client
-        .execute(
-            "UPDATE duplex.sync_state SET sync_enabled = $1, updated_at = now()",
-            &[&enabled],
-        )
+    sync_state::set_enabled(&client, enabled)
         .await
-        .map_err(ApiError::db)?;
+        .map_err(ApiError::store)?;
     let what = if enabled { "resumed" } else { "paused" };
-    client
-        .execute(
-            "INSERT INTO duplex.sync_log (sync_type, status, error_message, details)
-             VALUES ('control', 'INFO', $1, jsonb_build_object('sync_enabled', $2::boolean))",
-            &[&format!("sync {what} through the API"), &enabled],
-        )
-        .await
-        .map_err(ApiError::db)?;
+    sync_log::insert(
+        &client,
+        &sync_log::Entry {
+            sync_type: "control",
+            status: "INFO",
+            records_synced: 0,
+            error_message: Some(&format!("sync {what} through the API")),
+            details: json!({ "sync_enabled": enabled }),
+        },
+    )
+    .await
+    .map_err(ApiError::store)?;
     state.report.write().await.sync_enabled = enabled;
     tracing::info!("sync {what} through the API");
     Ok(Json(json!({ "sync_enabled": enabled })))

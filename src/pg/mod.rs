@@ -1,7 +1,5 @@
-//! PostgreSQL access: connections with duplex's session options, identifier quoting,
-//! and the migrations runner for schema `duplex`.
-
-pub mod migrations;
+//! PostgreSQL access: connections with duplex's session options and identifier quoting.
+//! Statements on duplex's own tables live in [`crate::store`].
 
 use std::time::Duration;
 

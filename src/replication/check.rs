@@ -154,13 +154,8 @@ pub async fn run(
                 None,
             ),
         }
-        let migrated = client
-            .query_opt(
-                "SELECT 1 FROM pg_tables WHERE schemaname = 'duplex' AND tablename = 'sync_state'",
-                &[],
-            )
+        let migrated = crate::store::sync_state::exists(client)
             .await
-            .map(|r| r.is_some())
             .unwrap_or(false);
         if migrated {
             report.push(

@@ -284,7 +284,7 @@ impl Monitor {
         let mut guard = self.local.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             let mut client = pg::connect(&self.settings.local_db_url, "local", "monitor").await?;
-            pg::migrations::migrate(&mut client).await?;
+            crate::store::migrations::migrate(&mut client).await?;
             let v = catalog::server_info(&client).await?.version_num;
             self.versions.lock().await.0 = v;
             *guard = Some(client);
@@ -441,21 +441,9 @@ impl Monitor {
             state,
             ConnectionState::Connected | ConnectionState::Degraded
         );
-        let row = local
-            .query_one(
-                "UPDATE duplex.sync_state
-                    SET last_heartbeat = now(), replication_lag_ms = $1, is_connected = $2,
-                        updated_at = now()
-                  RETURNING sync_enabled, storage_queue_size",
-                &[&lag_ms, &is_connected],
-            )
-            .await
-            .map_err(|source| pg::Error::Query {
-                context: "updating duplex.sync_state".into(),
-                source,
-            })?;
-        let sync_enabled: bool = row.get(0);
-        let queue: i64 = row.get(1);
+        let beat = crate::store::sync_state::heartbeat(local, lag_ms, is_connected).await?;
+        let sync_enabled = beat.sync_enabled;
+        let queue = beat.storage_queue_size;
 
         let sub_name = incoming(role);
         let incoming_dir = directions.iter().find(|d| d.name == sub_name);
@@ -596,29 +584,16 @@ impl Monitor {
     /// Bring back what the previous run of this process knew: alerts still raised (their
     /// latest `sync_log` entry is not RESOLVED) and when the peer became unreachable.
     async fn restore(&self, local: &Client) -> Result<(), pg::Error> {
-        let rows = local
-            .query(
-                "SELECT DISTINCT ON (details->>'kind')
-                        details->>'kind', status, coalesce(error_message, ''), details, created_at
-                   FROM duplex.sync_log WHERE sync_type = 'alert' AND details ? 'kind'
-                  ORDER BY details->>'kind', id DESC",
-                &[],
-            )
-            .await
-            .map_err(|source| pg::Error::Query {
-                context: "reading raised alerts".into(),
-                source,
-            })?;
+        let rows = sync_log::latest_alerts(local).await?;
         let mut restored = Vec::new();
         for r in rows {
-            let status: String = r.get(1);
-            let level = match status.as_str() {
+            let level = match r.status.as_str() {
                 "WARNING" => alerts::Level::Warning,
                 "FAILED" => alerts::Level::Failed,
                 "CRITICAL" => alerts::Level::Critical,
                 _ => continue,
             };
-            let details: serde_json::Value = r.get(3);
+            let details = r.details;
             let runbook = match details["runbook"].as_str() {
                 Some("runbooks/replication-slot-dropped.md") => {
                     Some("runbooks/replication-slot-dropped.md")
@@ -631,14 +606,14 @@ impl Monitor {
             };
             restored.push(Active {
                 condition: Condition {
-                    kind: r.get(0),
+                    kind: r.kind,
                     level,
                     title: details["title"].as_str().unwrap_or_default().to_string(),
-                    message: r.get(2),
+                    message: r.message,
                     runbook,
                     details: details["facts"].clone(),
                 },
-                since: r.get(4),
+                since: r.created_at,
             });
         }
         if !restored.is_empty() {
@@ -649,22 +624,7 @@ impl Monitor {
             );
         }
         self.book.lock().await.restore(restored);
-        let since: Option<DateTime<Utc>> = local
-            .query_opt(
-                "SELECT created_at FROM duplex.sync_log
-                  WHERE sync_type = 'connection' AND details->>'to' = 'DISCONNECTED'
-                    AND id > coalesce((SELECT max(id) FROM duplex.sync_log
-                                        WHERE sync_type = 'connection'
-                                          AND details->>'to' IN ('CONNECTED', 'DEGRADED')), 0)
-                  ORDER BY id LIMIT 1",
-                &[],
-            )
-            .await
-            .map_err(|source| pg::Error::Query {
-                context: "reading the last disconnection".into(),
-                source,
-            })?
-            .map(|r| r.get(0));
+        let since = sync_log::open_disconnection(local).await?;
         if let Some(since) = since {
             let ago = (Utc::now() - since).to_std().unwrap_or_default();
             self.machine.lock().await.restore_disconnected_since(

@@ -22,7 +22,7 @@ use super::catalog::{self, Column, TableInfo};
 use super::{incoming, outgoing, resolve_tables, Error};
 use crate::config::{Role, Settings, TableName};
 use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
-use crate::store::{sync_log, sync_state};
+use crate::store::{schema_migrations, sync_log, sync_state};
 
 /// Which connection a step runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +192,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
 
     let mut plan = Plan {
         tables: tables.clone(),
-        pending_migrations: pg::migrations::MIGRATIONS
+        pending_migrations: crate::store::migrations::MIGRATIONS
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .map(|m| m.name)
@@ -425,33 +425,8 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
 /// The role recorded in `duplex.sync_state` and the applied migration versions, read
 /// without creating anything (both empty before duplex first ran here).
 async fn local_duplex_state(local: &Client) -> Result<(Option<String>, Vec<i32>), pg::Error> {
-    let exists = |table: &'static str| async move {
-        local
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .await
-            .context("looking for schema duplex")
-            .map(|r| r.get::<_, bool>(0))
-    };
-    let role = if exists("duplex.sync_state").await? {
-        local
-            .query_opt("SELECT instance_role FROM duplex.sync_state", &[])
-            .await
-            .context("reading duplex.sync_state")?
-            .map(|r| r.get(0))
-    } else {
-        None
-    };
-    let applied = if exists("duplex.schema_migrations").await? {
-        local
-            .query("SELECT version FROM duplex.schema_migrations", &[])
-            .await
-            .context("reading duplex.schema_migrations")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let role = sync_state::recorded_role(local).await?;
+    let applied = schema_migrations::applied_if_any(local).await?;
     Ok((role, applied))
 }
 
@@ -554,7 +529,7 @@ pub async fn apply(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report, Error> {
     let role = settings.instance_role;
-    pg::migrations::migrate(local).await?;
+    crate::store::migrations::migrate(local).await?;
     sync_state::ensure_role(local, role, settings.sync_enabled).await?;
     let mut report = Report::default();
     for step in &plan.steps {

@@ -1,4 +1,12 @@
-//! duplex's own tables in schema `duplex`: one file per table.
+//! duplex's own tables in schema `duplex`: every statement on them lives here, one file
+//! per table, the SQL as `const`s next to the row types and the functions that run it.
+//!
+//! - [`migrations`]: the numbered migrations and their runner.
+//! - [`schema_migrations`]: which migrations are applied.
+//! - [`sync_log`]: what duplex did, alerts and transitions.
+//! - [`sync_state`]: the single state row (role, heartbeat, pause).
 
+pub mod migrations;
+pub mod schema_migrations;
 pub mod sync_log;
 pub mod sync_state;

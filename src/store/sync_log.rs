@@ -1,8 +1,38 @@
 //! `duplex.sync_log`: what duplex did and what went wrong, newest last.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::pg::{Context, Error};
+
+const INSERT: &str =
+    "INSERT INTO duplex.sync_log (sync_type, status, records_synced, error_message, details)
+     VALUES ($1, $2, $3, $4, $5) RETURNING id";
+
+const RECENT: &str =
+    "SELECT id, sync_type, status, records_synced, error_message, details, created_at
+       FROM duplex.sync_log
+      WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR sync_type = $2)
+      ORDER BY created_at DESC, id DESC LIMIT $3";
+
+const LAST_SUCCESS: &str =
+    "SELECT sync_type, created_at FROM duplex.sync_log WHERE status = 'SUCCESS'
+      ORDER BY created_at DESC, id DESC LIMIT 1";
+
+/// The latest entry of every alert kind (raised while its status is not RESOLVED).
+const LATEST_ALERTS: &str = "SELECT DISTINCT ON (details->>'kind')
+        details->>'kind', status, coalesce(error_message, ''), details, created_at
+   FROM duplex.sync_log WHERE sync_type = 'alert' AND details ? 'kind'
+  ORDER BY details->>'kind', id DESC";
+
+/// The first DISCONNECTED transition after the latest CONNECTED or DEGRADED one.
+const OPEN_DISCONNECTION: &str = "SELECT created_at FROM duplex.sync_log
+  WHERE sync_type = 'connection' AND details->>'to' = 'DISCONNECTED'
+    AND id > coalesce((SELECT max(id) FROM duplex.sync_log
+                        WHERE sync_type = 'connection'
+                          AND details->>'to' IN ('CONNECTED', 'DEGRADED')), 0)
+  ORDER BY id LIMIT 1";
 
 /// One entry to record.
 #[derive(Debug, Clone)]
@@ -19,12 +49,45 @@ pub struct Entry<'a> {
     pub details: serde_json::Value,
 }
 
+/// One recorded entry, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Its id.
+    pub id: i64,
+    /// `sync_type`.
+    pub sync_type: String,
+    /// `status`.
+    pub status: String,
+    /// `records_synced`.
+    pub records_synced: i64,
+    /// `error_message`.
+    pub message: Option<String>,
+    /// `details`.
+    pub details: serde_json::Value,
+    /// `created_at`.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The latest entry of one alert kind.
+#[derive(Debug, Clone)]
+pub struct AlertRow {
+    /// `details.kind`.
+    pub kind: String,
+    /// `status`: the level, or `RESOLVED`.
+    pub status: String,
+    /// `error_message`, empty when none.
+    pub message: String,
+    /// `details`.
+    pub details: serde_json::Value,
+    /// `created_at`.
+    pub created_at: DateTime<Utc>,
+}
+
 /// Append `entry`; returns its id.
 pub async fn insert(client: &Client, entry: &Entry<'_>) -> Result<i64, Error> {
     Ok(client
         .query_one(
-            "INSERT INTO duplex.sync_log (sync_type, status, records_synced, error_message, details)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            INSERT,
             &[
                 &entry.sync_type,
                 &entry.status,
@@ -36,4 +99,63 @@ pub async fn insert(client: &Client, entry: &Entry<'_>) -> Result<i64, Error> {
         .await
         .context("writing duplex.sync_log")?
         .get(0))
+}
+
+/// Entries newest first, optionally filtered by `status` and `sync_type`.
+pub async fn recent(
+    client: &Client,
+    status: Option<&str>,
+    sync_type: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Row>, Error> {
+    Ok(client
+        .query(RECENT, &[&status, &sync_type, &limit])
+        .await
+        .context("reading duplex.sync_log")?
+        .iter()
+        .map(|r| Row {
+            id: r.get(0),
+            sync_type: r.get(1),
+            status: r.get(2),
+            records_synced: r.get(3),
+            message: r.get(4),
+            details: r.get(5),
+            created_at: r.get(6),
+        })
+        .collect())
+}
+
+/// The latest `SUCCESS` entry: its type and time.
+pub async fn last_success(client: &Client) -> Result<Option<(String, DateTime<Utc>)>, Error> {
+    Ok(client
+        .query_opt(LAST_SUCCESS, &[])
+        .await
+        .context("reading duplex.sync_log")?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// The latest entry of every alert kind ever logged.
+pub async fn latest_alerts(client: &Client) -> Result<Vec<AlertRow>, Error> {
+    Ok(client
+        .query(LATEST_ALERTS, &[])
+        .await
+        .context("reading raised alerts")?
+        .iter()
+        .map(|r| AlertRow {
+            kind: r.get(0),
+            status: r.get(1),
+            message: r.get(2),
+            details: r.get(3),
+            created_at: r.get(4),
+        })
+        .collect())
+}
+
+/// When the peer became unreachable, if no CONNECTED or DEGRADED transition followed.
+pub async fn open_disconnection(client: &Client) -> Result<Option<DateTime<Utc>>, Error> {
+    Ok(client
+        .query_opt(OPEN_DISCONNECTION, &[])
+        .await
+        .context("reading the last disconnection")?
+        .map(|r| r.get(0)))
 }

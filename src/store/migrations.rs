@@ -6,7 +6,8 @@
 
 use tokio_postgres::Client;
 
-use super::{Context, Error};
+use super::schema_migrations;
+use crate::pg::{Context, Error};
 
 /// One migration: its number, name and SQL.
 pub struct Migration {
@@ -37,34 +38,16 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await
         .context("taking the migration lock")?;
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS duplex;
-         CREATE TABLE IF NOT EXISTS duplex.schema_migrations (
-             version    integer     PRIMARY KEY,
-             name       text        NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );",
-    )
-    .await
-    .context("creating schema duplex")?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM duplex.schema_migrations", &[])
+    tx.batch_execute(schema_migrations::CREATE)
         .await
-        .context("reading applied migrations")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .context("creating schema duplex")?;
+    let applied = schema_migrations::applied(&tx).await?;
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         tx.batch_execute(m.sql)
             .await
             .context(format!("applying migration {}", m.name))?;
-        tx.execute(
-            "INSERT INTO duplex.schema_migrations (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
-        )
-        .await
-        .context("recording migration")?;
+        schema_migrations::record(&tx, m.version, m.name).await?;
         now.push(m.version);
     }
     tx.commit().await.context("committing migrations")?;
