@@ -4,173 +4,13 @@
 //! duplex's interface; `docs/configuration.md` documents each one.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use config::{Config, File, FileFormat, Value, ValueKind};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-/// Which instance this duplex process runs beside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The on-site instance: the source of the initial data.
-    Main,
-    /// The cloud instance: copies the initial data from main.
-    Cloud,
-}
-
-impl Role {
-    /// The other side.
-    pub fn peer(self) -> Role {
-        match self {
-            Role::Main => Role::Cloud,
-            Role::Cloud => Role::Main,
-        }
-    }
-
-    /// Lower-case name, as in `INSTANCE_ROLE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Main => "main",
-            Role::Cloud => "cloud",
-        }
-    }
-
-    /// Upper-case name, as stored in `duplex.sync_state.instance_role`.
-    pub fn as_db(self) -> &'static str {
-        match self {
-            Role::Main => "MAIN",
-            Role::Cloud => "CLOUD",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A connection URL whose password never leaves through `Display`, `Debug` or `Serialize`.
-#[derive(Clone)]
-pub struct SecretUrl {
-    url: url::Url,
-    password: Option<SecretString>,
-}
-
-impl SecretUrl {
-    /// Parse `raw`, keeping the password apart from the printable URL.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let mut url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
-        let mut password = url.password().map(|p| {
-            let decoded = percent_decode(p);
-            SecretString::from(decoded)
-        });
-        if password.is_some() {
-            let _ = url.set_password(Some("********"));
-        }
-        // libpq also takes `?password=` (and `sslpassword=`): keep them out of the URL too.
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        if pairs
-            .iter()
-            .any(|(k, _)| k == "password" || k == "sslpassword")
-        {
-            let mut query = url.query_pairs_mut();
-            query.clear();
-            for (k, v) in &pairs {
-                if k == "password" || k == "sslpassword" {
-                    if k == "password" && password.is_none() {
-                        password = Some(SecretString::from(v.clone()));
-                    }
-                    query.append_pair(k, "********");
-                } else {
-                    query.append_pair(k, v);
-                }
-            }
-        }
-        Ok(SecretUrl { url, password })
-    }
-
-    /// The URL with its password replaced by `********`.
-    pub fn redacted(&self) -> String {
-        self.url.to_string()
-    }
-
-    /// The parsed URL (password redacted).
-    pub fn url(&self) -> &url::Url {
-        &self.url
-    }
-
-    /// The password, for building a client connection. Never log the result.
-    pub fn password(&self) -> Option<&str> {
-        self.password.as_ref().map(|p| p.expose_secret())
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUrl({})", self.redacted())
-    }
-}
-
-impl Serialize for SecretUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
-}
-
-/// A secret string that serializes as `********`.
-#[derive(Clone)]
-pub struct Secret(SecretString);
-
-impl Secret {
-    /// The secret itself. Never log the result.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("********")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("********")
-    }
-}
+use crate::model::{Role, TableName};
+use crate::secret::{Secret, SecretUrl};
 
 /// Which tables replicate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -188,32 +28,6 @@ pub enum TableSelection {
         /// Table names in that schema that stay local.
         exclude: Vec<String>,
     },
-}
-
-/// A table name as the user wrote it: exact identifiers, not SQL-quoted.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct TableName {
-    /// Schema, e.g. `public`.
-    pub schema: String,
-    /// Table, e.g. `JumpLog`.
-    pub name: String,
-}
-
-impl TableName {
-    /// `schema.table` with both parts quoted for SQL.
-    pub fn quoted(&self) -> String {
-        format!(
-            "{}.{}",
-            crate::pg::quote_ident(&self.schema),
-            crate::pg::quote_ident(&self.name)
-        )
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
 }
 
 /// Replication provisioning settings (`[replication]` in the file).
@@ -703,7 +517,7 @@ fn get_secret(
 ) -> Option<Secret> {
     get_string(map, key, label, problems)
         .filter(|s| !s.trim().is_empty())
-        .map(|s| Secret(SecretString::from(s)))
+        .map(Secret::new)
 }
 
 fn daemon_settings(top: &config::Map<String, Value>, problems: &mut Problems) -> DaemonSettings {
@@ -990,7 +804,7 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         &mut problems,
     )
     .filter(|p| !p.is_empty())
-    .map(|p| Secret(SecretString::from(p)));
+    .map(Secret::new);
     let default_slot = match role {
         Some(Role::Main) | None => "duplex_cloud_to_main",
         Some(Role::Cloud) => "duplex_main_to_cloud",

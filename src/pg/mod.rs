@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::SecretUrl;
+use crate::secret::SecretUrl;
 
 /// Statement timeout set on every duplex session.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -2,7 +2,7 @@
 
 use tokio_postgres::Client;
 
-use crate::config::TableName;
+use crate::model::TableName;
 use crate::pg::{Context, Error};
 
 /// Server facts that decide whether logical replication can work.

@@ -7,7 +7,8 @@ use tokio_postgres::Client;
 use super::catalog::{self, ServerInfo};
 use super::status::{self, Status};
 use super::{incoming, outgoing, resolve_tables};
-use crate::config::{Role, Settings};
+use crate::config::Settings;
+use crate::model::Role;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,7 +8,8 @@ pub mod setup;
 pub mod state;
 pub mod status;
 
-use crate::config::{Role, Settings, TableName, TableSelection};
+use crate::config::{Settings, TableSelection};
+use crate::model::{Role, TableName};
 use tokio_postgres::Client;
 
 /// Errors of the replication domain.

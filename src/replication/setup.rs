@@ -20,7 +20,8 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, Column, TableInfo};
 use super::{incoming, outgoing, resolve_tables, Error};
-use crate::config::{Role, Settings, TableName};
+use crate::config::Settings;
+use crate::model::{Role, TableName};
 use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
 use crate::store::{schema_migrations, sync_log, sync_state};
 
@@ -438,7 +439,7 @@ enum LoginProbe {
 
 /// Try to log in as the replication role with the configured password, the way the
 /// peer's subscription will.
-async fn login_works(url: &crate::config::SecretUrl, user: &str, password: &str) -> LoginProbe {
+async fn login_works(url: &crate::secret::SecretUrl, user: &str, password: &str) -> LoginProbe {
     let mut cfg = match pg::pg_config(url, "setup", "setup") {
         Ok(c) => c,
         Err(e) => return LoginProbe::Other(e.to_string()),

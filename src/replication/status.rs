@@ -5,7 +5,8 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, Slot};
 use super::direction_name;
-use crate::config::{Role, Settings};
+use crate::config::Settings;
+use crate::model::Role;
 
 /// The subscriber half of one direction.
 #[derive(Debug, Clone, Serialize)]

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::config::Role;
+use crate::model::Role;
 use crate::pg::{Context, Error as PgError};
 
 const SEED: &str = "INSERT INTO duplex.sync_state (instance_role, sync_enabled) VALUES ($1, $2)

@@ -1,0 +1,74 @@
+//! Domain words shared by every module: which side ([`Role`]) and which table
+//! ([`TableName`]).
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Which instance this duplex process runs beside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The on-site instance: the source of the initial data.
+    Main,
+    /// The cloud instance: copies the initial data from main.
+    Cloud,
+}
+
+impl Role {
+    /// The other side.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Main => Role::Cloud,
+            Role::Cloud => Role::Main,
+        }
+    }
+
+    /// Lower-case name, as in `INSTANCE_ROLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Main => "main",
+            Role::Cloud => "cloud",
+        }
+    }
+
+    /// Upper-case name, as stored in `duplex.sync_state.instance_role`.
+    pub fn as_db(self) -> &'static str {
+        match self {
+            Role::Main => "MAIN",
+            Role::Cloud => "CLOUD",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A table name as the user wrote it: exact identifiers, not SQL-quoted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TableName {
+    /// Schema, e.g. `public`.
+    pub schema: String,
+    /// Table, e.g. `JumpLog`.
+    pub name: String,
+}
+
+impl TableName {
+    /// `schema.table` with both parts quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            crate::pg::quote_ident(&self.schema),
+            crate::pg::quote_ident(&self.name)
+        )
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
