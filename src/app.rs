@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::notify::{Notifier, NotifySettings};
+use crate::notify::{self, Notifier, NotifySettings};
 use crate::pg;
-use crate::replication::monitor::Monitor;
+use crate::replication::monitor::{self, Monitor};
 use crate::shutdown::{cancel_on_signal, Workers};
 use crate::store::{self, sync_state};
 
@@ -102,27 +102,25 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     }
 
     let workers = Workers::new();
-    let monitor = Arc::new(Monitor::new(
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(4);
+    let monitor = Monitor::new(
         settings.clone(),
         notifier.as_ref().map(|_| notify_tx),
-    ));
+        trigger_rx,
+    );
     if let Some(notifier) = notifier {
         workers.spawn(
-            "notifier",
-            crate::replication::monitor::run_notifier(notifier, notify_rx, cancel.clone()),
+            notify::worker::NAME,
+            notify::worker::run(notifier, notify_rx, cancel.clone()),
         );
     }
-    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(4);
     let state = AppState {
         settings: settings.clone(),
         report: monitor.report(),
         pool,
         trigger: trigger_tx,
     };
-    workers.spawn(
-        "replication_monitor",
-        monitor.clone().run(cancel.clone(), trigger_rx),
-    );
+    workers.spawn(monitor::NAME, monitor.run(cancel.clone()));
     let app = http::router(state);
     let http_cancel = cancel.clone();
     workers.spawn("http", async move {

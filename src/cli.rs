@@ -260,7 +260,12 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
     {
         eprintln!("warning: {e}");
     }
-    let st = status::collect(settings, local.as_ref().ok(), remote.as_ref().ok()).await;
+    let st = status::collect(
+        settings.instance_role,
+        local.as_ref().ok(),
+        remote.as_ref().ok(),
+    )
+    .await;
     let controller = controller_view(settings).await;
     if json {
         let mut v = serde_json::to_value(&st)?;

@@ -27,3 +27,4 @@ pub mod replication;
 pub mod secret;
 pub mod shutdown;
 pub mod store;
+pub mod text;

@@ -72,3 +72,45 @@ impl fmt::Display for TableName {
         write!(f, "{}.{}", self.schema, self.name)
     }
 }
+
+/// How bad something is: an alert's level, a notification's severity and the
+/// `sync_log.status` of an alert's start entry. Ordered: `Info < Warning < Failed < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    /// Something worth knowing; notified only as the clearing of a raise that was sent.
+    Info,
+    /// Worth a look; degraded but working.
+    Warning,
+    /// Something stopped and needs a person.
+    Failed,
+    /// Data is at risk; needs a person now.
+    Critical,
+}
+
+impl Severity {
+    /// The upper-case name: `"INFO"`, `"WARNING"`, `"FAILED"`, `"CRITICAL"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "INFO",
+            Severity::Warning => "WARNING",
+            Severity::Failed => "FAILED",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+
+    /// The levels an alert can have, mildest first.
+    pub const ALERT_LEVELS: [Severity; 3] =
+        [Severity::Warning, Severity::Failed, Severity::Critical];
+
+    /// The alert level named `s`, if it is one.
+    pub fn alert_level(s: &str) -> Option<Severity> {
+        Self::ALERT_LEVELS.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -21,7 +21,7 @@ fn escape(v: &str) -> String {
 
 /// Render the metrics of the latest monitor report.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let r = state.report.read().await;
+    let r = state.report.borrow().clone();
     let mut out = String::new();
     let role = r.role.as_str();
 
@@ -119,7 +119,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             );
         }
     }
-    let subs: Vec<(&str, &crate::replication::monitor::SubscriptionHealth)> = r
+    let subs: Vec<(&str, &crate::replication::health::SubscriptionHealth)> = r
         .directions
         .iter()
         .filter_map(|d| d.subscription.as_ref().map(|s| (d.name.as_str(), s)))

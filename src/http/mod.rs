@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, RwLock};
+use tokio::sync::{mpsc, watch};
 
 pub use error::ApiError;
 
@@ -29,8 +29,9 @@ use crate::store::{sync_log, sync_state};
 pub struct AppState {
     /// Configuration.
     pub settings: Arc<Settings>,
-    /// The monitor's latest report.
-    pub report: Arc<RwLock<Report>>,
+    /// The monitor's latest report (read with `borrow()`; written only by the monitor,
+    /// except `sync_enabled` on pause/resume).
+    pub report: watch::Sender<Report>,
     /// Connections to the local instance for log queries and control.
     pub pool: Pool,
     /// Ask the monitor for a cycle now.
@@ -84,7 +85,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let r = state.report.read().await;
+    let r = state.report.borrow().clone();
     let limit = (state.settings.daemon.degraded_lag_secs * 1000) as i64;
     let stale_after =
         chrono::Duration::seconds((state.settings.daemon.monitor_interval_secs * 3).max(10) as i64);
@@ -121,7 +122,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let report = state.report.read().await.clone();
+    let report = state.report.borrow().clone();
     let client = state.pool.get().await.map_err(ApiError::pool)?;
     let sync_state = sync_state::read(&client).await.map_err(ApiError::store)?;
     let last_success = sync_log::last_success(&client)
@@ -221,7 +222,7 @@ async fn set_enabled(state: &AppState, enabled: bool) -> Result<Json<Value>, Api
     )
     .await
     .map_err(ApiError::store)?;
-    state.report.write().await.sync_enabled = enabled;
+    state.report.send_modify(|r| r.sync_enabled = enabled);
     tracing::info!("sync {what} through the API");
     Ok(Json(json!({ "sync_enabled": enabled })))
 }

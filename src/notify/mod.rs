@@ -11,6 +11,7 @@
 mod email;
 mod limiter;
 mod webhook;
+pub mod worker;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -22,38 +23,8 @@ use serde::Serialize;
 use self::email::EmailSink;
 use self::limiter::{Decision, RateLimiter};
 use self::webhook::WebhookSink;
-
-/// How bad a notification is. Ordered: `Info < Warning < Failed < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    /// Something worth knowing; sent only as the clearing of a raise that was sent.
-    Info,
-    /// Degraded but working; sent only with [`NotifySettings::include_warnings`].
-    Warning,
-    /// Something stopped working and needs an operator.
-    Failed,
-    /// Data is at risk; needs an operator now.
-    Critical,
-}
-
-impl Severity {
-    /// The upper-case name shown to operators: `"INFO"`, `"WARNING"`, `"FAILED"`, `"CRITICAL"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "INFO",
-            Severity::Warning => "WARNING",
-            Severity::Failed => "FAILED",
-            Severity::Critical => "CRITICAL",
-        }
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::model::Severity;
+use crate::text::chain;
 
 /// One alert (or the end of one) as the operator will read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -440,22 +411,6 @@ fn one_line(s: &str) -> String {
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// An error and its causes on one line (`outer: cause: root cause`), skipping causes the
-/// outer message already quotes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Replaces every occurrence of a secret in `text` (error messages from libraries, response

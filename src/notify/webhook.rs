@@ -164,7 +164,7 @@ fn slack_escape(s: &str) -> String {
 
 /// The error and its causes on one line, without the request URL.
 fn describe(e: reqwest::Error) -> String {
-    super::chain(&e.without_url())
+    crate::text::chain(&e.without_url())
 }
 
 #[cfg(test)]

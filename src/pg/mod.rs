@@ -18,7 +18,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server could not be reached or refused the login. Usually transient.
-    #[error("cannot connect to {target} ({url}): {}", chain(.source))]
+    #[error("cannot connect to {target} ({url}): {}", crate::text::chain(.source))]
     Connect {
         /// `local` or `remote`.
         target: &'static str,
@@ -47,21 +47,6 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
-}
-
-/// An error with its causes, `outer: inner: innermost`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = inner.source();
-    }
-    out
 }
 
 /// The server's message for a database error (the driver's `Display` says only "db error").

@@ -433,40 +433,38 @@ pub struct SlotHealth {
     pub invalidation_reason: Option<String>,
 }
 
-/// Read [`SlotHealth`] for `name`, or `None`.
-pub async fn slot_health(
-    client: &Client,
-    name: &str,
-    version_num: i32,
-) -> Result<Option<SlotHealth>, Error> {
-    let reason = if version_num >= 170_000 {
-        "invalidation_reason"
-    } else {
-        "CASE WHEN conflicting THEN 'conflicting' END"
-    };
+/// Read [`SlotHealth`] for `name`, or `None`. Works on every version: the row is read as
+/// JSON, so `invalidation_reason` (PostgreSQL 17+) or `conflicting` (16) is used when present.
+pub async fn slot_health(client: &Client, name: &str) -> Result<Option<SlotHealth>, Error> {
     let row = client
         .query_opt(
-            &format!(
-                "SELECT active, wal_status,
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-                        safe_wal_size, {reason}
-                   FROM pg_replication_slots WHERE slot_name = $1"
-            ),
+            "SELECT active, wal_status,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                    safe_wal_size, to_jsonb(s)
+               FROM pg_replication_slots s WHERE slot_name = $1",
             &[&name],
         )
         .await
         .context("reading pg_replication_slots")?;
-    Ok(row.map(|r| SlotHealth {
-        slot: Slot {
-            name: name.to_string(),
-            active: r.get(0),
-            wal_status: r.get(1),
-            pending_bytes: r.get(2),
-            retained_bytes: r.get(3),
-        },
-        safe_wal_size: r.get(4),
-        invalidation_reason: r.get(5),
+    Ok(row.map(|r| {
+        let json: serde_json::Value = r.get(5);
+        let invalidation_reason = match json.get("invalidation_reason") {
+            Some(reason) => reason.as_str().map(str::to_string),
+            None => (json.get("conflicting") == Some(&serde_json::Value::Bool(true)))
+                .then(|| "conflicting".to_string()),
+        };
+        SlotHealth {
+            slot: Slot {
+                name: name.to_string(),
+                active: r.get(0),
+                wal_status: r.get(1),
+                pending_bytes: r.get(2),
+                retained_bytes: r.get(3),
+            },
+            safe_wal_size: r.get(4),
+            invalidation_reason,
+        }
     }))
 }
 

@@ -219,7 +219,7 @@ pub async fn run(
         }
     }
 
-    let status: Status = status::collect(settings, local_client, remote_client).await;
+    let status: Status = status::collect(role, local_client, remote_client).await;
     for d in &status.directions {
         let subject = format!("{} -> {}", d.from, d.to);
         match &d.subscription {

@@ -3,7 +3,9 @@
 
 pub mod catalog;
 pub mod check;
+pub mod health;
 pub mod monitor;
+pub mod rules;
 pub mod setup;
 pub mod state;
 pub mod status;

@@ -3,9 +3,8 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::catalog::{self, Slot};
-use super::direction_name;
-use crate::config::Settings;
+use super::catalog::Slot;
+use super::health::{self, DirectionHealth, Snapshot};
 use crate::model::Role;
 
 /// The subscriber half of one direction.
@@ -63,83 +62,37 @@ pub struct Status {
     pub directions: Vec<DirectionState>,
 }
 
-/// Read the state of both directions. An unreachable side is passed as `None`; what it
-/// would have told is reported as unknown, never guessed.
-pub async fn collect(
-    settings: &Settings,
-    local: Option<&Client>,
-    remote: Option<&Client>,
-) -> Status {
-    let role = settings.instance_role;
-    let mut directions = Vec::new();
-    for (from, to) in [(role.peer(), role), (role, role.peer())] {
-        let (pub_client, sub_client) = if to == role {
-            (remote, local)
-        } else {
-            (local, remote)
-        };
-        directions.push(direction(from, to, pub_client, sub_client).await);
-    }
+/// Read both directions through [`health::collect`] and view them. An unreachable side is
+/// passed as `None`; what it would have told is reported as unknown, never guessed.
+pub async fn collect(role: Role, local: Option<&Client>, remote: Option<&Client>) -> Status {
+    view(&health::collect(role, local, remote).await)
+}
+
+/// The status view of a health snapshot.
+pub fn view(snapshot: &Snapshot) -> Status {
     Status {
-        role,
-        local_reachable: local.is_some(),
-        remote_reachable: remote.is_some(),
-        directions,
+        role: snapshot.role,
+        local_reachable: snapshot.local_reachable,
+        remote_reachable: snapshot.remote_reachable,
+        directions: snapshot.directions.iter().map(direction).collect(),
     }
 }
 
-async fn direction(
-    from: Role,
-    to: Role,
-    publisher: Option<&Client>,
-    subscriber: Option<&Client>,
-) -> DirectionState {
-    let name = direction_name(from, to);
-    let mut unknown = Vec::new();
-    let mut subscription = None;
-    match subscriber {
-        None => unknown.push(format!("{to} is unreachable: subscription state unknown")),
-        Some(client) => match catalog::subscription(client, &name).await {
-            Ok(Some(sub)) => {
-                subscription = Some(SubscriptionState {
-                    enabled: sub.enabled,
-                    running: sub.worker_pid.is_some(),
-                    tables_ready: sub.tables.iter().filter(|(_, s)| s == "r").count(),
-                    tables_total: sub.tables.len(),
-                    slot_name: sub.slot_name.clone(),
-                })
-            }
-            Ok(None) => {}
-            Err(e) => unknown.push(format!("{to}: {e}")),
-        },
-    }
-    let mut slot = None;
-    match publisher {
-        None => unknown.push(format!("{from} is unreachable: slot state unknown")),
-        Some(client) => {
-            let slot_name = match subscription.as_ref().and_then(|s| s.slot_name.clone()) {
-                Some(n) => Some(n),
-                None => catalog::duplex_slots_in_database(client)
-                    .await
-                    .ok()
-                    .and_then(|names| names.into_iter().next()),
-            };
-            if let Some(slot_name) = slot_name {
-                match catalog::slot(client, &slot_name).await {
-                    Ok(s) => slot = s,
-                    Err(e) => unknown.push(format!("{from}: {e}")),
-                }
-            }
-        }
-    }
+fn direction(d: &DirectionHealth) -> DirectionState {
     DirectionState {
-        lag_bytes: slot.as_ref().and_then(|s| s.pending_bytes),
-        name,
-        from,
-        to,
-        subscription,
-        slot,
-        unknown,
+        name: d.name.clone(),
+        from: d.from,
+        to: d.to,
+        subscription: d.subscription.as_ref().map(|s| SubscriptionState {
+            enabled: s.enabled,
+            running: s.running,
+            tables_ready: s.tables_ready,
+            tables_total: s.tables_total,
+            slot_name: s.slot_name.clone(),
+        }),
+        slot: d.slot.as_ref().map(|s| s.slot.clone()),
+        lag_bytes: d.lag_bytes,
+        unknown: d.unknown.clone(),
     }
 }
 

@@ -1,0 +1,699 @@
+//! The replication rules, pure: what a health snapshot means for the connection state
+//! machine and which alerts it raises. No I/O and no clock of their own, so they are
+//! unit-tested on hand-made snapshots.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use super::catalog::SlotHealth;
+use super::health::DirectionHealth;
+use super::state::{ConnectionState, Observation};
+use crate::alerts::Condition;
+use crate::config::AlertSettings;
+use crate::model::Severity;
+
+/// Runbook for a dropped or invalidated slot.
+pub const RUNBOOK_SLOT_DROPPED: &str = "runbooks/replication-slot-dropped.md";
+/// Runbook for a failing or disabled subscription.
+pub const RUNBOOK_SUBSCRIPTION_DISABLED: &str = "runbooks/subscription-disabled.md";
+/// Runbook for a peer that stays unreachable.
+pub const RUNBOOK_PEER_DISCONNECTED: &str = "runbooks/peer-disconnected.md";
+
+/// The runbook named `path`, if it is one of duplex's (for alerts read back from the log).
+pub fn runbook(path: &str) -> Option<&'static str> {
+    [
+        RUNBOOK_SLOT_DROPPED,
+        RUNBOOK_SUBSCRIPTION_DISABLED,
+        RUNBOOK_PEER_DISCONNECTED,
+    ]
+    .into_iter()
+    .find(|r| *r == path)
+}
+
+/// Every alert the replication rules raise; its `Display` is the alert's stable key
+/// (`slot_missing:duplex_cloud_to_main`), as logged in `sync_log.details.kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertKind {
+    /// This side's subscription exists but its slot on the peer does not.
+    SlotMissing(String),
+    /// A slot's WAL is lost or about to be.
+    SlotWal(String),
+    /// This side's subscription is disabled.
+    SubscriptionDisabled(String),
+    /// Apply errors keep rising while the peer answers.
+    ApplyErrors(String),
+    /// Lag over the warning threshold.
+    ReplicationLag,
+    /// Peer unreachable for too long.
+    Disconnected,
+    /// This side's slot keeps too much WAL.
+    RetainedWal(String),
+    /// Low disk with a storage queue.
+    DiskLow,
+    /// Storage queue too long.
+    StorageQueue,
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AlertKind::SlotMissing(s) => write!(f, "slot_missing:{s}"),
+            AlertKind::SlotWal(s) => write!(f, "slot_wal:{s}"),
+            AlertKind::SubscriptionDisabled(s) => write!(f, "subscription_disabled:{s}"),
+            AlertKind::ApplyErrors(s) => write!(f, "apply_errors:{s}"),
+            AlertKind::ReplicationLag => f.write_str("replication_lag"),
+            AlertKind::Disconnected => f.write_str("disconnected"),
+            AlertKind::RetainedWal(s) => write!(f, "retained_wal:{s}"),
+            AlertKind::DiskLow => f.write_str("disk_low"),
+            AlertKind::StorageQueue => f.write_str("storage_queue"),
+        }
+    }
+}
+
+impl FromStr for AlertKind {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (head, arg) = match s.split_once(':') {
+            Some((h, a)) => (h, Some(a.to_string())),
+            None => (s, None),
+        };
+        Ok(match (head, arg) {
+            ("slot_missing", Some(a)) => AlertKind::SlotMissing(a),
+            ("slot_wal", Some(a)) => AlertKind::SlotWal(a),
+            ("subscription_disabled", Some(a)) => AlertKind::SubscriptionDisabled(a),
+            ("apply_errors", Some(a)) => AlertKind::ApplyErrors(a),
+            ("retained_wal", Some(a)) => AlertKind::RetainedWal(a),
+            ("replication_lag", None) => AlertKind::ReplicationLag,
+            ("disconnected", None) => AlertKind::Disconnected,
+            ("disk_low", None) => AlertKind::DiskLow,
+            ("storage_queue", None) => AlertKind::StorageQueue,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// While the peer does not answer, alerts about what only the peer can tell stay raised:
+/// unknown is not resolved. `incoming_slot` is the slot this side's subscription streams
+/// from.
+pub fn unknown_while_peer_down(kind: &str, peer_down: bool, incoming_slot: Option<&str>) -> bool {
+    peer_down
+        && match kind.parse::<AlertKind>() {
+            Ok(
+                AlertKind::SlotMissing(_) | AlertKind::ApplyErrors(_) | AlertKind::ReplicationLag,
+            ) => true,
+            Ok(AlertKind::SlotWal(slot)) => incoming_slot == Some(slot.as_str()),
+            _ => false,
+        }
+}
+
+/// Apply errors of one subscription across cycles.
+#[derive(Debug)]
+struct ErrorTrack {
+    last: i64,
+    rising: u32,
+    last_increase: Option<Instant>,
+}
+
+impl ErrorTrack {
+    /// Increases before the subscription counts as failing: one error comes from every
+    /// lost connection, a stuck change keeps adding more.
+    const RISING: u32 = 2;
+
+    fn new(count: i64) -> Self {
+        ErrorTrack {
+            last: count,
+            rising: 0,
+            last_increase: None,
+        }
+    }
+
+    /// Record the count seen now; true while failing. It stops failing after `quiet`
+    /// without a new error (time, not cycles: a trigger can run cycles back to back).
+    fn observe(&mut self, count: i64, now: Instant, quiet: Duration) -> bool {
+        if count > self.last {
+            self.rising += 1;
+            self.last_increase = Some(now);
+        } else if self
+            .last_increase
+            .is_some_and(|at| now.saturating_duration_since(at) >= quiet)
+        {
+            self.rising = 0;
+            self.last_increase = None;
+        }
+        self.last = count;
+        self.rising >= Self::RISING
+    }
+}
+
+/// Apply and sync errors of every subscription, across cycles.
+#[derive(Debug, Default)]
+pub struct ApplyErrors {
+    tracks: HashMap<String, ErrorTrack>,
+}
+
+impl ApplyErrors {
+    /// Feed one cycle in which the peer answered; returns the directions whose errors keep
+    /// rising, with their count.
+    pub fn observe(
+        &mut self,
+        directions: &[DirectionHealth],
+        now: Instant,
+        quiet: Duration,
+    ) -> Vec<(String, i64)> {
+        let mut failing = Vec::new();
+        for d in directions {
+            if let Some(sub) = &d.subscription {
+                let count = sub.stats.apply_error_count + sub.stats.sync_error_count;
+                let track = self
+                    .tracks
+                    .entry(d.name.clone())
+                    .or_insert_with(|| ErrorTrack::new(count));
+                if track.observe(count, now, quiet) {
+                    failing.push((d.name.clone(), count));
+                }
+            }
+        }
+        failing
+    }
+}
+
+/// The worst lag over both directions; `None` when either is down or unknown.
+pub fn worst_lag(directions: &[DirectionHealth]) -> Option<i64> {
+    if directions.iter().all(|d| d.lag_ms.is_some()) && !directions.is_empty() {
+        directions.iter().filter_map(|d| d.lag_ms).max()
+    } else {
+        None
+    }
+}
+
+/// Why the connection is DEGRADED (empty when healthy).
+pub fn problems(directions: &[DirectionHealth], degraded_lag_secs: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in directions {
+        let dir = format!("{} -> {}", d.from, d.to);
+        match &d.subscription {
+            None => out.push(format!("{dir}: subscription missing on {}", d.to)),
+            Some(s) if !s.enabled => out.push(format!("{dir}: subscription disabled")),
+            Some(s) if !s.running => out.push(format!("{dir}: apply worker not running")),
+            Some(_) => {}
+        }
+        match &d.slot {
+            None => out.push(format!("{dir}: slot missing on {}", d.from)),
+            Some(s) if !s.slot.active => out.push(format!("{dir}: slot {} inactive", s.slot.name)),
+            Some(_) => {}
+        }
+        if let Some(lag) = d.lag_ms {
+            if lag > (degraded_lag_secs * 1000) as i64 {
+                out.push(format!("{dir}: lag {} s", lag / 1000));
+            }
+        }
+    }
+    out
+}
+
+/// What the state machine is told: the peer is unreachable (`unreachable` says why), or
+/// reachable with the problems of `directions` and the subscriptions that keep failing.
+pub fn observation(
+    unreachable: Option<&str>,
+    directions: &[DirectionHealth],
+    failing: &[(String, i64)],
+    degraded_lag_secs: u64,
+) -> Observation {
+    match unreachable {
+        Some(why) => Observation::Unreachable(why.to_string()),
+        None => {
+            let mut problems = problems(directions, degraded_lag_secs);
+            for (name, count) in failing {
+                problems.push(format!("{name}: apply errors keep rising ({count})"));
+            }
+            Observation::Reachable { problems }
+        }
+    }
+}
+
+/// The alert inputs of one cycle. `subscription` is this side's (incoming) direction name.
+#[allow(clippy::too_many_arguments)]
+pub fn inputs<'a>(
+    subscription: &'a str,
+    state: ConnectionState,
+    disconnected_for: Option<Duration>,
+    directions: &'a [DirectionHealth],
+    failing: &[(String, i64)],
+    lag_ms: Option<i64>,
+    queue_size: i64,
+    disk_free_percent: Option<f64>,
+) -> Inputs<'a> {
+    let incoming = directions.iter().find(|d| d.name == subscription);
+    let outgoing = directions.iter().find(|d| d.name != subscription);
+    Inputs {
+        state: Some(state),
+        disconnected_for,
+        subscription,
+        subscription_state: incoming.and_then(|d| {
+            d.subscription.as_ref().map(|s| {
+                (
+                    s.enabled,
+                    s.stats.apply_error_count,
+                    s.stats.sync_error_count,
+                )
+            })
+        }),
+        apply_failing: failing
+            .iter()
+            .find(|(n, _)| n == subscription)
+            .map(|(_, c)| *c),
+        incoming_slot: incoming
+            .filter(|d| d.publisher_known)
+            .map(|d| d.slot.as_ref()),
+        outgoing_slot: outgoing.and_then(|d| d.slot.as_ref()),
+        lag_ms,
+        queue_size,
+        disk_free_percent,
+    }
+}
+
+/// What the alert rules look at.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs<'a> {
+    /// Connection state after this cycle.
+    pub state: Option<ConnectionState>,
+    /// How long the peer has been unreachable.
+    pub disconnected_for: Option<Duration>,
+    /// This side's subscription name (direction peer -> this side).
+    pub subscription: &'a str,
+    /// Whether that subscription exists, its enabled flag and its error counts.
+    pub subscription_state: Option<(bool, i64, i64)>,
+    /// Apply errors of that subscription when they keep rising while the peer answers.
+    pub apply_failing: Option<i64>,
+    /// The slot it streams from on the peer: `Some(None)` when the peer answered and the
+    /// slot is missing, `None` when unknown.
+    pub incoming_slot: Option<Option<&'a SlotHealth>>,
+    /// The slot on this side that the peer's subscription streams from.
+    pub outgoing_slot: Option<&'a SlotHealth>,
+    /// Worst replication lag, ms.
+    pub lag_ms: Option<i64>,
+    /// Storage queue size.
+    pub queue_size: i64,
+    /// Free space on the watched path, percent.
+    pub disk_free_percent: Option<f64>,
+}
+
+/// Every alert rule of the replication domain.
+pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let sub = i.subscription;
+    if i.subscription_state.is_some() && matches!(i.incoming_slot, Some(None)) {
+        out.push(Condition {
+            kind: AlertKind::SlotMissing(sub.into()).to_string(),
+            level: Severity::Critical,
+            title: format!("replication slot of {sub} is missing on the peer"),
+            message: format!("the slot that subscription {sub} streams from no longer exists on the peer: changes made there since are not replicated. Follow runbooks/replication-slot-dropped.md"),
+            runbook: Some(RUNBOOK_SLOT_DROPPED),
+            details: serde_json::json!({ "subscription": sub }),
+        });
+    }
+    for slot in [i.incoming_slot.flatten(), i.outgoing_slot]
+        .into_iter()
+        .flatten()
+    {
+        let wal = slot.slot.wal_status.as_deref().unwrap_or("");
+        if wal == "lost" || wal == "unreserved" || slot.invalidation_reason.is_some() {
+            out.push(Condition {
+                kind: AlertKind::SlotWal(slot.slot.name.clone()).to_string(),
+                level: Severity::Critical,
+                title: format!("replication slot {} is {}", slot.slot.name, if wal == "unreserved" { "about to lose WAL" } else { "invalidated" }),
+                message: format!(
+                    "slot {} has wal_status {wal}{}: {}. Follow runbooks/replication-slot-dropped.md",
+                    slot.slot.name,
+                    slot.invalidation_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    if wal == "unreserved" { "WAL it needs will be removed at the next checkpoint unless the subscriber catches up" } else { "changes it had not sent are gone" }
+                ),
+                runbook: Some(RUNBOOK_SLOT_DROPPED),
+                details: serde_json::json!({ "slot": slot.slot.name, "wal_status": wal, "invalidation_reason": slot.invalidation_reason }),
+            });
+        }
+    }
+    if let Some((false, apply_errors, sync_errors)) = i.subscription_state {
+        out.push(Condition {
+            kind: AlertKind::SubscriptionDisabled(sub.into()).to_string(),
+            level: Severity::Failed,
+            title: format!("subscription {sub} is disabled"),
+            message: format!("subscription {sub} is disabled ({apply_errors} apply error(s), {sync_errors} sync error(s) so far): changes from the peer wait in its slot until it is enabled again. Follow runbooks/subscription-disabled.md"),
+            runbook: Some(RUNBOOK_SUBSCRIPTION_DISABLED),
+            details: serde_json::json!({ "subscription": sub, "apply_error_count": apply_errors, "sync_error_count": sync_errors }),
+        });
+    }
+    if let Some(errors) = i.apply_failing {
+        out.push(Condition {
+            kind: AlertKind::ApplyErrors(sub.into()).to_string(),
+            level: Severity::Failed,
+            title: format!("subscription {sub} keeps failing to apply a change"),
+            message: format!("subscription {sub} keeps failing to apply a change from the peer ({errors} apply error(s) so far): that change and every later one wait in the peer's slot. Follow runbooks/subscription-disabled.md"),
+            runbook: Some(RUNBOOK_SUBSCRIPTION_DISABLED),
+            details: serde_json::json!({ "subscription": sub, "apply_error_count": errors }),
+        });
+    }
+    if let Some(lag) = i.lag_ms {
+        if lag > (s.lag_warning_secs * 1000) as i64 {
+            out.push(Condition {
+                kind: AlertKind::ReplicationLag.to_string(),
+                level: Severity::Warning,
+                title: format!("replication lag is {} s", lag / 1000),
+                message: format!(
+                    "replication lag is {} s, above {} s",
+                    lag / 1000,
+                    s.lag_warning_secs
+                ),
+                runbook: None,
+                details: serde_json::json!({ "lag_ms": lag, "threshold_secs": s.lag_warning_secs }),
+            });
+        }
+    }
+    if let (Some(ConnectionState::Disconnected), Some(d)) = (i.state, i.disconnected_for) {
+        if d.as_secs() >= s.disconnected_critical_secs {
+            out.push(Condition {
+                kind: AlertKind::Disconnected.to_string(),
+                level: Severity::Critical,
+                title: format!("peer unreachable for {} h", d.as_secs() / 3600),
+                message: format!("the peer has been unreachable for {} s; slots retain WAL meanwhile. Follow runbooks/peer-disconnected.md", d.as_secs()),
+                runbook: Some(RUNBOOK_PEER_DISCONNECTED),
+                details: serde_json::json!({ "disconnected_secs": d.as_secs() }),
+            });
+        }
+    }
+    if let Some(slot) = i.outgoing_slot {
+        if let Some(bytes) = slot.slot.retained_bytes {
+            if bytes as u64 > s.retained_wal_warning_bytes {
+                out.push(Condition {
+                    kind: AlertKind::RetainedWal(slot.slot.name.clone()).to_string(),
+                    level: Severity::Warning,
+                    title: format!("slot {} retains {} MB of WAL", slot.slot.name, bytes / 1_000_000),
+                    message: format!("slot {} keeps {bytes} bytes of WAL on this instance (threshold {}): the peer is not consuming it. See runbooks/peer-disconnected.md", slot.slot.name, s.retained_wal_warning_bytes),
+                    runbook: Some(RUNBOOK_PEER_DISCONNECTED),
+                    details: serde_json::json!({ "slot": slot.slot.name, "retained_bytes": bytes }),
+                });
+            }
+        }
+    }
+    if let Some(free) = i.disk_free_percent {
+        if free < s.disk_free_min_percent as f64 && i.queue_size > s.disk_queue_min as i64 {
+            out.push(Condition {
+                kind: AlertKind::DiskLow.to_string(),
+                level: Severity::Warning,
+                title: format!("{free:.0}% disk free with {} files queued", i.queue_size),
+                message: format!(
+                    "only {free:.1}% free on {} while {} files wait in the storage queue",
+                    s.disk_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    i.queue_size
+                ),
+                runbook: None,
+                details: serde_json::json!({ "free_percent": free, "queue_size": i.queue_size }),
+            });
+        }
+    }
+    if i.queue_size > s.queue_warning as i64 {
+        out.push(Condition {
+            kind: AlertKind::StorageQueue.to_string(),
+            level: Severity::Warning,
+            title: format!("{} files wait in the storage queue", i.queue_size),
+            message: format!(
+                "the storage queue holds {} files (threshold {})",
+                i.queue_size, s.queue_warning
+            ),
+            runbook: None,
+            details: serde_json::json!({ "queue_size": i.queue_size }),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Role;
+    use crate::replication::catalog::{Slot, SubscriptionStats};
+    use crate::replication::health::SubscriptionHealth;
+
+    fn settings() -> AlertSettings {
+        AlertSettings {
+            lag_warning_secs: 3600,
+            disconnected_critical_secs: 86_400,
+            retained_wal_warning_bytes: 1_000,
+            disk_path: None,
+            disk_free_min_percent: 20,
+            disk_queue_min: 100,
+            queue_warning: 500,
+        }
+    }
+
+    fn slot(name: &str, wal: &str, retained: i64) -> SlotHealth {
+        SlotHealth {
+            slot: Slot {
+                name: name.into(),
+                active: true,
+                wal_status: Some(wal.into()),
+                pending_bytes: Some(0),
+                retained_bytes: Some(retained),
+            },
+            safe_wal_size: None,
+            invalidation_reason: None,
+        }
+    }
+
+    #[test]
+    fn each_rule_fires_on_its_threshold() {
+        let s = settings();
+        let lost = slot("duplex_in", "lost", 0);
+        let big = slot("duplex_out", "reserved", 5_000);
+        let i = Inputs {
+            state: Some(ConnectionState::Disconnected),
+            disconnected_for: Some(Duration::from_secs(90_000)),
+            subscription: "duplex_cloud_to_main",
+            subscription_state: Some((false, 3, 0)),
+            apply_failing: Some(3),
+            incoming_slot: Some(Some(&lost)),
+            outgoing_slot: Some(&big),
+            lag_ms: Some(3_700_000),
+            queue_size: 600,
+            disk_free_percent: Some(10.0),
+        };
+        let kinds: Vec<String> = evaluate(&s, &i).into_iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "slot_wal:duplex_in",
+                "subscription_disabled:duplex_cloud_to_main",
+                "apply_errors:duplex_cloud_to_main",
+                "replication_lag",
+                "disconnected",
+                "retained_wal:duplex_out",
+                "disk_low",
+                "storage_queue"
+            ]
+        );
+        let quiet = Inputs {
+            state: Some(ConnectionState::Connected),
+            subscription: "x",
+            subscription_state: Some((true, 0, 0)),
+            lag_ms: Some(10),
+            ..Inputs::default()
+        };
+        assert!(evaluate(&s, &quiet).is_empty());
+    }
+
+    fn direction(from: Role, to: Role, lag_ms: Option<i64>, active: bool) -> DirectionHealth {
+        let name = crate::replication::direction_name(from, to);
+        DirectionHealth {
+            subscription: Some(SubscriptionHealth {
+                enabled: true,
+                running: true,
+                slot_name: Some(name.clone()),
+                stats: SubscriptionStats::default(),
+                tables_ready: 1,
+                tables_total: 1,
+            }),
+            slot: Some(SlotHealth {
+                slot: Slot {
+                    active,
+                    ..slot(&name, "reserved", 0).slot
+                },
+                ..slot(&name, "reserved", 0)
+            }),
+            name,
+            from,
+            to,
+            sender: None,
+            lag_ms,
+            lag_bytes: Some(0),
+            subscriber_known: true,
+            publisher_known: true,
+            slot_guessed: false,
+            unknown: Vec::new(),
+        }
+    }
+
+    fn healthy() -> Vec<DirectionHealth> {
+        vec![
+            direction(Role::Cloud, Role::Main, Some(10), true),
+            direction(Role::Main, Role::Cloud, Some(20), true),
+        ]
+    }
+
+    #[test]
+    fn a_healthy_snapshot_is_connected_without_alerts() {
+        let dirs = healthy();
+        assert_eq!(worst_lag(&dirs), Some(20));
+        let obs = observation(None, &dirs, &[], 60);
+        assert!(matches!(obs, Observation::Reachable { ref problems } if problems.is_empty()));
+        let i = inputs(
+            "duplex_cloud_to_main",
+            ConnectionState::Connected,
+            None,
+            &dirs,
+            &[],
+            worst_lag(&dirs),
+            0,
+            None,
+        );
+        assert!(evaluate(&settings(), &i).is_empty());
+    }
+
+    #[test]
+    fn a_missing_incoming_slot_degrades_and_is_critical() {
+        let mut dirs = healthy();
+        dirs[0].slot = None;
+        dirs[0].lag_ms = None;
+        let Observation::Reachable { problems } = observation(None, &dirs, &[], 60) else {
+            panic!("reachable expected")
+        };
+        assert_eq!(problems, vec!["cloud -> main: slot missing on cloud"]);
+        assert_eq!(worst_lag(&dirs), None);
+        let i = inputs(
+            "duplex_cloud_to_main",
+            ConnectionState::Degraded,
+            None,
+            &dirs,
+            &[],
+            None,
+            0,
+            None,
+        );
+        let alerts = evaluate(&settings(), &i);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, "slot_missing:duplex_cloud_to_main");
+        assert_eq!(alerts[0].level, Severity::Critical);
+        assert_eq!(alerts[0].runbook, Some(RUNBOOK_SLOT_DROPPED));
+    }
+
+    #[test]
+    fn an_unknown_publisher_raises_no_slot_missing() {
+        let mut dirs = healthy();
+        dirs[0].slot = None;
+        dirs[0].publisher_known = false;
+        let i = inputs(
+            "duplex_cloud_to_main",
+            ConnectionState::Disconnected,
+            Some(Duration::from_secs(5)),
+            &dirs,
+            &[],
+            None,
+            0,
+            None,
+        );
+        assert!(evaluate(&settings(), &i).is_empty());
+    }
+
+    #[test]
+    fn lag_and_inactive_slots_degrade_and_unreachable_wins() {
+        let mut dirs = healthy();
+        dirs[1].lag_ms = Some(61_000);
+        if let Some(s) = dirs[1].slot.as_mut() {
+            s.slot.active = false;
+        }
+        let Observation::Reachable { problems } =
+            observation(None, &dirs, &[("duplex_cloud_to_main".into(), 4)], 60)
+        else {
+            panic!("reachable expected")
+        };
+        assert_eq!(
+            problems,
+            vec![
+                "main -> cloud: slot duplex_main_to_cloud inactive",
+                "main -> cloud: lag 61 s",
+                "duplex_cloud_to_main: apply errors keep rising (4)",
+            ]
+        );
+        assert!(matches!(
+            observation(Some("refused"), &dirs, &[], 60),
+            Observation::Unreachable(ref why) if why == "refused"
+        ));
+    }
+
+    #[test]
+    fn apply_errors_fail_after_two_rises_and_recover_after_quiet() {
+        let mut errors = ApplyErrors::default();
+        let mut dirs = healthy();
+        let t0 = Instant::now();
+        let quiet = Duration::from_secs(10);
+        assert!(errors.observe(&dirs, t0, quiet).is_empty());
+        for (i, n) in [1, 2].into_iter().enumerate() {
+            if let Some(s) = dirs[0].subscription.as_mut() {
+                s.stats.apply_error_count = n;
+            }
+            let failing = errors.observe(&dirs, t0 + Duration::from_secs(i as u64 + 1), quiet);
+            assert_eq!(failing.is_empty(), n == 1, "after {n} error(s)");
+        }
+        assert_eq!(
+            errors.observe(&dirs, t0 + Duration::from_secs(5), quiet),
+            vec![("duplex_cloud_to_main".to_string(), 2)]
+        );
+        assert!(errors
+            .observe(&dirs, t0 + Duration::from_secs(13), quiet)
+            .is_empty());
+    }
+
+    #[test]
+    fn what_only_the_peer_can_tell_stays_raised_while_it_is_down() {
+        let slot = Some("duplex_cloud_to_main");
+        for kind in [
+            "slot_missing:duplex_cloud_to_main",
+            "apply_errors:duplex_cloud_to_main",
+            "replication_lag",
+            "slot_wal:duplex_cloud_to_main",
+        ] {
+            assert!(unknown_while_peer_down(kind, true, slot), "{kind}");
+            assert!(!unknown_while_peer_down(kind, false, slot), "{kind}");
+        }
+        for kind in [
+            "slot_wal:duplex_main_to_cloud",
+            "disconnected",
+            "storage_queue",
+        ] {
+            assert!(!unknown_while_peer_down(kind, true, slot), "{kind}");
+        }
+    }
+
+    #[test]
+    fn alert_kinds_round_trip_through_their_keys() {
+        for kind in [
+            AlertKind::SlotMissing("a".into()),
+            AlertKind::SlotWal("b".into()),
+            AlertKind::SubscriptionDisabled("c".into()),
+            AlertKind::ApplyErrors("d".into()),
+            AlertKind::ReplicationLag,
+            AlertKind::Disconnected,
+            AlertKind::RetainedWal("e".into()),
+            AlertKind::DiskLow,
+            AlertKind::StorageQueue,
+        ] {
+            assert_eq!(kind.to_string().parse::<AlertKind>(), Ok(kind));
+        }
+        assert!("bogus".parse::<AlertKind>().is_err());
+    }
+}
