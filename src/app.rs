@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::notify::{self, Notifier, NotifySettings};
+use crate::notify::{self, Notifier};
 use crate::pg;
 use crate::replication::monitor::{self, Monitor};
 use crate::shutdown::{cancel_on_signal, Workers};
@@ -61,23 +61,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     }
     drop(local);
 
-    let n = &settings.notifications;
-    let notify_settings = NotifySettings {
-        webhook_url: n
-            .webhook_url
-            .as_ref()
-            .map(|s| secrecy::SecretString::from(s.expose().to_string())),
-        smtp_url: n
-            .smtp_url
-            .as_ref()
-            .map(|s| secrecy::SecretString::from(s.expose().to_string())),
-        email_from: n.email_from.clone(),
-        email_to: n.email_to.clone(),
-        include_warnings: n.include_warnings,
-        rate_limit: Duration::from_secs(n.rate_limit_secs),
-        timeout: Duration::from_secs(10),
-    };
-    let notifier = Notifier::new(notify_settings).map_err(|e| Error::Notify(e.to_string()))?;
+    let notifier =
+        Notifier::new(settings.notifications.clone()).map_err(|e| Error::Notify(e.to_string()))?;
     let notifier = notifier.is_configured().then_some(notifier);
     let (notify_tx, notify_rx) = tokio::sync::mpsc::channel(64);
 
@@ -135,7 +120,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         role = %role,
         api = %settings.daemon.http_addr,
         "duplex running; monitor every {} s",
-        settings.daemon.monitor_interval_secs
+        settings.daemon.monitor_interval.as_secs()
     );
 
     cancel.cancelled().await;

@@ -86,9 +86,10 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 
 async fn health(State(state): State<AppState>) -> Response {
     let r = state.report.borrow().clone();
-    let limit = (state.settings.daemon.degraded_lag_secs * 1000) as i64;
-    let stale_after =
-        chrono::Duration::seconds((state.settings.daemon.monitor_interval_secs * 3).max(10) as i64);
+    let limit = state.settings.daemon.degraded_lag.as_millis() as i64;
+    let stale_after = chrono::Duration::seconds(
+        (state.settings.daemon.monitor_interval.as_secs() * 3).max(10) as i64,
+    );
     // This route needs no token: the reason names the state, never hosts or users.
     let reason = match (r.state, r.lag_ms) {
         _ if r.checked_at.is_none() => Some("no monitor cycle has completed yet".to_string()),

@@ -17,12 +17,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use serde::Serialize;
 
 use self::email::EmailSink;
 use self::limiter::{Decision, RateLimiter};
 use self::webhook::WebhookSink;
+pub use crate::config::NotificationSettings as NotifySettings;
 pub use crate::model::Severity;
 use crate::text::chain;
 
@@ -43,73 +43,6 @@ pub struct Notification {
     pub runbook: Option<String>,
     /// `true` when this announces that the condition ended.
     pub cleared: bool,
-}
-
-/// Where and when to send notifications.
-///
-/// `Debug` shows only the scheme and host of the URLs, never the webhook path or the SMTP
-/// credentials.
-#[derive(Clone)]
-pub struct NotifySettings {
-    /// Slack-compatible incoming webhook (`https://...`; `http://` is accepted for local
-    /// relays). A secret: the URL path is the credential. Default: none.
-    pub webhook_url: Option<SecretString>,
-    /// SMTP relay: `smtp://[user:pass@]host[:port]` (plain, for local relays; port 25),
-    /// `smtp://...?tls=starttls` (STARTTLS required; port 587) or `smtps://...` (implicit TLS;
-    /// port 465). User and password are percent-decoded. Default: none.
-    pub smtp_url: Option<SecretString>,
-    /// Sender address, e.g. `"duplex <duplex@example.com>"`. Required with `smtp_url`.
-    /// Default: none.
-    pub email_from: Option<String>,
-    /// Recipient addresses. At least one is required with `smtp_url`. Default: empty.
-    pub email_to: Vec<String>,
-    /// Also send WARNING notifications. Default: `false` (only FAILED and CRITICAL).
-    pub include_warnings: bool,
-    /// Minimum time between two notifications of the same kind. Default: 15 minutes.
-    pub rate_limit: Duration,
-    /// Deadline for one send to one sink, connection included. Default: 10 seconds.
-    pub timeout: Duration,
-}
-
-impl Default for NotifySettings {
-    fn default() -> Self {
-        NotifySettings {
-            webhook_url: None,
-            smtp_url: None,
-            email_from: None,
-            email_to: Vec::new(),
-            include_warnings: false,
-            rate_limit: Duration::from_secs(15 * 60),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl fmt::Debug for NotifySettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NotifySettings")
-            .field("webhook_url", &self.webhook_url.as_ref().map(redacted_url))
-            .field("smtp_url", &self.smtp_url.as_ref().map(redacted_url))
-            .field("email_from", &self.email_from)
-            .field("email_to", &self.email_to)
-            .field("include_warnings", &self.include_warnings)
-            .field("rate_limit", &self.rate_limit)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
-/// `scheme://host:port/[redacted]` for a secret URL, or a placeholder if it does not parse.
-fn redacted_url(secret: &SecretString) -> String {
-    use secrecy::ExposeSecret;
-    match url::Url::parse(secret.expose_secret()) {
-        Ok(u) => match (u.host_str(), u.port()) {
-            (Some(host), Some(port)) => format!("{}://{host}:{port}/[redacted]", u.scheme()),
-            (Some(host), None) => format!("{}://{host}/[redacted]", u.scheme()),
-            _ => "[redacted]".to_owned(),
-        },
-        Err(_) => "[redacted, not a URL]".to_owned(),
-    }
 }
 
 /// What went wrong while configuring or using a sink. Messages name hosts and status codes,

@@ -144,18 +144,14 @@ impl Monitor {
     ) -> Self {
         let d = &settings.daemon;
         let backoff = Backoff {
-            schedule: d
-                .reconnect_backoff_secs
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
-            max: Duration::from_secs(d.reconnect_max_secs),
+            schedule: d.reconnect_backoff.clone(),
+            max: d.reconnect_max,
             jitter: d.reconnect_jitter,
         };
         let (immediate_sync, _) = broadcast::channel(16);
         Monitor {
             report: watch::Sender::new(Report::initial(settings.instance_role)),
-            period: Duration::from_secs(d.monitor_interval_secs),
+            period: d.monitor_interval,
             settings,
             local: None,
             remote: None,
@@ -185,7 +181,7 @@ impl Monitor {
         self.immediate_sync.subscribe()
     }
 
-    /// Run cycles every `monitor_interval_secs`, and at once on trigger, until `cancel`.
+    /// Run cycles every `monitor_interval`, and at once on trigger, until `cancel`.
     pub async fn run(mut self, cancel: CancellationToken) {
         self.cancel = cancel.clone();
         let mut every = tokio::time::interval(self.period);
@@ -253,7 +249,7 @@ impl Monitor {
             None => judge.errors.observe(
                 &seen.directions,
                 now,
-                Duration::from_secs(settings.daemon.monitor_interval_secs * 3).max(APPLY_QUIET_MIN),
+                (settings.daemon.monitor_interval * 3).max(APPLY_QUIET_MIN),
             ),
             Some(_) => Vec::new(),
         };
@@ -262,7 +258,7 @@ impl Monitor {
             seen.unreachable.as_deref(),
             &seen.directions,
             &failing,
-            settings.daemon.degraded_lag_secs,
+            settings.daemon.degraded_lag,
         );
         transitions.extend(judge.machine.observe(&observation, now, rand::random()));
         if transitions

@@ -190,7 +190,7 @@ pub fn worst_lag(directions: &[DirectionHealth]) -> Option<i64> {
 }
 
 /// Why the connection is DEGRADED (empty when healthy).
-pub fn problems(directions: &[DirectionHealth], degraded_lag_secs: u64) -> Vec<String> {
+pub fn problems(directions: &[DirectionHealth], degraded_lag: Duration) -> Vec<String> {
     let mut out = Vec::new();
     for d in directions {
         let dir = format!("{} -> {}", d.from, d.to);
@@ -206,7 +206,7 @@ pub fn problems(directions: &[DirectionHealth], degraded_lag_secs: u64) -> Vec<S
             Some(_) => {}
         }
         if let Some(lag) = d.lag_ms {
-            if lag > (degraded_lag_secs * 1000) as i64 {
+            if lag > degraded_lag.as_millis() as i64 {
                 out.push(format!("{dir}: lag {} s", lag / 1000));
             }
         }
@@ -220,12 +220,12 @@ pub fn observation(
     unreachable: Option<&str>,
     directions: &[DirectionHealth],
     failing: &[(String, i64)],
-    degraded_lag_secs: u64,
+    degraded_lag: Duration,
 ) -> Observation {
     match unreachable {
         Some(why) => Observation::Unreachable(why.to_string()),
         None => {
-            let mut problems = problems(directions, degraded_lag_secs);
+            let mut problems = problems(directions, degraded_lag);
             for (name, count) in failing {
                 problems.push(format!("{name}: apply errors keep rising ({count})"));
             }
@@ -357,7 +357,7 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
         });
     }
     if let Some(lag) = i.lag_ms {
-        if lag > (s.lag_warning_secs * 1000) as i64 {
+        if lag > s.lag_warning.as_millis() as i64 {
             out.push(Condition {
                 kind: AlertKind::ReplicationLag.to_string(),
                 level: Severity::Warning,
@@ -365,15 +365,15 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
                 message: format!(
                     "replication lag is {} s, above {} s",
                     lag / 1000,
-                    s.lag_warning_secs
+                    s.lag_warning.as_secs()
                 ),
                 runbook: None,
-                details: serde_json::json!({ "lag_ms": lag, "threshold_secs": s.lag_warning_secs }),
+                details: serde_json::json!({ "lag_ms": lag, "threshold_secs": s.lag_warning.as_secs() }),
             });
         }
     }
     if let (Some(ConnectionState::Disconnected), Some(d)) = (i.state, i.disconnected_for) {
-        if d.as_secs() >= s.disconnected_critical_secs {
+        if d >= s.disconnected_critical {
             out.push(Condition {
                 kind: AlertKind::Disconnected.to_string(),
                 level: Severity::Critical,
@@ -442,8 +442,8 @@ mod tests {
 
     fn settings() -> AlertSettings {
         AlertSettings {
-            lag_warning_secs: 3600,
-            disconnected_critical_secs: 86_400,
+            lag_warning: Duration::from_secs(3600),
+            disconnected_critical: Duration::from_secs(86_400),
             retained_wal_warning_bytes: 1_000,
             disk_path: None,
             disk_free_min_percent: 20,
@@ -549,7 +549,7 @@ mod tests {
     fn a_healthy_snapshot_is_connected_without_alerts() {
         let dirs = healthy();
         assert_eq!(worst_lag(&dirs), Some(20));
-        let obs = observation(None, &dirs, &[], 60);
+        let obs = observation(None, &dirs, &[], Duration::from_secs(60));
         assert!(matches!(obs, Observation::Reachable { ref problems } if problems.is_empty()));
         let i = inputs(
             "duplex_cloud_to_main",
@@ -569,7 +569,9 @@ mod tests {
         let mut dirs = healthy();
         dirs[0].slot = None;
         dirs[0].lag_ms = None;
-        let Observation::Reachable { problems } = observation(None, &dirs, &[], 60) else {
+        let Observation::Reachable { problems } =
+            observation(None, &dirs, &[], Duration::from_secs(60))
+        else {
             panic!("reachable expected")
         };
         assert_eq!(problems, vec!["cloud -> main: slot missing on cloud"]);
@@ -616,9 +618,12 @@ mod tests {
         if let Some(s) = dirs[1].slot.as_mut() {
             s.slot.active = false;
         }
-        let Observation::Reachable { problems } =
-            observation(None, &dirs, &[("duplex_cloud_to_main".into(), 4)], 60)
-        else {
+        let Observation::Reachable { problems } = observation(
+            None,
+            &dirs,
+            &[("duplex_cloud_to_main".into(), 4)],
+            Duration::from_secs(60),
+        ) else {
             panic!("reachable expected")
         };
         assert_eq!(
@@ -630,7 +635,7 @@ mod tests {
             ]
         );
         assert!(matches!(
-            observation(Some("refused"), &dirs, &[], 60),
+            observation(Some("refused"), &dirs, &[], Duration::from_secs(60)),
             Observation::Unreachable(ref why) if why == "refused"
         ));
     }

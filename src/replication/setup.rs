@@ -584,7 +584,7 @@ async fn wait_for_initial_copy(
     sub_name: &str,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), Error> {
-    let timeout = Duration::from_secs(settings.replication.initial_copy_timeout_secs);
+    let timeout = settings.replication.initial_copy_timeout;
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {

@@ -1,0 +1,71 @@
+//! `[alerts]`: thresholds; each alert logs once when it starts and once when it clears.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::keys::{as_secs, Key, Problems, Section};
+
+const LAG_WARNING: Key = Key::file("alerts.lag_warning_secs");
+const DISCONNECTED_CRITICAL: Key = Key::file("alerts.disconnected_critical_secs");
+const RETAINED_WAL_WARNING: Key = Key::file("alerts.retained_wal_warning_bytes");
+pub(super) const DISK_PATH: Key = Key::env("alerts.disk_path", "DUPLEX_DISK_PATH");
+const DISK_FREE_MIN: Key = Key::file("alerts.disk_free_min_percent");
+const DISK_QUEUE_MIN: Key = Key::file("alerts.disk_queue_min");
+const QUEUE_WARNING: Key = Key::file("alerts.queue_warning");
+const KEYS: &[Key] = &[
+    LAG_WARNING,
+    DISCONNECTED_CRITICAL,
+    RETAINED_WAL_WARNING,
+    DISK_PATH,
+    DISK_FREE_MIN,
+    DISK_QUEUE_MIN,
+    QUEUE_WARNING,
+];
+
+/// `[alerts]`: thresholds; each alert logs once when it starts and once when it clears.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertSettings {
+    /// `lag_warning_secs`: replication lag that raises a WARNING. Default 3600 s.
+    #[serde(rename = "lag_warning_secs", serialize_with = "as_secs")]
+    pub lag_warning: Duration,
+    /// `disconnected_critical_secs`: time disconnected that raises a CRITICAL. Default
+    /// 86400 s.
+    #[serde(rename = "disconnected_critical_secs", serialize_with = "as_secs")]
+    pub disconnected_critical: Duration,
+    /// WAL retained by a slot that raises a WARNING (`5GB`). Default 5 GB.
+    pub retained_wal_warning_bytes: u64,
+    /// Filesystem path whose free space is watched (`DUPLEX_DISK_PATH`). Default: unset.
+    pub disk_path: Option<PathBuf>,
+    /// Free space below this percentage (with a storage queue over `disk_queue_min`) warns.
+    /// Default 20.
+    pub disk_free_min_percent: u64,
+    /// Storage queue size that makes low disk space worth a warning. Default 100.
+    pub disk_queue_min: u64,
+    /// Storage queue size that raises a WARNING on its own. Default 500.
+    pub queue_warning: u64,
+}
+
+impl AlertSettings {
+    pub(super) fn parse(top: &config::Map<String, config::Value>, problems: &mut Problems) -> Self {
+        let mut a = Section::table(top, "alerts", KEYS, problems);
+        let disk_free_min_percent = a.positive(&DISK_FREE_MIN, 20);
+        if disk_free_min_percent > 100 {
+            a.problems
+                .push("alerts.disk_free_min_percent must be at most 100");
+        }
+        AlertSettings {
+            lag_warning: a.secs(&LAG_WARNING, 3600),
+            disconnected_critical: a.secs(&DISCONNECTED_CRITICAL, 86_400),
+            retained_wal_warning_bytes: a.bytes(&RETAINED_WAL_WARNING, 5_000_000_000),
+            disk_path: a
+                .string(&DISK_PATH)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            disk_free_min_percent,
+            disk_queue_min: a.positive(&DISK_QUEUE_MIN, 100),
+            queue_warning: a.positive(&QUEUE_WARNING, 500),
+        }
+    }
+}

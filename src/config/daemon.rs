@@ -1,0 +1,121 @@
+//! `[daemon]`: the controller's timing and HTTP API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use config::ValueKind;
+use serde::Serialize;
+
+use super::keys::{as_secs, as_secs_list, Key, Problems, Section};
+use crate::secret::Secret;
+
+pub(super) const HTTP_ADDR: Key = Key::env("daemon.http_addr", "DUPLEX_HTTP_ADDR");
+pub(super) const ADMIN_TOKEN: Key = Key::env("daemon.admin_token", "DUPLEX_ADMIN_TOKEN");
+pub(super) const MONITOR_INTERVAL: Key = Key::env(
+    "daemon.monitor_interval_secs",
+    "DUPLEX_MONITOR_INTERVAL_SECS",
+);
+const DEGRADED_LAG: Key = Key::file("daemon.degraded_lag_secs");
+const RECONNECT_BACKOFF: Key = Key::file("daemon.reconnect_backoff_secs");
+const RECONNECT_MAX: Key = Key::file("daemon.reconnect_max_secs");
+const RECONNECT_JITTER: Key = Key::file("daemon.reconnect_jitter");
+const KEYS: &[Key] = &[
+    HTTP_ADDR,
+    ADMIN_TOKEN,
+    MONITOR_INTERVAL,
+    DEGRADED_LAG,
+    RECONNECT_BACKOFF,
+    RECONNECT_MAX,
+    RECONNECT_JITTER,
+];
+
+/// `[daemon]`: the controller's timing and HTTP API.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonSettings {
+    /// `DUPLEX_HTTP_ADDR`: where the API listens. Default `127.0.0.1:8787`.
+    pub http_addr: SocketAddr,
+    /// `DUPLEX_ADMIN_TOKEN`: bearer token for the admin API. Unset: the admin API answers 401.
+    pub admin_token: Option<Secret>,
+    /// `DUPLEX_MONITOR_INTERVAL_SECS`: replication monitor period. Default 30 s.
+    #[serde(rename = "monitor_interval_secs", serialize_with = "as_secs")]
+    pub monitor_interval: Duration,
+    /// `degraded_lag_secs`: lag above which the connection is DEGRADED and health fails.
+    /// Default 60 s.
+    #[serde(rename = "degraded_lag_secs", serialize_with = "as_secs")]
+    pub degraded_lag: Duration,
+    /// `reconnect_backoff_secs`: reconnect delays while DISCONNECTED, in order. Default 30,
+    /// 60, 120, 300, 600 s.
+    #[serde(rename = "reconnect_backoff_secs", serialize_with = "as_secs_list")]
+    pub reconnect_backoff: Vec<Duration>,
+    /// `reconnect_max_secs`: longest reconnect delay once the list is used up. Default 3600 s.
+    #[serde(rename = "reconnect_max_secs", serialize_with = "as_secs")]
+    pub reconnect_max: Duration,
+    /// Random spread added to each delay, as a fraction (0.0-1.0). Default 0.1.
+    pub reconnect_jitter: f64,
+}
+
+const DEFAULT_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8787);
+const DEFAULT_BACKOFF: [u64; 5] = [30, 60, 120, 300, 600];
+
+impl DaemonSettings {
+    pub(super) fn parse(top: &config::Map<String, config::Value>, problems: &mut Problems) -> Self {
+        let mut d = Section::table(top, "daemon", KEYS, problems);
+        let http_addr = match d.string(&HTTP_ADDR) {
+            None => SocketAddr::from(DEFAULT_ADDR),
+            Some(raw) => raw.parse().unwrap_or_else(|_| {
+                d.problems.push(format!(
+                    "DUPLEX_HTTP_ADDR `{raw}` is not an address: use host:port, e.g. 127.0.0.1:8787"
+                ));
+                SocketAddr::from(DEFAULT_ADDR)
+            }),
+        };
+        let reconnect_backoff = match d.raw(&RECONNECT_BACKOFF) {
+            None => DEFAULT_BACKOFF.to_vec(),
+            Some(v) => {
+                let items: Vec<String> = match &v.kind {
+                    ValueKind::Array(a) => a.iter().map(|x| x.to_string()).collect(),
+                    _ => v
+                        .to_string()
+                        .split(',')
+                        .map(|x| x.trim().to_string())
+                        .collect(),
+                };
+                let parsed: Vec<u64> = items
+                    .iter()
+                    .filter_map(|x| x.parse().ok())
+                    .filter(|n| *n > 0)
+                    .collect();
+                if parsed.len() != items.len() || parsed.is_empty() {
+                    d.problems.push("daemon.reconnect_backoff_secs must be a list of positive whole numbers of seconds, e.g. [30, 60, 120, 300, 600]");
+                    DEFAULT_BACKOFF.to_vec()
+                } else {
+                    parsed
+                }
+            }
+        };
+        let reconnect_jitter = match d.raw(&RECONNECT_JITTER).cloned() {
+            None => 0.1,
+            Some(v) => match v.clone().into_float() {
+                Ok(f) if (0.0..=1.0).contains(&f) => f,
+                _ => {
+                    d.problems.push(format!(
+                        "daemon.reconnect_jitter must be a fraction between 0 and 1, got `{v}`"
+                    ));
+                    0.1
+                }
+            },
+        };
+        DaemonSettings {
+            http_addr,
+            admin_token: d.secret(&ADMIN_TOKEN),
+            monitor_interval: d.secs(&MONITOR_INTERVAL, 30),
+            degraded_lag: d.secs(&DEGRADED_LAG, 60),
+            reconnect_backoff: reconnect_backoff
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            reconnect_max: d.secs(&RECONNECT_MAX, 3600),
+            reconnect_jitter,
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Settings: a TOML file overlaid by environment variables, validated all at once.
+//!
+//! One file per section; each key (its file path and environment variable) is declared
+//! once, as a [`keys::Key`] in its section's file. The environment variable names
+//! (`INSTANCE_ROLE`, `LOCAL_DB_URL`, ...) are part of duplex's interface;
+//! `docs/configuration.md` documents each one.
+
+mod alerts;
+mod daemon;
+mod keys;
+mod notifications;
+mod replication;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, File, FileFormat, Value};
+use serde::{Serialize, Serializer};
+
+pub use self::alerts::AlertSettings;
+pub use self::daemon::DaemonSettings;
+use self::keys::{Key, Problems, Section};
+pub use self::notifications::NotificationSettings;
+pub use self::replication::{ReplicationSettings, TableSelection};
+use crate::model::Role;
+use crate::secret::SecretUrl;
+
+const INSTANCE_ROLE: Key = Key::env("instance_role", "INSTANCE_ROLE");
+const LOCAL_DB_URL: Key = Key::env("local_db_url", "LOCAL_DB_URL");
+const REMOTE_DB_URL: Key = Key::env("remote_db_url", "REMOTE_DB_URL");
+const LOCAL_STORAGE_URL: Key = Key::env("local_storage_url", "LOCAL_STORAGE_URL");
+const REMOTE_STORAGE_URL: Key = Key::env("remote_storage_url", "REMOTE_STORAGE_URL");
+const SYNC_ENABLED: Key = Key::env("sync_enabled", "SYNC_ENABLED");
+const SYNC_INTERVAL: Key = Key::env("sync_interval_minutes", "SYNC_INTERVAL_MINUTES");
+const MAX_CONCURRENT_TRANSFERS: Key =
+    Key::env("max_concurrent_transfers", "MAX_CONCURRENT_TRANSFERS");
+const MAX_TRANSFER_RATE: Key = Key::env("max_transfer_rate", "MAX_TRANSFER_RATE");
+/// Variable that stands in for `LOCAL_DB_URL` when that is unset or empty.
+const DATABASE_URL: &str = "DATABASE_URL";
+/// Keys and sections of the top level.
+const TOP_KEYS: &[&str] = &[
+    INSTANCE_ROLE.path,
+    LOCAL_DB_URL.path,
+    REMOTE_DB_URL.path,
+    LOCAL_STORAGE_URL.path,
+    REMOTE_STORAGE_URL.path,
+    SYNC_ENABLED.path,
+    SYNC_INTERVAL.path,
+    MAX_CONCURRENT_TRANSFERS.path,
+    MAX_TRANSFER_RATE.path,
+    "tables",
+    "replication",
+    "daemon",
+    "alerts",
+    "notifications",
+];
+
+/// The environment variables duplex reads, with the config key each overrides.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    INSTANCE_ROLE.env_pair(),
+    LOCAL_DB_URL.env_pair(),
+    REMOTE_DB_URL.env_pair(),
+    LOCAL_STORAGE_URL.env_pair(),
+    REMOTE_STORAGE_URL.env_pair(),
+    SYNC_ENABLED.env_pair(),
+    SYNC_INTERVAL.env_pair(),
+    MAX_CONCURRENT_TRANSFERS.env_pair(),
+    replication::SLOT_NAME.env_pair(),
+    MAX_TRANSFER_RATE.env_pair(),
+    replication::PASSWORD.env_pair(),
+    daemon::HTTP_ADDR.env_pair(),
+    daemon::ADMIN_TOKEN.env_pair(),
+    daemon::MONITOR_INTERVAL.env_pair(),
+    alerts::DISK_PATH.env_pair(),
+    notifications::WEBHOOK_URL.env_pair(),
+    notifications::SMTP_URL.env_pair(),
+    notifications::EMAIL_FROM.env_pair(),
+    notifications::EMAIL_TO.env_pair(),
+];
+
+/// The validated configuration of one duplex process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// `INSTANCE_ROLE`: `main` or `cloud`. Required.
+    pub instance_role: Role,
+    /// `LOCAL_DB_URL` (or `DATABASE_URL`): the instance duplex runs beside. Required.
+    pub local_db_url: SecretUrl,
+    /// `REMOTE_DB_URL`: the peer instance. Required.
+    pub remote_db_url: SecretUrl,
+    /// `LOCAL_STORAGE_URL`: this side's S3-compatible store (used by the storage mirror).
+    pub local_storage_url: Option<SecretUrl>,
+    /// `REMOTE_STORAGE_URL`: the peer's store.
+    pub remote_storage_url: Option<SecretUrl>,
+    /// `SYNC_ENABLED`: whether workers that move data run. Default true.
+    pub sync_enabled: bool,
+    /// `SYNC_INTERVAL_MINUTES`: period of the storage/conflict sync cycle. Default 5 min.
+    #[serde(rename = "sync_interval_minutes", serialize_with = "as_minutes")]
+    pub sync_interval: Duration,
+    /// `MAX_CONCURRENT_TRANSFERS`: parallel object transfers. Default 4.
+    pub max_concurrent_transfers: u64,
+    /// `MAX_TRANSFER_RATE`: bytes per second across transfers (`10MB`, `512KiB`); 0 means
+    /// unlimited. Default 0.
+    pub max_transfer_rate_bytes: u64,
+    /// Which tables replicate. Default: schema `public`, nothing excluded.
+    pub tables: TableSelection,
+    /// Replication provisioning.
+    pub replication: ReplicationSettings,
+    /// The long-running controller (`duplex run`).
+    pub daemon: DaemonSettings,
+    /// Alert thresholds.
+    pub alerts: AlertSettings,
+    /// Where alerts are sent.
+    pub notifications: NotificationSettings,
+}
+
+fn as_minutes<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs() / 60)
+}
+
+/// Every problem found in the configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// One sentence each: what is wrong and what to do.
+    pub problems: Vec<String>,
+}
+
+/// Load the file at `path` (if any), overlay the process environment, and validate.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    load_from(path, &env)
+}
+
+/// Like [`load`], with an explicit environment (for tests).
+pub fn load_from(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let mut builder = Config::builder();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError {
+                problems: vec![format!(
+                    "config file {} does not exist: pass an existing TOML file to --config (see config.example.toml)",
+                    path.display()
+                )],
+            });
+        }
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+    }
+    for (var, key) in ENV_KEYS {
+        let value = env.get(*var).or_else(|| {
+            (*var == "LOCAL_DB_URL")
+                .then(|| env.get(DATABASE_URL))
+                .flatten()
+        });
+        // An empty variable counts as unset (and lets DATABASE_URL stand in).
+        let value = value.filter(|v| !v.trim().is_empty()).or_else(|| {
+            (*var == "LOCAL_DB_URL")
+                .then(|| env.get(DATABASE_URL))
+                .flatten()
+                .filter(|v| !v.trim().is_empty())
+        });
+        if let Some(value) = value {
+            builder = builder
+                .set_override(*key, value.as_str())
+                .map_err(|e| ConfigError {
+                    problems: vec![format!("{var}: {e}")],
+                })?;
+        }
+    }
+    let raw = builder.build().map_err(|e| ConfigError {
+        problems: vec![format!("cannot read configuration: {e}")],
+    })?;
+    let top: config::Map<String, Value> =
+        raw.try_deserialize()
+            .map_err(|e: config::ConfigError| ConfigError {
+                problems: vec![format!("cannot read configuration: {e}")],
+            })?;
+    validate(top)
+}
+
+fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
+    let mut problems = Problems::default();
+    let mut t = Section::top(top.clone(), TOP_KEYS, &mut problems);
+    let role = match t.string(&INSTANCE_ROLE) {
+        None => {
+            t.problems
+                .push("INSTANCE_ROLE is not set: set it to `main` (on-site) or `cloud`");
+            None
+        }
+        Some(r) => match r.trim().to_ascii_lowercase().as_str() {
+            "main" => Some(Role::Main),
+            "cloud" => Some(Role::Cloud),
+            other => {
+                t.problems.push(format!(
+                    "INSTANCE_ROLE is `{other}`: allowed values are `main` and `cloud`"
+                ));
+                None
+            }
+        },
+    };
+    let pg = &["postgres", "postgresql"];
+    let blank =
+        |t: &Section<'_>, key: &Key| t.raw(key).is_none_or(|v| v.to_string().trim().is_empty());
+    let local = t.url(&LOCAL_DB_URL, pg);
+    if local.is_none() && blank(&t, &LOCAL_DB_URL) {
+        t.problems.push(
+            "LOCAL_DB_URL (or DATABASE_URL) is not set: set it to this instance's postgres:// URL",
+        );
+    }
+    let remote = t.url(&REMOTE_DB_URL, pg);
+    if remote.is_none() && blank(&t, &REMOTE_DB_URL) {
+        t.problems
+            .push("REMOTE_DB_URL is not set: set it to the peer instance's postgres:// URL");
+    }
+    let s3 = &["http", "https", "s3"];
+    let local_storage_url = t.url(&LOCAL_STORAGE_URL, s3);
+    let remote_storage_url = t.url(&REMOTE_STORAGE_URL, s3);
+    let sync_enabled = t.bool(&SYNC_ENABLED, true);
+    let sync_interval = Duration::from_secs(t.positive(&SYNC_INTERVAL, 5) * 60);
+    let max_concurrent_transfers = t.positive(&MAX_CONCURRENT_TRANSFERS, 4);
+    let max_transfer_rate_bytes = t.bytes(&MAX_TRANSFER_RATE, 0);
+    let tables = TableSelection::parse(&top, &mut problems);
+    let replication = ReplicationSettings::parse(&top, role, &mut problems);
+    let daemon = DaemonSettings::parse(&top, &mut problems);
+    let alerts = AlertSettings::parse(&top, &mut problems);
+    let notifications = NotificationSettings::parse(&top, &mut problems);
+
+    match (role, local, remote, problems.0.is_empty()) {
+        (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
+            instance_role,
+            local_db_url,
+            remote_db_url,
+            local_storage_url,
+            remote_storage_url,
+            sync_enabled,
+            sync_interval,
+            max_concurrent_transfers,
+            max_transfer_rate_bytes,
+            tables,
+            replication,
+            daemon,
+            alerts,
+            notifications,
+        }),
+        _ => {
+            if problems.0.is_empty() {
+                problems.push("the configuration is incomplete: set INSTANCE_ROLE, LOCAL_DB_URL and REMOTE_DB_URL");
+            }
+            Err(ConfigError {
+                problems: problems.0,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys::parse_rate;
+    use super::replication::parse_table;
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const OK: &[(&str, &str)] = &[
+        ("INSTANCE_ROLE", "main"),
+        ("LOCAL_DB_URL", "postgres://u:p%40ss@127.0.0.1:5432/app"),
+        ("REMOTE_DB_URL", "postgres://u:hunter2@10.0.0.1:5432/app"),
+    ];
+
+    #[test]
+    fn a_minimal_environment_loads_with_defaults() {
+        let s = load_from(None, &env(OK)).unwrap();
+        assert_eq!(s.instance_role, Role::Main);
+        assert_eq!(s.local_db_url.password(), Some("p@ss"));
+        assert_eq!(s.replication.slot_name, "duplex_cloud_to_main");
+        assert_eq!(s.sync_interval, std::time::Duration::from_secs(5 * 60));
+        assert!(s.sync_enabled);
+    }
+
+    #[test]
+    fn database_url_is_the_fallback_for_local_db_url() {
+        let s = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "cloud"),
+                ("DATABASE_URL", "postgres://a@h/db"),
+                ("REMOTE_DB_URL", "postgres://a@h2/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.local_db_url.url().host_str(), Some("h"));
+        assert_eq!(s.replication.slot_name, "duplex_main_to_cloud");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "primary"),
+                ("LOCAL_DB_URL", "not a url"),
+                ("REMOTE_DB_URL", "mysql://x:secretpw@h/db"),
+                ("SYNC_INTERVAL_MINUTES", "0"),
+                ("MAX_CONCURRENT_TRANSFERS", "-3"),
+                ("MAX_TRANSFER_RATE", "fast"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("allowed values are `main` and `cloud`"),
+            "{text}"
+        );
+        assert!(text.contains("LOCAL_DB_URL is malformed"), "{text}");
+        assert!(text.contains("REMOTE_DB_URL is malformed"), "{text}");
+        assert!(text.contains("SYNC_INTERVAL_MINUTES"), "{text}");
+        assert!(text.contains("MAX_CONCURRENT_TRANSFERS"), "{text}");
+        assert!(text.contains("MAX_TRANSFER_RATE"), "{text}");
+        assert!(!text.contains("secretpw"), "{text}");
+        assert_eq!(err.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_json() {
+        let mut e = env(OK);
+        e.insert("DUPLEX_REPLICATION_PASSWORD".into(), "s3cr3t-repl".into());
+        let s = load_from(None, &e).unwrap();
+        let debug = format!("{s:?}");
+        let json = serde_json::to_string(&s).unwrap();
+        for out in [debug, json] {
+            assert!(!out.contains("hunter2"), "{out}");
+            assert!(!out.contains("p%40ss") && !out.contains("p@ss"), "{out}");
+            assert!(!out.contains("s3cr3t-repl"), "{out}");
+            assert!(out.contains("********"), "{out}");
+        }
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset_and_query_passwords_are_redacted() {
+        let err = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "main"),
+                ("LOCAL_DB_URL", ""),
+                ("REMOTE_DB_URL", "postgres://a@h/db"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("LOCAL_DB_URL (or DATABASE_URL) is not set"));
+        let s = load_from(
+            None,
+            &env(&[
+                ("INSTANCE_ROLE", "main"),
+                ("LOCAL_DB_URL", " "),
+                (
+                    "DATABASE_URL",
+                    "postgres://u@h/db?password=hunter2&sslmode=disable",
+                ),
+                ("REMOTE_DB_URL", "postgres://a@h2/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.local_db_url.password(), Some("hunter2"));
+        let shown = s.local_db_url.redacted();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("sslmode=disable"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn rates_accept_units() {
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert_eq!(parse_rate("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("512KiB").unwrap(), 512 * 1024);
+        assert!(parse_rate("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn quoted_table_names_parse_from_the_include_list() {
+        assert_eq!(
+            parse_table("JumpLog", "public").unwrap().quoted(),
+            "\"public\".\"JumpLog\""
+        );
+        assert_eq!(
+            parse_table("app.user", "public").unwrap().quoted(),
+            "\"app\".\"user\""
+        );
+    }
+}
