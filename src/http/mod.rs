@@ -151,10 +151,6 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     })))
 }
 
-const STATUSES: &[&str] = &[
-    "SUCCESS", "INFO", "WARNING", "FAILED", "CRITICAL", "RESOLVED",
-];
-
 async fn log(
     State(state): State<AppState>,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -174,13 +170,15 @@ async fn log(
     }
     let status = match params.get("status") {
         None => None,
-        Some(s) if STATUSES.contains(&s.to_uppercase().as_str()) => Some(s.to_uppercase()),
-        Some(_) => {
-            return Err(ApiError::BadRequest(format!(
-                "parameter `status` must be one of {}",
-                STATUSES.join(", ")
-            )))
-        }
+        Some(s) => match sync_log::Status::parse(s) {
+            Some(st) => Some(st.as_str()),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameter `status` must be one of {}",
+                    sync_log::Status::ALL.map(|s| s.as_str()).join(", ")
+                )))
+            }
+        },
     };
     let limit = match params.get("limit") {
         None => 50,
@@ -196,7 +194,7 @@ async fn log(
     let client = state.pool.get().await.map_err(ApiError::pool)?;
     let entries = sync_log::recent(
         &client,
-        status.as_deref(),
+        status,
         params.get("type").map(String::as_str),
         limit,
     )
@@ -214,8 +212,8 @@ async fn set_enabled(state: &AppState, enabled: bool) -> Result<Json<Value>, Api
     sync_log::insert(
         &client,
         &sync_log::Entry {
-            sync_type: "control",
-            status: "INFO",
+            sync_type: sync_log::SyncType::Control,
+            status: sync_log::Status::Info,
             records_synced: 0,
             error_message: Some(&format!("sync {what} through the API")),
             details: json!({ "sync_enabled": enabled }),

@@ -26,6 +26,7 @@ use crate::config::Settings;
 use crate::model::{Role, Severity};
 use crate::notify::Notification;
 use crate::pg;
+use crate::store::sync_log::{Status, SyncType};
 use crate::store::{self, sync_log, sync_state};
 
 /// The worker's name in the registry and in logs.
@@ -337,8 +338,8 @@ impl Monitor {
             sync_log::insert(
                 local,
                 &sync_log::Entry {
-                    sync_type: "connection",
-                    status: "INFO",
+                    sync_type: SyncType::Connection,
+                    status: Status::Info,
                     records_synced: 0,
                     error_message: Some(
                         "reconnected with both slots in place: immediate sync cycle signalled",
@@ -554,8 +555,10 @@ async fn restore(local: &Client, judge: &mut Judge) -> Result<(), pg::Error> {
 
 async fn record_transition(local: &Client, t: &Transition) -> Result<(), pg::Error> {
     let status = match t.to {
-        ConnectionState::Connected | ConnectionState::Reconnecting => "INFO",
-        ConnectionState::Degraded | ConnectionState::Disconnected => "WARNING",
+        ConnectionState::Connected | ConnectionState::Reconnecting => Status::Info,
+        ConnectionState::Degraded | ConnectionState::Disconnected => {
+            Status::Level(Severity::Warning)
+        }
     };
     let message = format!("{} -> {}: {}", t.from.as_str(), t.to.as_str(), t.reason);
     match t.to {
@@ -565,7 +568,7 @@ async fn record_transition(local: &Client, t: &Transition) -> Result<(), pg::Err
     sync_log::insert(
         local,
         &sync_log::Entry {
-            sync_type: "connection",
+            sync_type: SyncType::Connection,
             status,
             records_synced: 0,
             error_message: Some(&message),
@@ -590,11 +593,11 @@ async fn record_alert(local: &Client, c: &Condition, cleared: bool) -> Result<()
     sync_log::insert(
         local,
         &sync_log::Entry {
-            sync_type: "alert",
+            sync_type: SyncType::Alert,
             status: if cleared {
-                "RESOLVED"
+                Status::Resolved
             } else {
-                c.level.as_str()
+                Status::Level(c.level)
             },
             records_synced: 0,
             error_message: Some(&message),

@@ -562,8 +562,8 @@ pub async fn apply(
         sync_log::insert(
             local,
             &sync_log::Entry {
-                sync_type: "setup",
-                status: "SUCCESS",
+                sync_type: sync_log::SyncType::Setup,
+                status: sync_log::Status::Success,
                 records_synced: report.done.len() as i64,
                 error_message: None,
                 details: serde_json::json!({

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::model::Severity;
 use crate::pg::{Context, Error};
 
 const INSERT: &str =
@@ -34,13 +35,79 @@ const OPEN_DISCONNECTION: &str = "SELECT created_at FROM duplex.sync_log
                           AND details->>'to' IN ('CONNECTED', 'DEGRADED')), 0)
   ORDER BY id LIMIT 1";
 
+/// `sync_log.sync_type`: what kind of work an entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncType {
+    /// `duplex setup` provisioned replication.
+    Setup,
+    /// A connection state transition or signal.
+    Connection,
+    /// An alert started or cleared.
+    Alert,
+    /// An operator paused or resumed sync.
+    Control,
+}
+
+impl SyncType {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncType::Setup => "setup",
+            SyncType::Connection => "connection",
+            SyncType::Alert => "alert",
+            SyncType::Control => "control",
+        }
+    }
+}
+
+/// `sync_log.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Work done.
+    Success,
+    /// Worth knowing.
+    Info,
+    /// An alert of that level started, or a transition to a worse state.
+    Level(Severity),
+    /// An alert cleared.
+    Resolved,
+}
+
+impl Status {
+    /// Every status, as the API's `status` filter accepts them.
+    pub const ALL: [Status; 6] = [
+        Status::Success,
+        Status::Info,
+        Status::Level(Severity::Warning),
+        Status::Level(Severity::Failed),
+        Status::Level(Severity::Critical),
+        Status::Resolved,
+    ];
+
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "SUCCESS",
+            Status::Info => "INFO",
+            Status::Level(s) => s.as_str(),
+            Status::Resolved => "RESOLVED",
+        }
+    }
+
+    /// The status named `s` (any case).
+    pub fn parse(s: &str) -> Option<Status> {
+        let upper = s.to_uppercase();
+        Self::ALL.into_iter().find(|st| st.as_str() == upper)
+    }
+}
+
 /// One entry to record.
 #[derive(Debug, Clone)]
 pub struct Entry<'a> {
-    /// What kind of work: `setup`, `replication`, `connection`, `alert`, ...
-    pub sync_type: &'a str,
-    /// `SUCCESS`, `WARNING`, `FAILED`, `CRITICAL`, `INFO`.
-    pub status: &'a str,
+    /// What kind of work.
+    pub sync_type: SyncType,
+    /// How it went.
+    pub status: Status,
     /// Rows or objects handled.
     pub records_synced: i64,
     /// A sentence for a person, with what to do.
@@ -89,8 +156,8 @@ pub async fn insert(client: &Client, entry: &Entry<'_>) -> Result<i64, Error> {
         .query_one(
             INSERT,
             &[
-                &entry.sync_type,
-                &entry.status,
+                &entry.sync_type.as_str(),
+                &entry.status.as_str(),
                 &entry.records_synced,
                 &entry.error_message,
                 &entry.details,
