@@ -87,3 +87,56 @@ async fn the_shell_wrapper_sets_up_both_directions_and_a_second_run_changes_noth
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn after_a_new_table_the_psql_route_and_duplex_setup_agree() {
+    let pair = Pair::new().await;
+    for role in ["cloud", "main"] {
+        let out = script(&pair, role).await;
+        assert!(
+            out.status.success(),
+            "{role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(r#"CREATE TABLE "Extra" ("id" text PRIMARY KEY)"#)
+            .await
+            .unwrap();
+    }
+    for role in ["cloud", "main"] {
+        let out = script(&pair, role).await;
+        assert!(
+            out.status.success(),
+            "{role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The same plan from duplex: nothing left to do on either side.
+    for role in ["cloud", "main"] {
+        let out = pair.run(role, &["setup", "--dry-run"]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("0 statement(s) would run"),
+            "{role}: {stdout}"
+        );
+    }
+    insert_user(&main, "m", None).await;
+    main.batch_execute(r#"INSERT INTO "Extra" VALUES ('x')"#)
+        .await
+        .unwrap();
+    wait_until(
+        "the new table replicates",
+        Duration::from_secs(5),
+        || async {
+            cloud
+                .query_one(r#"SELECT count(*) FROM "Extra""#, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+}

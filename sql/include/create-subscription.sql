@@ -5,9 +5,11 @@
 --
 -- CREATE SUBSCRIPTION that creates its slot cannot run inside a transaction block, so
 -- not in a DO block either: the existence test is a query whose result \gset turns into
--- a psql variable for \if. An existing subscription is left as it is (never altered,
--- re-enabled or re-created); options that differ from the wanted ones are reported as
--- warnings.
+-- a psql variable for \if. An existing subscription is not re-enabled or re-created;
+-- options that differ from the wanted ones are reported as warnings. Like `duplex setup`,
+-- an existing enabled subscription picks up the publication's current table list
+-- (REFRESH PUBLICATION, which changes nothing when the list is the same);
+-- tests/sql_scripts.rs checks that both routes leave the same catalog state.
 
 \set ON_ERROR_STOP on
 
@@ -58,6 +60,13 @@ SELECT EXISTS (
   RESET duplex.subscription;
   RESET duplex.publication;
   RESET duplex.slot_name;
+  -- REFRESH PUBLICATION cannot run in a DO block either: \gexec runs the generated statement.
+  SELECT format('ALTER SUBSCRIPTION %I REFRESH PUBLICATION WITH (copy_data = %s)',
+                :'subscription', :'copy_data')
+    FROM pg_subscription
+   WHERE subname = :'subscription' AND subenabled
+     AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  \gexec
 \else
   -- Connection string values are quoted for libpq: single quotes, with \ and ' escaped.
   SELECT format('host=%s port=%s dbname=%s user=%s password=%s',
