@@ -1,230 +1,206 @@
-//! `GET /metrics` in the Prometheus text format.
-
-use std::fmt::Write as _;
+//! `GET /metrics` in the Prometheus text format (0.0.4), rendered by the `prometheus`
+//! crate's encoder from the monitor's latest report: a fresh registry per scrape, so every
+//! value is exactly what the report says.
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::AppState;
+use crate::model::Severity;
+use crate::replication::monitor::Report;
 use crate::replication::state::ConnectionState;
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Render the metrics of the latest monitor report.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let r = state.report.borrow().clone();
-    let mut out = String::new();
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let report = state.report.borrow().clone();
+    match render(&report) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                TextEncoder::new().format_type().to_string(),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!("cannot render metrics: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn gauge(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn render(r: &Report) -> prometheus::Result<String> {
+    let reg = Registry::new();
     let role = r.role.as_str();
 
-    family(
-        &mut out,
+    let g = gauge(
+        &reg,
         "duplex_connection_state",
-        "gauge",
         "1 for the current connection state",
-    );
+        &["role", "state"],
+    )?;
     for s in ConnectionState::ALL {
-        let _ = writeln!(
-            out,
-            "duplex_connection_state{{role=\"{role}\",state=\"{}\"}} {}",
-            s.as_str(),
-            (s == r.state) as u8
-        );
+        g.with_label_values(&[role, s.as_str()])
+            .set((s == r.state) as i64);
     }
-    family(
-        &mut out,
+    let lag_ms = gauge(
+        &reg,
         "duplex_replication_lag_ms",
-        "gauge",
         "Replication lag in milliseconds (absent when replication is down)",
-    );
-    for d in &r.directions {
-        if let Some(ms) = d.lag_ms {
-            let _ = writeln!(
-                out,
-                "duplex_replication_lag_ms{{direction=\"{}\"}} {ms}",
-                d.name
-            );
-        }
-    }
-    family(
-        &mut out,
+        &["direction"],
+    )?;
+    let lag_bytes = gauge(
+        &reg,
         "duplex_replication_lag_bytes",
-        "gauge",
         "WAL bytes not yet confirmed by the subscriber",
-    );
-    for d in &r.directions {
-        if let Some(b) = d.lag_bytes {
-            let _ = writeln!(
-                out,
-                "duplex_replication_lag_bytes{{direction=\"{}\"}} {b}",
-                d.name
-            );
-        }
-    }
-    let slots: Vec<(&str, &crate::replication::catalog::SlotHealth)> = r
-        .directions
-        .iter()
-        .filter_map(|d| d.slot.as_ref().map(|s| (d.name.as_str(), s)))
-        .collect();
-    family(
-        &mut out,
+        &["direction"],
+    )?;
+    let retained = gauge(
+        &reg,
         "duplex_slot_retained_wal_bytes",
-        "gauge",
         "WAL kept for the slot (current LSN minus restart_lsn)",
-    );
-    for (dir, s) in &slots {
-        if let Some(b) = s.slot.retained_bytes {
-            let _ = writeln!(
-                out,
-                "duplex_slot_retained_wal_bytes{{direction=\"{dir}\",slot=\"{}\"}} {b}",
-                escape(&s.slot.name)
-            );
-        }
-    }
-    family(
-        &mut out,
+        &["direction", "slot"],
+    )?;
+    let active = gauge(
+        &reg,
         "duplex_slot_active",
-        "gauge",
         "1 when a walsender streams from the slot",
-    );
-    for (dir, s) in &slots {
-        let _ = writeln!(
-            out,
-            "duplex_slot_active{{direction=\"{dir}\",slot=\"{}\"}} {}",
-            escape(&s.slot.name),
-            s.slot.active as u8
-        );
-    }
-    family(
-        &mut out,
+        &["direction", "slot"],
+    )?;
+    let wal_status = gauge(
+        &reg,
         "duplex_slot_wal_status",
-        "gauge",
         "1 for the slot's wal_status",
-    );
-    for (dir, s) in &slots {
-        for st in ["reserved", "extended", "unreserved", "lost"] {
-            let _ = writeln!(
-                out,
-                "duplex_slot_wal_status{{direction=\"{dir}\",slot=\"{}\",status=\"{st}\"}} {}",
-                escape(&s.slot.name),
-                (s.slot.wal_status.as_deref() == Some(st)) as u8
-            );
-        }
-    }
-    let subs: Vec<(&str, &crate::replication::health::SubscriptionHealth)> = r
-        .directions
-        .iter()
-        .filter_map(|d| d.subscription.as_ref().map(|s| (d.name.as_str(), s)))
-        .collect();
-    family(
-        &mut out,
+        &["direction", "slot", "status"],
+    )?;
+    let enabled = gauge(
+        &reg,
         "duplex_subscription_enabled",
-        "gauge",
         "1 when the subscription is enabled",
-    );
-    for (dir, s) in &subs {
-        let _ = writeln!(
-            out,
-            "duplex_subscription_enabled{{direction=\"{dir}\"}} {}",
-            s.enabled as u8
-        );
-    }
-    family(
-        &mut out,
+        &["direction"],
+    )?;
+    let apply_errors = counter(
+        &reg,
         "duplex_subscription_apply_errors_total",
-        "counter",
         "Apply errors of the subscription",
-    );
-    for (dir, s) in &subs {
-        let _ = writeln!(
-            out,
-            "duplex_subscription_apply_errors_total{{direction=\"{dir}\"}} {}",
-            s.stats.apply_error_count
-        );
-    }
-    family(
-        &mut out,
+        &["direction"],
+    )?;
+    let sync_errors = counter(
+        &reg,
         "duplex_subscription_sync_errors_total",
-        "counter",
         "Initial-sync errors of the subscription",
-    );
-    for (dir, s) in &subs {
-        let _ = writeln!(
-            out,
-            "duplex_subscription_sync_errors_total{{direction=\"{dir}\"}} {}",
-            s.stats.sync_error_count
-        );
-    }
-    family(
-        &mut out,
+        &["direction"],
+    )?;
+    let conflicts = counter(
+        &reg,
         "duplex_subscription_conflicts_total",
-        "counter",
         "Conflicts detected while applying (PostgreSQL 18+)",
-    );
-    for (dir, s) in &subs {
-        for (kind, n) in &s.stats.conflicts {
-            let _ = writeln!(
-                out,
-                "duplex_subscription_conflicts_total{{direction=\"{dir}\",type=\"{}\"}} {n}",
-                escape(kind)
-            );
+        &["direction", "type"],
+    )?;
+    for d in &r.directions {
+        let dir = d.name.as_str();
+        if let Some(ms) = d.lag_ms {
+            lag_ms.with_label_values(&[dir]).set(ms);
+        }
+        if let Some(b) = d.lag_bytes {
+            lag_bytes.with_label_values(&[dir]).set(b);
+        }
+        if let Some(s) = &d.slot {
+            let slot = s.slot.name.as_str();
+            if let Some(b) = s.slot.retained_bytes {
+                retained.with_label_values(&[dir, slot]).set(b);
+            }
+            active
+                .with_label_values(&[dir, slot])
+                .set(s.slot.active as i64);
+            for st in ["reserved", "extended", "unreserved", "lost"] {
+                wal_status
+                    .with_label_values(&[dir, slot, st])
+                    .set((s.slot.wal_status.as_deref() == Some(st)) as i64);
+            }
+        }
+        if let Some(s) = &d.subscription {
+            enabled.with_label_values(&[dir]).set(s.enabled as i64);
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            apply_errors
+                .with_label_values(&[dir])
+                .inc_by(count(s.stats.apply_error_count));
+            sync_errors
+                .with_label_values(&[dir])
+                .inc_by(count(s.stats.sync_error_count));
+            for (kind, n) in &s.stats.conflicts {
+                conflicts.with_label_values(&[dir, kind]).inc_by(count(*n));
+            }
         }
     }
-    family(
-        &mut out,
+    gauge(
+        &reg,
         "duplex_storage_queue_size",
-        "gauge",
         "Files waiting in the storage queue",
-    );
-    let _ = writeln!(out, "duplex_storage_queue_size {}", r.storage_queue_size);
-    family(
-        &mut out,
-        "duplex_sync_enabled",
-        "gauge",
-        "0 while sync is paused",
-    );
-    let _ = writeln!(out, "duplex_sync_enabled {}", r.sync_enabled as u8);
-    family(
-        &mut out,
+        &[],
+    )?
+    .with_label_values::<&str>(&[])
+    .set(r.storage_queue_size);
+    gauge(&reg, "duplex_sync_enabled", "0 while sync is paused", &[])?
+        .with_label_values::<&str>(&[])
+        .set(r.sync_enabled as i64);
+    let alerts = gauge(
+        &reg,
         "duplex_active_alerts",
-        "gauge",
         "Alerts currently raised, by level",
-    );
-    for level in ["WARNING", "FAILED", "CRITICAL"] {
+        &["level"],
+    )?;
+    for level in Severity::ALERT_LEVELS {
         let n = r
             .alerts
             .iter()
-            .filter(|a| a.condition.level.as_str() == level)
+            .filter(|a| a.condition.level == level)
             .count();
-        let _ = writeln!(out, "duplex_active_alerts{{level=\"{level}\"}} {n}");
+        alerts.with_label_values(&[level.as_str()]).set(n as i64);
     }
-    family(
-        &mut out,
+    counter(
+        &reg,
         "duplex_monitor_cycles_total",
-        "counter",
         "Monitor cycles completed",
-    );
-    let _ = writeln!(out, "duplex_monitor_cycles_total {}", r.cycles);
+        &[],
+    )?
+    .with_label_values::<&str>(&[])
+    .inc_by(r.cycles);
     if let Some(at) = r.checked_at {
-        family(
-            &mut out,
+        gauge(
+            &reg,
             "duplex_last_check_timestamp_seconds",
-            "gauge",
             "End of the latest monitor cycle",
-        );
-        let _ = writeln!(
-            out,
-            "duplex_last_check_timestamp_seconds {}",
-            at.timestamp()
-        );
+            &[],
+        )?
+        .with_label_values::<&str>(&[])
+        .set(at.timestamp());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&reg.gather(), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
