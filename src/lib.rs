@@ -1,19 +1,21 @@
 //! duplex: bidirectional PostgreSQL replication controller for an on-site ("main") and a
 //! cloud instance.
 //!
-//! - [`model`]: domain words shared by all: `Role`, `TableName`.
+//! - [`model`]: domain words shared by all: `Role`, `TableName`, `Severity`.
 //! - [`secret`]: `SecretUrl`, `Secret`, redacted everywhere.
 //! - [`config`]: settings from a TOML file and the environment, validated at once.
 //! - [`pg`]: connections, session options, identifier quoting.
 //! - [`store`]: every statement on schema `duplex`, one file per table, and its migrations.
-//! - [`replication`]: provisioning (`setup`), catalog queries, `check`, `status`, the
-//!   monitor and the connection state machine.
-//! - [`alerts`]: alert rules, raised once per incident.
-//! - [`notify`]: webhook and e-mail notifications, rate-limited.
+//! - [`replication`]: provisioning (`setup`), catalog queries, one health snapshot
+//!   (`health`), pure rules (`rules`), the state machine, the monitor worker, `check`,
+//!   `status`.
+//! - [`alerts`]: the alert engine: raised once per incident, cleared once.
+//! - [`notify`]: webhook and e-mail notifications, rate-limited, and their worker.
 //! - [`http`]: health, status, control and metrics API.
 //! - [`app`]: `duplex run`: workers, HTTP server, shutdown.
 //! - [`shutdown`]: signals and the worker registry.
 //! - [`cli`]: the command-line interface.
+//! - [`text`]: text helpers (error chains).
 
 pub mod alerts;
 pub mod app;

@@ -47,6 +47,12 @@ impl fmt::Display for Role {
     }
 }
 
+/// Quote an SQL identifier: always double-quoted, inner quotes doubled. The one quoting
+/// helper for identifiers (also as `pg::quote_ident`).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// A table name as the user wrote it: exact identifiers, not SQL-quoted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct TableName {
@@ -59,11 +65,7 @@ pub struct TableName {
 impl TableName {
     /// `schema.table` with both parts quoted for SQL.
     pub fn quoted(&self) -> String {
-        format!(
-            "{}.{}",
-            crate::pg::quote_ident(&self.schema),
-            crate::pg::quote_ident(&self.name)
-        )
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
 

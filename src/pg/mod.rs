@@ -130,10 +130,7 @@ pub async fn connect(
     Ok(client)
 }
 
-/// Quote an SQL identifier: always double-quoted, inner quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use crate::model::quote_ident;
 
 /// Quote an SQL string literal, for the few statements that take no parameters
 /// (`CREATE ROLE ... PASSWORD`, `CREATE SUBSCRIPTION ... CONNECTION`).
