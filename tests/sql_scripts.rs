@@ -88,31 +88,29 @@ async fn the_shell_wrapper_sets_up_both_directions_and_a_second_run_changes_noth
     );
 }
 
-#[tokio::test]
-async fn after_a_new_table_the_psql_route_and_duplex_setup_agree() {
-    let pair = Pair::new().await;
+/// The psql route for cloud, then main; each must succeed.
+async fn script_both(pair: &Pair) {
     for role in ["cloud", "main"] {
-        let out = script(&pair, role).await;
+        let out = script(pair, role).await;
         assert!(
             out.status.success(),
             "{role}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[tokio::test]
+async fn after_a_new_table_the_psql_route_and_duplex_setup_agree() {
+    let pair = Pair::new().await;
+    script_both(&pair).await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
     for c in [&main, &cloud] {
         c.batch_execute(r#"CREATE TABLE "Extra" ("id" text PRIMARY KEY)"#)
             .await
             .unwrap();
     }
-    for role in ["cloud", "main"] {
-        let out = script(&pair, role).await;
-        assert!(
-            out.status.success(),
-            "{role}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    script_both(&pair).await;
     // The same plan from duplex: nothing left to do on either side.
     for role in ["cloud", "main"] {
         let out = pair.run(role, &["setup", "--dry-run"]).await;
