@@ -114,7 +114,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 async fn run_setup(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
     let mut local = pg::connect(&settings.local_db_url, "local", "setup").await?;
-    let remote = pg::connect(&settings.remote_db_url, "remote", "setup").await?;
+    let mut remote = pg::connect(&settings.remote_db_url, "remote", "setup").await?;
     let plan = setup::plan(settings, &local, &remote).await?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
@@ -132,7 +132,7 @@ async fn run_setup(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = setup::apply(settings, &mut local, &remote, &plan, &mut |line| {
+    let report = setup::apply(settings, &mut local, &mut remote, &plan, &mut |line| {
         println!("{line}")
     })
     .await?;

@@ -6,6 +6,8 @@
 //! - [`config`]: settings from a TOML file and the environment, validated at once.
 //! - [`pg`]: connections, session options, identifier quoting.
 //! - [`store`]: every statement on schema `duplex`, one file per table, and its migrations.
+//! - [`conflict`]: conflict policies and the in-stream resolution installed on every
+//!   replicated table.
 //! - [`replication`]: provisioning (`setup`), catalog queries, one health snapshot
 //!   (`health`), pure rules (`rules`), the state machine, the monitor worker, `check`,
 //!   `status`.
@@ -21,6 +23,7 @@ pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod conflict;
 pub mod http;
 pub mod model;
 pub mod notify;

@@ -67,9 +67,11 @@ async fn setup_twice_is_a_no_op_and_dry_run_changes_nothing() {
         before,
         vec![
             format!("cloud publication duplex_cloud_to_main"),
+            format!("cloud publication duplex_cloud_to_main_meta"),
             format!("cloud slot {}", pair.slot("main")),
             format!("cloud subscription duplex_main_to_cloud"),
             format!("main publication duplex_main_to_cloud"),
+            format!("main publication duplex_main_to_cloud_meta"),
             format!("main slot {}", pair.slot("cloud")),
             format!("main subscription duplex_cloud_to_main"),
         ]
@@ -210,7 +212,7 @@ async fn one_insert_on_each_side_does_not_loop() {
     }
     // Statistics are flushed about once a second: wait until they count both rows.
     for c in [&main, &cloud] {
-        wait_until("statistics flushed", FIVE_SECONDS, || async {
+        wait_until("statistics flushed", Duration::from_secs(15), || async {
             table_activity(c).await.1 >= 2
         })
         .await;

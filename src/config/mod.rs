@@ -6,6 +6,7 @@
 //! `docs/configuration.md` documents each one.
 
 mod alerts;
+mod conflicts;
 mod daemon;
 mod keys;
 mod notifications;
@@ -19,6 +20,7 @@ use config::{Config, File, FileFormat, Value};
 use serde::{Serialize, Serializer};
 
 pub use self::alerts::AlertSettings;
+pub use self::conflicts::ConflictSettings;
 pub use self::daemon::DaemonSettings;
 use self::keys::{Key, Problems, Section};
 pub use self::notifications::NotificationSettings;
@@ -54,6 +56,7 @@ const TOP_KEYS: &[&str] = &[
     "daemon",
     "alerts",
     "notifications",
+    "conflicts",
 ];
 
 /// The environment variables duplex reads, with the config key each overrides.
@@ -112,6 +115,8 @@ pub struct Settings {
     pub alerts: AlertSettings,
     /// Where alerts are sent.
     pub notifications: NotificationSettings,
+    /// Conflict policies and housekeeping.
+    pub conflicts: ConflictSettings,
 }
 
 fn as_minutes<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -227,6 +232,7 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
     let daemon = DaemonSettings::parse(&top, &mut problems);
     let alerts = AlertSettings::parse(&top, &mut problems);
     let notifications = NotificationSettings::parse(&top, &mut problems);
+    let conflicts = ConflictSettings::parse(&top, &mut problems);
 
     match (role, local, remote, problems.0.is_empty()) {
         (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
@@ -244,6 +250,7 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
             daemon,
             alerts,
             notifications,
+            conflicts,
         }),
         _ => {
             if problems.0.is_empty() {

@@ -188,6 +188,8 @@ pub struct Subscription {
     pub worker_pid: Option<i32>,
     /// Tables with their sync state (`i` init, `d` copying, `f`/`s` syncing, `r` ready).
     pub tables: Vec<(TableName, String)>,
+    /// Publications it subscribes to.
+    pub publications: Vec<String>,
 }
 
 impl Subscription {
@@ -203,7 +205,8 @@ pub async fn subscription(client: &Client, name: &str) -> Result<Option<Subscrip
         .query_opt(
             "SELECT s.oid, s.subenabled, s.subslotname::text,
                     (SELECT st.pid FROM pg_stat_subscription st
-                      WHERE st.subid = s.oid AND st.relid IS NULL AND st.pid IS NOT NULL LIMIT 1)
+                      WHERE st.subid = s.oid AND st.relid IS NULL AND st.pid IS NOT NULL LIMIT 1),
+                    s.subpublications::text[]
                FROM pg_subscription s
               WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[&name],
@@ -241,6 +244,7 @@ pub async fn subscription(client: &Client, name: &str) -> Result<Option<Subscrip
         enabled: row.get(1),
         slot_name: row.get(2),
         worker_pid: row.get(3),
+        publications: row.get(4),
         tables,
     }))
 }
@@ -532,4 +536,81 @@ pub async fn subscription_stats(client: &Client, name: &str) -> Result<Subscript
         stats.ms_since_latest_end = r.get(1);
     }
     Ok(stats)
+}
+
+/// Key and unique indexes of a table, for the generated conflict resolution.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    /// Primary-key columns in key order, else the replica-identity index's; empty when
+    /// the table has neither.
+    pub key: Vec<String>,
+    /// Other unique indexes on plain columns (not partial, no expressions): name, columns.
+    pub unique: Vec<(String, Vec<String>)>,
+}
+
+/// Read [`Keys`] of `table` (which must exist).
+pub async fn keys(client: &Client, table: &TableName) -> Result<Keys, Error> {
+    let rows = client
+        .query(
+            "SELECT ic.relname::text, i.indisprimary, i.indisreplident,
+                    array_agg(a.attname::text ORDER BY k.ord)
+               FROM pg_index i
+               JOIN pg_class ic ON ic.oid = i.indexrelid
+               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = format('%I.%I', $1::text, $2::text)::regclass
+                AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+                AND i.indisvalid
+              GROUP BY ic.relname, i.indisprimary, i.indisreplident
+              ORDER BY ic.relname",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .context(format!("reading the keys of {table}"))?;
+    let mut keys = Keys::default();
+    let mut identity = Vec::new();
+    for r in rows {
+        let (name, primary, replident, cols): (String, bool, bool, Vec<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if primary {
+            keys.key = cols;
+        } else {
+            if replident {
+                identity = cols.clone();
+            }
+            keys.unique.push((name, cols));
+        }
+    }
+    if keys.key.is_empty() && !identity.is_empty() {
+        keys.unique.retain(|(_, c)| *c != identity);
+        keys.key = identity;
+    }
+    Ok(keys)
+}
+
+/// State of one trigger on a table: `O` enabled (origin and local), `R` replica only,
+/// `A` always, `D` disabled; `None` when missing.
+pub async fn trigger_state(
+    client: &Client,
+    table: &TableName,
+    trigger: &str,
+) -> Result<Option<String>, Error> {
+    Ok(client
+        .query_opt(
+            "SELECT tgenabled::text FROM pg_trigger
+              WHERE tgrelid = format('%I.%I', $1::text, $2::text)::regclass AND tgname = $3",
+            &[&table.schema, &table.name, &trigger],
+        )
+        .await
+        .context(format!("reading the triggers of {table}"))?
+        .map(|r| r.get(0)))
+}
+
+/// Whether relation `name` (e.g. `duplex.change_meta`) exists.
+pub async fn relation_exists(client: &Client, name: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .context(format!("looking for {name}"))?
+        .get(0))
 }

@@ -55,6 +55,12 @@ pub fn incoming(role: Role) -> String {
     direction_name(role.peer(), role)
 }
 
+/// The insert-only publication that carries `duplex.change_meta` alongside a direction's
+/// publication (`duplex_main_to_cloud_meta`).
+pub fn meta_publication(direction: &str) -> String {
+    format!("{direction}_meta")
+}
+
 /// Objects of the direction that flows out of `role`.
 pub fn outgoing(role: Role) -> String {
     direction_name(role, role.peer())

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::catalog::{self, Column, TableInfo};
-use super::{incoming, outgoing, resolve_tables, Error};
+use super::{incoming, meta_publication, outgoing, resolve_tables, Error};
 use crate::config::Settings;
+use crate::conflict::policy;
+use crate::conflict::triggers::{self, TableShape, CAPTURE_TRIGGER, RESOLVE_TRIGGER};
 use crate::model::{Role, TableName};
 use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
 use crate::store::{schema_migrations, sync_log, sync_state};
@@ -187,6 +189,9 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             Some(_) => {}
         }
     }
+    let mut warnings = Vec::new();
+    let resolution =
+        resolution_steps(settings, local, &tables, &mut problems, &mut warnings).await?;
     if !problems.is_empty() {
         return Err(Error::Refused(problems));
     }
@@ -204,7 +209,6 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         plan.warnings.push("track_commit_timestamp is off on at least one instance: conflict resolution by last write needs it (ALTER SYSTEM SET track_commit_timestamp = on; restart)".into());
     }
     let user = &settings.replication.user;
-    let mut warnings = Vec::new();
     for (target, instance, client) in [(Target::Local, role, local), (Target::Remote, peer, remote)]
     {
         let mut add = |what: String, sql: String, shown: Option<String>| {
@@ -328,6 +332,56 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             ),
             Some(_) => {}
         }
+        // The conflict metadata travels through its own insert-only publication; the
+        // replication role reads it for the initial copy like the tables.
+        let meta_ready = catalog::relation_exists(client, "duplex.change_meta").await?;
+        if !meta_ready || !exists || !catalog::has_schema_usage(client, user, "duplex").await? {
+            add(
+                format!("let {user} use schema duplex"),
+                format!("GRANT USAGE ON SCHEMA duplex TO {}", quote_ident(user)),
+                None,
+            );
+        }
+        let meta_table = TableName {
+            schema: "duplex".into(),
+            name: "change_meta".into(),
+        };
+        if !meta_ready
+            || !exists
+            || !catalog::tables_without_select(client, user, std::slice::from_ref(&meta_table))
+                .await?
+                .is_empty()
+        {
+            add(
+                format!("let {user} read duplex.change_meta for the initial copy"),
+                format!(
+                    "GRANT SELECT ON TABLE duplex.change_meta TO {}",
+                    quote_ident(user)
+                ),
+                None,
+            );
+        }
+        let meta = meta_publication(&publication);
+        if catalog::publication_tables(client, &meta).await?.is_none() {
+            add(
+                "publish duplex.change_meta (inserts only): what each change was based on".into(),
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE duplex.change_meta WITH (publish = 'insert')",
+                    quote_ident(&meta)
+                ),
+                None,
+            );
+        }
+    }
+    // Resolution before the subscription, so the first incoming change is already settled.
+    for (what, sql) in resolution {
+        plan.steps.push(Step {
+            target: Target::Local,
+            instance: role,
+            what,
+            shown: sql.clone(),
+            sql,
+        });
     }
 
     plan.warnings.extend(warnings);
@@ -366,10 +420,11 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             };
             let stmt = |conn: String| {
                 format!(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = false, streaming = parallel)",
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}, {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = false, streaming = parallel)",
                     quote_ident(&sub_name),
                     quote_literal(&conn),
                     quote_ident(&sub_name),
+                    quote_ident(&meta_publication(&sub_name)),
                     quote_literal(slot_name),
                 )
             };
@@ -401,8 +456,27 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                     "subscription {sub_name} is disabled: see runbooks/subscription-disabled.md"
                 ));
             }
-            let mut subscribed: Vec<TableName> =
-                sub.tables.iter().map(|(t, _)| t.clone()).collect();
+            let meta = meta_publication(&sub_name);
+            if !sub.publications.contains(&meta) {
+                let sql = format!(
+                    "ALTER SUBSCRIPTION {} ADD PUBLICATION {} WITH (copy_data = false)",
+                    quote_ident(&sub_name),
+                    quote_ident(&meta)
+                );
+                plan.steps.push(Step {
+                    target: Target::Local,
+                    instance: role,
+                    what: format!("subscribe to {meta} as well"),
+                    shown: sql.clone(),
+                    sql,
+                });
+            }
+            let mut subscribed: Vec<TableName> = sub
+                .tables
+                .iter()
+                .map(|(t, _)| t.clone())
+                .filter(|t| t.schema != "duplex")
+                .collect();
             subscribed.sort();
             if subscribed != tables {
                 let sql = format!(
@@ -421,6 +495,103 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         }
     }
     Ok(plan)
+}
+
+/// Install, refresh or remove in-stream conflict resolution on this side's tables:
+/// `(what, sql)` for each table whose installed triggers are missing, disabled or were
+/// generated from another definition or policy. Bad policy configuration is a refusal.
+async fn resolution_steps(
+    settings: &Settings,
+    local: &Client,
+    tables: &[TableName],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, Error> {
+    let role = settings.instance_role;
+    let installed = crate::store::resolution::installed(local).await?;
+    let mut out = Vec::new();
+    for name in settings.conflicts.tables.keys() {
+        if !tables.iter().any(|t| &t.to_string() == name) {
+            warnings.push(format!(
+                "[conflicts.tables] names {name}, which does not replicate: its policy is unused"
+            ));
+        }
+    }
+    for table in tables {
+        let Some(info) = catalog::table_info(local, table).await? else {
+            continue;
+        };
+        let keys = catalog::keys(local, table).await?;
+        if keys.key.is_empty() {
+            warnings.push(format!(
+                "table {table} has no primary key: conflicts on it are not resolved in the stream (add a primary key)"
+            ));
+            continue;
+        }
+        let columns: Vec<(String, String)> = info
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_name.clone()))
+            .collect();
+        let eff = match policy::effective(
+            &table.to_string(),
+            &settings.conflicts.configured(table),
+            &columns,
+        ) {
+            Ok(e) => e,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        let shape = TableShape {
+            table: table.clone(),
+            columns,
+            key: keys.key,
+            unique: keys.unique,
+        };
+        let generated = triggers::generate(&shape, &eff, role);
+        let current = installed
+            .get(&table.to_string())
+            .is_some_and(|i| i.fingerprint == generated.fingerprint)
+            && catalog::trigger_state(local, table, CAPTURE_TRIGGER)
+                .await?
+                .as_deref()
+                == Some("O")
+            && catalog::trigger_state(local, table, RESOLVE_TRIGGER)
+                .await?
+                .as_deref()
+                == Some("R");
+        if !current {
+            out.push((
+                format!(
+                    "install in-stream conflict resolution on {table} ({}{})",
+                    eff.policy,
+                    eff.updated_at
+                        .as_deref()
+                        .map(|c| format!(" by \"{c}\""))
+                        .unwrap_or_default()
+                ),
+                generated.sql,
+            ));
+        }
+    }
+    for rel in installed.keys() {
+        if tables.iter().any(|t| &t.to_string() == rel) {
+            continue;
+        }
+        if let Some((schema, name)) = rel.split_once('.') {
+            let table = TableName {
+                schema: schema.into(),
+                name: name.into(),
+            };
+            out.push((
+                format!("remove in-stream conflict resolution from {rel}: it no longer replicates"),
+                triggers::remove(&table),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The role recorded in `duplex.sync_state` and the applied migration versions, read
@@ -525,12 +696,15 @@ pub struct Report {
 pub async fn apply(
     settings: &Settings,
     local: &mut Client,
-    remote: &Client,
+    remote: &mut Client,
     plan: &Plan,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report, Error> {
     let role = settings.instance_role;
     crate::store::migrations::migrate(local).await?;
+    // The peer's publication carries its duplex.change_meta, so its schema must exist too.
+    crate::store::migrations::migrate(remote).await?;
+    let remote: &Client = remote;
     sync_state::ensure_role(local, role, settings.sync_enabled).await?;
     let mut report = Report::default();
     for step in &plan.steps {

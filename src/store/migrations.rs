@@ -20,11 +20,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../sql/migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../sql/migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_conflicts.sql",
+        sql: include_str!("../../sql/migrations/0002_conflicts.sql"),
+    },
+];
 
 /// Advisory lock key serialising migrations ("duplex" in ASCII).
 const LOCK_KEY: i64 = 0x6475_706c_6578;

@@ -2,11 +2,13 @@
 //! per table, the SQL as `const`s next to the row types and the functions that run it.
 //!
 //! - [`migrations`]: the numbered migrations and their runner.
+//! - [`resolution`]: what `duplex setup` installed on each replicated table.
 //! - [`schema_migrations`]: which migrations are applied.
 //! - [`sync_log`]: what duplex did, alerts and transitions.
 //! - [`sync_state`]: the single state row (role, heartbeat, pause).
 
 pub mod migrations;
+pub mod resolution;
 pub mod schema_migrations;
 pub mod sync_log;
 pub mod sync_state;

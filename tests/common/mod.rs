@@ -81,11 +81,14 @@ pub struct Pair {
 /// The example app's schema.
 pub const APP_SCHEMA: &str = include_str!("../../sql/examples/app-schema.sql");
 
-/// Default test configuration: the example app's syncable tables.
+/// Default test configuration: the example app's syncable tables and policies.
 pub const EXAMPLE_TABLES: &str = r#"
 [tables]
 schema = "public"
 exclude = ["DeviceFileIndex", "DeviceCommandQueue"]
+
+[conflicts.tables."Device"]
+policy = "main_authoritative"
 "#;
 
 impl Pair {
@@ -446,4 +449,90 @@ pub async fn user_exists(c: &Client, id: &str) -> bool {
         .await
         .expect("reading User")
         .is_some()
+}
+
+impl Pair {
+    /// Cut the link both ways: disable both subscriptions (each side keeps taking writes;
+    /// the slots keep every change).
+    pub async fn partition(&self) {
+        self.main()
+            .await
+            .batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main DISABLE")
+            .await
+            .expect("disabling main's subscription");
+        self.cloud()
+            .await
+            .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud DISABLE")
+            .await
+            .expect("disabling cloud's subscription");
+    }
+
+    /// Restore the link and wait until each side has applied everything the other
+    /// committed: each slot's confirmed position reaches its publisher's current WAL.
+    pub async fn heal(&self) {
+        self.main()
+            .await
+            .batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE")
+            .await
+            .expect("enabling main's subscription");
+        self.cloud()
+            .await
+            .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud ENABLE")
+            .await
+            .expect("enabling cloud's subscription");
+        self.wait_caught_up(Duration::from_secs(60)).await;
+    }
+
+    /// Wait until both directions have confirmed everything their publisher wrote so far.
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        let (main, cloud) = (self.main().await, self.cloud().await);
+        for (publisher, slot) in [(&main, self.slot("cloud")), (&cloud, self.slot("main"))] {
+            let target: String = publisher
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .expect("reading the WAL position")
+                .get(0);
+            wait_until(&format!("slot {slot} caught up"), timeout, || async {
+                publisher
+                    .query_one(
+                        "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)
+                           FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot, &target],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false)
+            })
+            .await;
+        }
+    }
+
+    /// `(key, md5 of the whole row)` of every row of `table` (quoted name) on one side.
+    pub async fn row_hashes(c: &Client, table: &str) -> Vec<(String, String)> {
+        c.query(
+            &format!("SELECT md5(to_jsonb(t)::text), md5(t::text) FROM {table} t ORDER BY 1"),
+            &[],
+        )
+        .await
+        .expect("hashing rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+
+    /// Conflict log entries on `c`: (table, record_id, type, winner, resolved_by).
+    pub async fn conflicts(
+        c: &Client,
+    ) -> Vec<(String, String, String, Option<String>, Option<String>)> {
+        c.query(
+            "SELECT table_name, record_id, conflict_type, winner, resolved_by
+               FROM duplex.conflict_log ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("reading conflict_log")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+    }
 }

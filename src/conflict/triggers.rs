@@ -1,0 +1,582 @@
+//! The in-stream resolution installed on each replicated table, generated from the catalog.
+//!
+//! Two row triggers per table:
+//! - `duplex_capture` (ordinary, so it fires for local writes only): before each insert,
+//!   update or delete it writes a `duplex.change_meta` row (incarnation, the md5 of the
+//!   version the change was based on) that travels just ahead of the change; a delete also
+//!   leaves a tombstone.
+//! - `duplex_resolve` (`ENABLE REPLICA`, so it fires only in the apply worker): decides each
+//!   incoming change against the local row by the table's policy, writes the winner itself
+//!   (under the subscription's origin, so it is not sent back), logs the conflict, and
+//!   returns NULL when the local version stays.
+//!
+//! Plus one function for an update of an incarnation deleted here, called from
+//! `duplex.meta_receive` because PostgreSQL fires no trigger for an update of a missing row.
+//! Pure: the SQL is a function of the table's shape, its policy and the side.
+
+use sha2::{Digest, Sha256};
+
+use super::policy::{Effective, Policy};
+use crate::model::quote_ident;
+use crate::model::{Role, TableName};
+use crate::pg::quote_literal;
+
+/// What the generator needs to know about a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableShape {
+    /// The table.
+    pub table: TableName,
+    /// Columns in order: name and `format_type`.
+    pub columns: Vec<(String, String)>,
+    /// Primary-key (or replica-identity index) columns, in key order.
+    pub key: Vec<String>,
+    /// Other unique indexes: name and columns (plain, non-partial indexes only).
+    pub unique: Vec<(String, Vec<String>)>,
+}
+
+/// Names of what is installed for one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// Capture function (in schema duplex).
+    pub capture: String,
+    /// Resolve function.
+    pub resolve: String,
+    /// Update-of-a-deleted-row function.
+    pub update_of_deleted: String,
+}
+
+/// Trigger names on the application table.
+pub const CAPTURE_TRIGGER: &str = "duplex_capture";
+/// See [`CAPTURE_TRIGGER`].
+pub const RESOLVE_TRIGGER: &str = "duplex_resolve";
+
+/// Function names for `table`: a readable stem plus a hash, within PostgreSQL's 63 bytes.
+pub fn names(table: &TableName) -> Names {
+    let hash = hex_prefix(&table.to_string(), 10);
+    let stem: String = table
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    Names {
+        capture: format!("capture_{stem}_{hash}"),
+        resolve: format!("resolve_{stem}_{hash}"),
+        update_of_deleted: format!("uod_{stem}_{hash}"),
+    }
+}
+
+fn hex_prefix(text: &str, len: usize) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(len)
+        .collect()
+}
+
+/// The SQL that installs (or replaces) resolution on one table, and its fingerprint.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Statements, to run in one transaction.
+    pub sql: String,
+    /// sha256 of `sql`, recorded in `duplex.resolution` so `duplex check` can spot a stale install.
+    pub fingerprint: String,
+    /// Function names.
+    pub names: Names,
+}
+
+/// Settings pinned inside every generated function: the apply worker runs with an empty
+/// `search_path`, and the row text that is hashed must be the same on both servers.
+const PINNED: &str = "SET search_path = pg_catalog, pg_temp SET \"TimeZone\" = 'UTC' SET \"DateStyle\" = 'ISO, YMD' SET \"IntervalStyle\" = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex'";
+
+/// Generate the installation SQL for `shape` on side `me`.
+pub fn generate(shape: &TableShape, eff: &Effective, me: Role) -> Generated {
+    let names = names(&shape.table);
+    let tbl = shape.table.quoted();
+    let rel = quote_literal(&shape.table.to_string());
+    let q = |c: &str| quote_ident(c);
+    let key_json = |rec: &str| {
+        format!(
+            "jsonb_build_array({})::text",
+            shape
+                .key
+                .iter()
+                .map(|c| format!("{rec}.{}", q(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let key_eq = |rec: &str| {
+        shape
+            .key
+            .iter()
+            .map(|c| format!("{} = {rec}.{}", q(c), q(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let key_from_text = shape
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = shape
+                .columns
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, t)| t.as_str())
+                .unwrap_or("text");
+            format!("{} = (p_key::jsonb->>{i})::{ty}", q(c))
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let set_new = shape
+        .columns
+        .iter()
+        .map(|(c, _)| format!("{} = NEW.{}", q(c), q(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Does the incoming version (NEW) beat the local one (`rec`)?
+    let incoming_wins = |rec: &str| match (eff.policy, &eff.updated_at) {
+        (Policy::LastWriteWins, Some(col)) => format!(
+            "coalesce(NEW.{c}, '-infinity') {op} coalesce({rec}.{c}, '-infinity')",
+            c = q(col),
+            // Ties go to main: on cloud the incoming version is main's.
+            op = if me == Role::Cloud { ">=" } else { ">" }
+        ),
+        _ => (me == Role::Cloud).to_string(),
+    };
+    // conflict_log's main_version / cloud_version from (local, incoming).
+    let versions = |local: &str, incoming: &str| match me {
+        Role::Main => format!("{local}, {incoming}"),
+        Role::Cloud => format!("{incoming}, {local}"),
+    };
+    let winner = match me {
+        Role::Main => "CASE WHEN incoming_wins THEN 'CLOUD' ELSE 'MAIN' END",
+        Role::Cloud => "CASE WHEN incoming_wins THEN 'MAIN' ELSE 'CLOUD' END",
+    };
+    let pair_hash = match me {
+        Role::Main => "lh || nh",
+        Role::Cloud => "nh || lh",
+    };
+    // main_authoritative and manual: main's insert or update always wins on cloud.
+    let main_overrides = eff.policy.main_wins() && me == Role::Cloud;
+    let pol = quote_literal(eff.policy.as_str());
+    let me_lit = quote_literal(me.as_str());
+    // Deletes: named from main's side (main's change first).
+    let (deleted_here, deleted_there) = match me {
+        Role::Main => ("'delete_update'", "'update_delete'"),
+        Role::Cloud => ("'update_delete'", "'delete_update'"),
+    };
+
+    // A different row holding a unique value the incoming row needs: settle it by policy
+    // (the loser is removed on this side only; the peer settles the same pair the same way).
+    let unique_checks: String = shape
+        .unique
+        .iter()
+        .map(|(_, cols)| {
+            let same = cols
+                .iter()
+                .map(|c| format!("{} = NEW.{}", q(c), q(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            format!(
+                r#"
+    SELECT * INTO u FROM {tbl} WHERE {same} AND NOT ({key_eq_new}) FOR UPDATE;
+    IF FOUND THEN
+      lh := md5(u::text); nh := md5(NEW::text);
+      incoming_wins := {wins_u};
+      PERFORM duplex.log_conflict({rel}, k, 'unique_key', {versions_u}, pol, {winner},
+        md5('unique_key' || {rel} || k || {pair_hash}), me);
+      IF NOT incoming_wins THEN RETURN NULL; END IF;
+      DELETE FROM {tbl} WHERE {key_eq_u};
+    END IF;"#,
+                key_eq_new = key_eq("NEW"),
+                wins_u = incoming_wins("u"),
+                versions_u = versions("to_jsonb(u)", "to_jsonb(NEW)"),
+                key_eq_u = key_eq("u"),
+            )
+        })
+        .collect();
+    let unique_changed = if shape.unique.is_empty() {
+        "false".to_string()
+    } else {
+        let mut cols: Vec<&String> = shape.unique.iter().flat_map(|(_, c)| c).collect();
+        cols.sort();
+        cols.dedup();
+        cols.iter()
+            .map(|c| format!("NEW.{} IS DISTINCT FROM OLD.{}", q(c), q(c)))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    let main_row_on_update = if eff.policy.main_wins() && me == Role::Main {
+        "to_jsonb(NEW)"
+    } else {
+        "NULL"
+    };
+
+    let capture = format!(
+        r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
+{PINNED}
+AS $duplex$
+DECLARE k text; i text; b text; s text[];
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    k := {key_new};
+    -- A key re-created after a delete is a new incarnation that has seen those deletes.
+    -- (BEFORE INSERT also fires for a row ON CONFLICT will skip: that row keeps its own.)
+    SELECT array_agg(t.inc) INTO s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k;
+    IF s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {tbl} WHERE {key_eq_new}) THEN
+      i := gen_random_uuid()::text;
+      PERFORM duplex.set_incarnation({rel}, k, i, s);
+    ELSE
+      i := '0'; s := NULL;
+    END IF;
+    INSERT INTO duplex.change_meta VALUES ({rel}, k, 'I', i, NULL, NULL, s);
+    RETURN NEW;
+  END IF;
+  k := {key_old};
+  SELECT ri.inc INTO i FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = k;
+  i := coalesce(i, '0');
+  b := md5(OLD::text);
+  IF TG_OP = 'UPDATE' THEN
+    INSERT INTO duplex.change_meta VALUES ({rel}, k, 'U', i, b, {main_row_on_update}, NULL);
+    RETURN NEW;
+  END IF;
+  INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, i, b) ON CONFLICT DO NOTHING;
+  DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+  INSERT INTO duplex.change_meta VALUES ({rel}, k, 'D', i, b, NULL, NULL);
+  RETURN OLD;
+END $duplex$;
+"#,
+        capture = q(&names.capture),
+        key_new = key_json("NEW"),
+        key_old = key_json("OLD"),
+        key_eq_new = key_eq("NEW"),
+    );
+
+    let resolve = format!(
+        r#"CREATE OR REPLACE FUNCTION duplex.{resolve}() RETURNS trigger LANGUAGE plpgsql
+{PINNED}
+AS $duplex$
+DECLARE
+  me constant text := {me_lit};
+  pol constant text := {pol};
+  k text; m_inc text := '0'; m_base text; m_seen text[]; l_inc text; l_seen text[];
+  l {tbl}%ROWTYPE; u {tbl}%ROWTYPE;
+  lh text; nh text; concurrent boolean; incoming_wins boolean; typ text;
+BEGIN
+  -- Our own writes below fire this trigger again: let them through.
+  IF pg_trigger_depth() > 1 THEN
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+  END IF;
+  IF TG_OP = 'INSERT' THEN k := {key_new}; ELSE k := {key_old}; END IF;
+  IF current_setting('duplex.m_rel', true) = {rel} AND current_setting('duplex.m_key', true) = k THEN
+    m_inc := current_setting('duplex.m_inc');
+    m_base := nullif(current_setting('duplex.m_base'), '');
+    m_seen := current_setting('duplex.m_seen')::text[];
+    PERFORM set_config('duplex.m_rel', '', true);
+  END IF;
+
+  IF TG_OP = 'INSERT' THEN
+    IF NOT {main_overrides} THEN
+      SELECT t.base INTO m_base FROM duplex.tombstone t
+       WHERE t.rel = {rel} AND t.key = k AND t.inc <> ALL (coalesce(m_seen, '{{}}'))
+       ORDER BY t.deleted_at DESC LIMIT 1;
+      IF FOUND THEN
+        -- This side deleted the key and the insert was made without seeing that delete:
+        -- the delete wins, and the incoming incarnation is dead here too.
+        INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
+        typ := {deleted_here};
+        PERFORM duplex.log_conflict({rel}, k, typ, {versions_dead}, pol, 'DELETED',
+          md5(typ || {rel} || k || m_inc || coalesce(m_base, '')), me);
+        RETURN NULL;
+      END IF;
+    END IF;
+    FOR attempt IN 1..3 LOOP
+      SELECT * INTO l FROM {tbl} WHERE {key_eq_new} FOR UPDATE;
+      IF FOUND THEN
+        lh := md5(l::text); nh := md5(NEW::text);
+        IF lh = nh THEN RETURN NULL; END IF;
+        incoming_wins := {wins_l};
+        PERFORM duplex.log_conflict({rel}, k, 'insert_insert', {versions_l}, pol, {winner},
+          md5('insert_insert' || {rel} || k || {pair_hash}), me);
+        IF incoming_wins THEN{unique_checks}
+          UPDATE {tbl} SET {set_new} WHERE {key_eq_l};
+          PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+        END IF;
+        RETURN NULL;
+      END IF;{unique_checks}
+      INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
+      IF FOUND THEN
+        PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+        RETURN NULL;
+      END IF;
+      -- A local insert of the same key committed meanwhile: settle against it.
+    END LOOP;
+    RAISE EXCEPTION 'duplex: could not apply an insert into % (key %): the key keeps changing locally', {rel}, k;
+  END IF;
+
+  SELECT ri.inc, ri.seen INTO l_inc, l_seen FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = k;
+  l_inc := coalesce(l_inc, '0');
+  lh := md5(OLD::text);
+
+  IF TG_OP = 'DELETE' THEN
+    IF l_inc <> m_inc AND m_inc = ANY (coalesce(l_seen, '{{}}')) THEN
+      -- The peer deleted an incarnation that ours was created after: ours stays.
+      INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
+      RETURN NULL;
+    END IF;
+    concurrent := m_base IS NULL OR lh <> m_base OR l_inc <> m_inc;
+    IF concurrent THEN
+      -- Changed here while deleted there. A delete wins, except that main's version wins
+      -- a main_authoritative or manual table.
+      incoming_wins := NOT ({main_wins} AND me = 'main');
+      typ := {deleted_there};
+      PERFORM duplex.log_conflict({rel}, k, typ, {versions_old_deleted}, pol,
+        CASE WHEN incoming_wins THEN 'DELETED' ELSE 'MAIN' END,
+        md5(typ || {rel} || k || m_inc || coalesce(m_base, '')), me);
+      IF NOT incoming_wins THEN RETURN NULL; END IF;
+    END IF;
+    INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, l_inc, m_base) ON CONFLICT DO NOTHING;
+    IF m_inc <> l_inc THEN
+      INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
+    END IF;
+    DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+    RETURN OLD;
+  END IF;
+
+  -- UPDATE: a change based on the version we have is no conflict.
+  concurrent := m_base IS NULL OR lh <> m_base;
+  IF l_inc <> m_inc THEN
+    IF m_inc = ANY (coalesce(l_seen, '{{}}'))
+       OR EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k AND t.inc = m_inc) THEN
+      -- An update of an incarnation deleted here (logged by duplex.{uod}).
+      IF NOT {main_overrides} THEN RETURN NULL; END IF;
+    END IF;
+    concurrent := true;
+  END IF;
+  IF concurrent THEN
+    nh := md5(NEW::text);
+    IF lh <> nh THEN
+      incoming_wins := {wins_old};
+      PERFORM duplex.log_conflict({rel}, k, 'update_update', {versions_old}, pol, {winner},
+        md5('update_update' || {rel} || k || {pair_hash}), me);
+      IF NOT incoming_wins THEN RETURN NULL; END IF;
+    END IF;
+    IF m_inc <> l_inc THEN
+      PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+    END IF;
+  END IF;
+  IF {unique_changed} THEN{unique_checks}
+  END IF;
+  RETURN NEW;
+END $duplex$;
+"#,
+        resolve = q(&names.resolve),
+        uod = q(&names.update_of_deleted),
+        key_new = key_json("NEW"),
+        key_old = key_json("OLD"),
+        key_eq_new = key_eq("NEW"),
+        key_eq_l = key_eq("l"),
+        wins_l = incoming_wins("l"),
+        wins_old = incoming_wins("OLD"),
+        versions_l = versions("to_jsonb(l)", "to_jsonb(NEW)"),
+        versions_old = versions("to_jsonb(OLD)", "to_jsonb(NEW)"),
+        versions_dead = versions("NULL", "to_jsonb(NEW)"),
+        versions_old_deleted = versions("to_jsonb(OLD)", "NULL"),
+        main_wins = eff.policy.main_wins(),
+    );
+
+    let update_of_deleted = format!(
+        r#"CREATE OR REPLACE FUNCTION duplex.{uod}(p_key text, p_inc text, p_row jsonb) RETURNS void LANGUAGE plpgsql
+{PINNED}
+AS $duplex$
+DECLARE me constant text := {me_lit}; pol constant text := {pol}; b text; typ text;
+BEGIN
+  IF EXISTS (SELECT 1 FROM {tbl} WHERE {key_from_text}) THEN RETURN; END IF;
+  SELECT t.base INTO b FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = p_key AND t.inc = p_inc;
+  typ := {deleted_here};
+  IF {main_overrides} AND p_row IS NOT NULL THEN
+    -- Main updated a row cloud deleted: main's version wins, so it comes back here; the
+    -- update that follows then applies to it.
+    INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, p_row);
+    DELETE FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = p_key AND t.inc = p_inc;
+    PERFORM duplex.set_incarnation({rel}, p_key, p_inc, NULL);
+    PERFORM duplex.log_conflict({rel}, p_key, typ, p_row, NULL, pol, 'MAIN',
+      md5(typ || {rel} || p_key || p_inc || coalesce(b, '')), me);
+  ELSE
+    PERFORM duplex.log_conflict({rel}, p_key, typ, {versions_uod}, pol, 'DELETED',
+      md5(typ || {rel} || p_key || p_inc || coalesce(b, '')), me);
+  END IF;
+END $duplex$;
+"#,
+        uod = q(&names.update_of_deleted),
+        versions_uod = versions("NULL", "p_row"),
+    );
+
+    let triggers = format!(
+        r#"DROP TRIGGER IF EXISTS {cap_t} ON {tbl};
+DROP TRIGGER IF EXISTS {res_t} ON {tbl};
+CREATE TRIGGER {cap_t} BEFORE INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION duplex.{capture}();
+CREATE TRIGGER {res_t} BEFORE INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION duplex.{resolve}();
+ALTER TABLE {tbl} ENABLE REPLICA TRIGGER {res_t};
+COMMENT ON FUNCTION duplex.{capture}() IS {cap_c};
+COMMENT ON FUNCTION duplex.{resolve}() IS {res_c};
+"#,
+        cap_t = q(CAPTURE_TRIGGER),
+        res_t = q(RESOLVE_TRIGGER),
+        capture = q(&names.capture),
+        resolve = q(&names.resolve),
+        cap_c = quote_literal(&format!(
+            "duplex: capture of local changes to {}",
+            shape.table
+        )),
+        res_c = quote_literal(&format!(
+            "duplex: in-stream resolution for {} ({})",
+            shape.table, eff.policy
+        )),
+    );
+    let body = format!("{capture}{resolve}{update_of_deleted}{triggers}");
+    let fingerprint = hex_prefix(&body, 64);
+    let record = crate::store::resolution::record_sql(
+        &rel,
+        &pol,
+        &eff.updated_at
+            .as_deref()
+            .map(quote_literal)
+            .unwrap_or_else(|| "NULL".into()),
+        &me_lit,
+        &quote_literal(&fingerprint),
+        &quote_literal(&names.update_of_deleted),
+    );
+    Generated {
+        sql: format!("{body}{record}"),
+        fingerprint,
+        names,
+    }
+}
+
+/// SQL that removes resolution from one table (triggers, functions, its record).
+pub fn remove(table: &TableName) -> String {
+    let n = names(table);
+    let tbl = table.quoted();
+    format!(
+        "DROP TRIGGER IF EXISTS {cap_t} ON {tbl};
+DROP TRIGGER IF EXISTS {res_t} ON {tbl};
+DROP FUNCTION IF EXISTS duplex.{capture}();
+DROP FUNCTION IF EXISTS duplex.{resolve}();
+DROP FUNCTION IF EXISTS duplex.{uod}(text, text, jsonb);
+DELETE FROM duplex.resolution WHERE rel = {rel};
+DELETE FROM duplex.row_incarnation WHERE rel = {rel};
+DELETE FROM duplex.tombstone WHERE rel = {rel};
+",
+        cap_t = quote_ident(CAPTURE_TRIGGER),
+        res_t = quote_ident(RESOLVE_TRIGGER),
+        capture = quote_ident(&n.capture),
+        resolve = quote_ident(&n.resolve),
+        uod = quote_ident(&n.update_of_deleted),
+        rel = quote_literal(&table.to_string()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> TableShape {
+        TableShape {
+            table: TableName {
+                schema: "public".into(),
+                name: "Group Member".into(),
+            },
+            columns: vec![
+                ("groupId".into(), "text".into()),
+                ("userId".into(), "integer".into()),
+                ("email".into(), "text".into()),
+                ("updatedAt".into(), "timestamp(3) without time zone".into()),
+            ],
+            key: vec!["groupId".into(), "userId".into()],
+            unique: vec![("gm_email_key".into(), vec!["email".into()])],
+        }
+    }
+
+    fn lww() -> Effective {
+        Effective {
+            policy: Policy::LastWriteWins,
+            updated_at: Some("updatedAt".into()),
+            configured: false,
+        }
+    }
+
+    #[test]
+    fn names_fit_postgres_and_differ_per_table() {
+        let long = TableName {
+            schema: "public".into(),
+            name: "A very long table name that goes on and on and on".into(),
+        };
+        let n = names(&long);
+        assert!(n.update_of_deleted.len() <= 63 && n.resolve.len() <= 63);
+        let other = TableName {
+            schema: "app".into(),
+            name: long.name.clone(),
+        };
+        assert_ne!(names(&other).resolve, n.resolve);
+    }
+
+    #[test]
+    fn composite_keys_quoted_names_and_unique_indexes_reach_the_sql() {
+        let g = generate(&shape(), &lww(), Role::Main);
+        assert!(g.sql.contains(r#"ON "public"."Group Member""#));
+        assert!(g
+            .sql
+            .contains(r#"jsonb_build_array(NEW."groupId", NEW."userId")::text"#));
+        assert!(g.sql.contains(
+            r#""groupId" = (p_key::jsonb->>0)::text AND "userId" = (p_key::jsonb->>1)::integer"#
+        ));
+        assert!(g.sql.contains(r#""email" = NEW."email" AND NOT"#));
+        assert!(g.sql.contains("ENABLE REPLICA TRIGGER \"duplex_resolve\""));
+        // Ties go to main: on main the incoming (cloud) version needs a strictly later time.
+        assert!(g.sql.contains(
+            r#"coalesce(NEW."updatedAt", '-infinity') > coalesce(l."updatedAt", '-infinity')"#
+        ));
+        let c = generate(&shape(), &lww(), Role::Cloud);
+        assert!(c.sql.contains(
+            r#"coalesce(NEW."updatedAt", '-infinity') >= coalesce(l."updatedAt", '-infinity')"#
+        ));
+        assert_ne!(g.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn main_authoritative_sends_main_rows_and_lets_main_win_on_cloud() {
+        let ma = Effective {
+            policy: Policy::MainAuthoritative,
+            updated_at: None,
+            configured: true,
+        };
+        let main = generate(&shape(), &ma, Role::Main);
+        assert!(main.sql.contains("'U', i, b, to_jsonb(NEW), NULL)"));
+        assert!(main.sql.contains("incoming_wins := false;"));
+        let cloud = generate(&shape(), &ma, Role::Cloud);
+        assert!(cloud.sql.contains("'U', i, b, NULL, NULL)"));
+        assert!(cloud.sql.contains("incoming_wins := true;"));
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_fingerprint() {
+        assert_eq!(
+            generate(&shape(), &lww(), Role::Main).fingerprint,
+            generate(&shape(), &lww(), Role::Main).fingerprint
+        );
+        assert!(remove(&shape().table).contains("DROP FUNCTION IF EXISTS duplex."));
+    }
+}
