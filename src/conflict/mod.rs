@@ -1,8 +1,12 @@
 //! Conflicts: both sides take writes and always converge.
 //!
+//! - [`diff`]: field-level diff of a conflict's two versions (pure).
 //! - [`policy`]: the policies and how a table's effective policy is chosen (pure).
 //! - [`triggers`]: the in-stream resolution installed on every replicated table, generated
 //!   from the catalog (pure).
+//! - [`resolve`]: manual resolution of an open conflict (`duplex conflicts resolve`).
 
+pub mod diff;
 pub mod policy;
+pub mod resolve;
 pub mod triggers;

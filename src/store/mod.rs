@@ -1,12 +1,14 @@
 //! duplex's own tables in schema `duplex`: every statement on them lives here, one file
 //! per table, the SQL as `const`s next to the row types and the functions that run it.
 //!
+//! - [`conflict_log`]: one entry per conflict; listing, manual resolution marks, counts.
 //! - [`migrations`]: the numbered migrations and their runner.
 //! - [`resolution`]: what `duplex setup` installed on each replicated table.
 //! - [`schema_migrations`]: which migrations are applied.
 //! - [`sync_log`]: what duplex did, alerts and transitions.
 //! - [`sync_state`]: the single state row (role, heartbeat, pause).
 
+pub mod conflict_log;
 pub mod migrations;
 pub mod resolution;
 pub mod schema_migrations;

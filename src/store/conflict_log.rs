@@ -1,0 +1,210 @@
+//! `duplex.conflict_log`: one entry per conflict, written by the in-stream triggers
+//! (`duplex.log_conflict`), read by `duplex conflicts`, the API and the metrics, and marked
+//! resolved by a manual resolution.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::{Client, Row};
+
+use crate::pg::{Context, Error};
+
+/// `$1` open (true) / resolved (false) / either (NULL), `$2` table (`schema.table` or just
+/// the table's name) or NULL, `$3` limit. Newest first.
+const LIST: &str = "SELECT id, table_name, record_id, conflict_type, main_version, cloud_version,
+    diff, policy, winner, resolved_by, resolved_at, resolution, detected_by, detected_on,
+    conflict_key, created_at
+  FROM duplex.conflict_log
+ WHERE ($1::bool IS NULL OR (resolved_at IS NULL) = $1)
+   AND ($2::text IS NULL OR table_name = $2
+        OR substr(table_name, strpos(table_name, '.') + 1) = $2)
+ ORDER BY id DESC
+ LIMIT $3";
+
+const GET: &str = "SELECT id, table_name, record_id, conflict_type, main_version, cloud_version,
+    diff, policy, winner, resolved_by, resolved_at, resolution, detected_by, detected_on,
+    conflict_key, created_at
+  FROM duplex.conflict_log WHERE id = $1";
+
+/// Mark a conflict resolved by hand on one side, by its conflict key: the side's own copy
+/// is updated, and a side that never logged it gets a resolved copy. An entry already
+/// resolved stays as it is. `$11` is the resolution (MAIN or CLOUD).
+const MARK_RESOLVED: &str = "INSERT INTO duplex.conflict_log
+    (table_name, record_id, conflict_type, main_version, cloud_version, diff, policy, winner,
+     detected_by, detected_on, conflict_key, resolution, resolved_by, resolved_at, created_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, 'MANUAL', now(), $13)
+  ON CONFLICT (conflict_key) DO UPDATE
+    SET resolution = EXCLUDED.resolution, resolved_by = 'MANUAL', resolved_at = now()
+  WHERE conflict_log.resolved_at IS NULL";
+
+/// The same for an entry without a conflict key (logged before keys existed): by id.
+const MARK_RESOLVED_BY_ID: &str = "UPDATE duplex.conflict_log
+    SET resolution = $2, resolved_by = 'MANUAL', resolved_at = now()
+  WHERE id = $1 AND resolved_at IS NULL";
+
+/// Totals for the metrics, one grouped scan.
+const COUNTS: &str = "SELECT table_name, conflict_type, coalesce(policy, ''), count(*),
+    count(*) FILTER (WHERE resolved_at IS NULL)
+  FROM duplex.conflict_log GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
+
+/// One conflict log entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Conflict {
+    /// Entry id on this side.
+    pub id: i64,
+    /// `schema.table`.
+    pub table_name: String,
+    /// The primary key as a JSON array, e.g. `["42"]`.
+    pub record_id: String,
+    /// `insert_insert`, `update_update`, `update_delete`, `delete_update` or `unique_key`.
+    pub conflict_type: String,
+    /// Main's version; NULL for a deleted row.
+    pub main_version: Option<Value>,
+    /// Cloud's version; NULL for a deleted row.
+    pub cloud_version: Option<Value>,
+    /// Stored field-level diff, when one was stored.
+    pub diff: Option<Value>,
+    /// The table's policy when it was logged.
+    pub policy: Option<String>,
+    /// MAIN, CLOUD or DELETED.
+    pub winner: Option<String>,
+    /// `LAST_WRITE_WINS`, `MAIN_AUTHORITATIVE` or `MANUAL`; NULL while open.
+    pub resolved_by: Option<String>,
+    /// When it was resolved; NULL while open.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// A manual resolution's choice: MAIN or CLOUD.
+    pub resolution: Option<String>,
+    /// `in_stream` or `scanner`.
+    pub detected_by: String,
+    /// The side that noticed it: main or cloud.
+    pub detected_on: Option<String>,
+    /// The same conflict seen by both sides has the same key.
+    pub conflict_key: Option<String>,
+    /// When it was logged.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Conflict {
+    /// Still waiting for a person.
+    pub fn is_open(&self) -> bool {
+        self.resolved_at.is_none()
+    }
+
+    fn from_row(r: &Row) -> Conflict {
+        Conflict {
+            id: r.get(0),
+            table_name: r.get(1),
+            record_id: r.get(2),
+            conflict_type: r.get(3),
+            main_version: r.get(4),
+            cloud_version: r.get(5),
+            diff: r.get(6),
+            policy: r.get(7),
+            winner: r.get(8),
+            resolved_by: r.get(9),
+            resolved_at: r.get(10),
+            resolution: r.get(11),
+            detected_by: r.get(12),
+            detected_on: r.get(13),
+            conflict_key: r.get(14),
+            created_at: r.get(15),
+        }
+    }
+}
+
+/// Which entries [`list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `Some(true)` open only, `Some(false)` resolved only, `None` both.
+    pub open: Option<bool>,
+    /// `schema.table` or the table's name alone.
+    pub table: Option<String>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// Entries matching `filter`, newest first.
+pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<Conflict>, Error> {
+    Ok(client
+        .query(LIST, &[&filter.open, &filter.table, &filter.limit])
+        .await
+        .context("listing duplex.conflict_log")?
+        .iter()
+        .map(Conflict::from_row)
+        .collect())
+}
+
+/// Entry `id`, if it exists.
+pub async fn get(client: &Client, id: i64) -> Result<Option<Conflict>, Error> {
+    Ok(client
+        .query_opt(GET, &[&id])
+        .await
+        .context(format!("reading conflict {id}"))?
+        .as_ref()
+        .map(Conflict::from_row))
+}
+
+/// Mark `c` resolved by hand with `resolution` (MAIN or CLOUD) on the side `client` talks
+/// to, matching by conflict key so both sides' copies are marked. Returns the number of
+/// entries changed (0 when it was already resolved there).
+pub async fn mark_resolved(client: &Client, c: &Conflict, resolution: &str) -> Result<u64, Error> {
+    let context = format!("marking conflict {} resolved", c.id);
+    match &c.conflict_key {
+        Some(key) => client
+            .execute(
+                MARK_RESOLVED,
+                &[
+                    &c.table_name,
+                    &c.record_id,
+                    &c.conflict_type,
+                    &c.main_version,
+                    &c.cloud_version,
+                    &c.diff,
+                    &c.policy,
+                    &c.winner,
+                    &c.detected_by,
+                    &c.detected_on,
+                    &resolution,
+                    key,
+                    &c.created_at,
+                ],
+            )
+            .await
+            .context(context),
+        None => client
+            .execute(MARK_RESOLVED_BY_ID, &[&c.id, &resolution])
+            .await
+            .context(context),
+    }
+}
+
+/// Entries per table, type and policy, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    /// `schema.table`.
+    pub table: String,
+    /// Conflict type.
+    pub conflict_type: String,
+    /// Policy (empty when unknown).
+    pub policy: String,
+    /// All entries.
+    pub total: i64,
+    /// Entries still open.
+    pub open: i64,
+}
+
+/// [`Count`]s of the whole log.
+pub async fn counts(client: &Client) -> Result<Vec<Count>, Error> {
+    Ok(client
+        .query(COUNTS, &[])
+        .await
+        .context("counting duplex.conflict_log")?
+        .iter()
+        .map(|r| Count {
+            table: r.get(0),
+            conflict_type: r.get(1),
+            policy: r.get(2),
+            total: r.get(3),
+            open: r.get(4),
+        })
+        .collect())
+}
