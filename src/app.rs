@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::conflict::worker::{self as housekeeping, Housekeeper};
 use crate::http::{self, AppState};
 use crate::notify::{self, Notifier};
 use crate::pg;
@@ -90,8 +91,16 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(4);
     let monitor = Monitor::new(
         settings.clone(),
-        notifier.as_ref().map(|_| notify_tx),
+        notifier.as_ref().map(|_| notify_tx.clone()),
         trigger_rx,
+    );
+    let connection = monitor.report().subscribe();
+    let housekeeper = Housekeeper::new(
+        settings.clone(),
+        std::sync::Arc::new(move || {
+            connection.borrow().state == crate::replication::state::ConnectionState::Connected
+        }),
+        notifier.as_ref().map(|_| notify_tx),
     );
     if let Some(notifier) = notifier {
         workers.spawn(
@@ -102,10 +111,12 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let state = AppState {
         settings: settings.clone(),
         report: monitor.report(),
+        conflicts: housekeeper.report(),
         pool,
         trigger: trigger_tx,
     };
     workers.spawn(monitor::NAME, monitor.run(cancel.clone()));
+    workers.spawn(housekeeping::NAME, housekeeper.run(cancel.clone()));
     let app = http::router(state);
     let http_cancel = cancel.clone();
     workers.spawn("http", async move {

@@ -8,14 +8,17 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::AppState;
+use crate::conflict::worker as housekeeping;
 use crate::model::Severity;
 use crate::replication::monitor::Report;
 use crate::replication::state::ConnectionState;
 
 /// Render the metrics of the latest monitor report.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let report = state.report.borrow().clone();
-    match render(&report) {
+    let mut report = state.report.borrow().clone();
+    let conflicts = state.conflicts.borrow().clone();
+    report.alerts.extend(conflicts.alerts.iter().cloned());
+    match render(&report, &conflicts) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,
@@ -53,8 +56,9 @@ fn counter(
     Ok(c)
 }
 
-fn render(r: &Report) -> prometheus::Result<String> {
+fn render(r: &Report, c: &housekeeping::Report) -> prometheus::Result<String> {
     let reg = Registry::new();
+    render_housekeeping(&reg, c)?;
     let role = r.role.as_str();
 
     let g = gauge(
@@ -203,4 +207,41 @@ fn render(r: &Report) -> prometheus::Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The conflict housekeeping worker's clock measurement and row counters.
+fn render_housekeeping(reg: &Registry, c: &housekeeping::Report) -> prometheus::Result<()> {
+    if let Some(clock) = c.clock {
+        for (name, help, v) in [
+            (
+                "duplex_clock_offset_ms",
+                "Peer database server clock minus this one's, round-trip compensated",
+                clock.offset_ms,
+            ),
+            (
+                "duplex_clock_round_trip_ms",
+                "Round trip of the latest clock offset measurement",
+                clock.round_trip_ms,
+            ),
+        ] {
+            let g = prometheus::Gauge::new(name, help)?;
+            reg.register(Box::new(g.clone()))?;
+            g.set(v);
+        }
+    }
+    let rows = counter(
+        reg,
+        "duplex_housekeeping_rows_total",
+        "Rows handled by the conflict housekeeping worker since start",
+        &["what"],
+    )?;
+    for (what, n) in [
+        ("conflicts_merged", c.merged_total),
+        ("change_meta_deleted", c.change_meta_deleted_total),
+        ("tombstones_deleted", c.tombstones_deleted_total),
+        ("conflict_log_pruned", c.log_pruned_total),
+    ] {
+        rows.with_label_values(&[what]).inc_by(n);
+    }
+    Ok(())
 }

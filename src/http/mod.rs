@@ -32,6 +32,8 @@ pub struct AppState {
     /// The monitor's latest report (read with `borrow()`; written only by the monitor,
     /// except `sync_enabled` on pause/resume).
     pub report: watch::Sender<Report>,
+    /// The conflict housekeeping worker's latest report (clock offset, merge counters).
+    pub conflicts: watch::Receiver<crate::conflict::worker::Report>,
     /// Connections to the local instance for log queries and control.
     pub pool: Pool,
     /// Ask the monitor for a cycle now.
@@ -124,6 +126,7 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let report = state.report.borrow().clone();
+    let conflicts = state.conflicts.borrow().clone();
     let client = state.pool.get().await.map_err(ApiError::pool)?;
     let sync_state = sync_state::read(&client).await.map_err(ApiError::store)?;
     let last_success = sync_log::last_success(&client)
@@ -144,10 +147,11 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "directions": report.directions,
         "storage_queue_size": report.storage_queue_size,
         "last_successful_sync": last_success,
-        "active_alerts": report.alerts,
+        "active_alerts": report.alerts.iter().chain(&conflicts.alerts).collect::<Vec<_>>(),
         "recent_log": recent,
         "checked_at": report.checked_at,
         "last_error": report.last_error,
+        "conflicts": conflicts,
     })))
 }
 

@@ -2,15 +2,21 @@
 //! per table, the SQL as `const`s next to the row types and the functions that run it.
 //!
 //! - [`conflict_log`]: one entry per conflict; listing, manual resolution marks, counts.
+//! - [`change_meta`]: the carrier of what each change was based on (emptied every cycle).
+//! - [`conflict_merge`]: merging the peer's conflicts and pruning resolved ones.
 //! - [`migrations`]: the numbered migrations and their runner.
 //! - [`resolution`]: what `duplex setup` installed on each replicated table.
 //! - [`schema_migrations`]: which migrations are applied.
 //! - [`sync_log`]: what duplex did, alerts and transitions.
 //! - [`sync_state`]: the single state row (role, heartbeat, pause).
+//! - [`tombstone`]: deleted incarnations of keys, and their garbage collection.
 
 pub mod conflict_log;
+pub mod change_meta;
+pub mod conflict_merge;
 pub mod migrations;
 pub mod resolution;
 pub mod schema_migrations;
 pub mod sync_log;
 pub mod sync_state;
+pub mod tombstone;
