@@ -5,6 +5,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::catalog::{self, ServerInfo};
+use super::resolution;
 use super::status::{self, Status};
 use super::{incoming, outgoing, resolve_tables};
 use crate::config::Settings;
@@ -214,6 +215,10 @@ pub async fn run(
                         Err(e) => report.push(Severity::Error, subject, e.to_string(), None),
                     }
                 }
+                for (side, c) in [(role, local_client), (peer, remote_client)] {
+                    let Some(c) = c else { continue };
+                    resolution_findings(&mut report, settings, side, c, &tables).await;
+                }
             }
             Err(e) => report.push(Severity::Error, "tables", e.to_string(), None),
         }
@@ -268,6 +273,81 @@ pub async fn run(
         }
     }
     report
+}
+
+/// Each table's effective conflict policy on `side`, and whether its in-stream resolution
+/// is installed, enabled as it should be and generated from the current definition.
+async fn resolution_findings(
+    report: &mut Report,
+    settings: &Settings,
+    side: Role,
+    client: &Client,
+    tables: &[crate::model::TableName],
+) {
+    let setup_hint = format!("run `duplex setup` with INSTANCE_ROLE={side}");
+    let found = match resolution::inspect(settings, client, side, tables).await {
+        Ok(found) => found,
+        Err(e) => {
+            report.push(
+                Severity::Error,
+                format!("{side}: conflict resolution"),
+                e.to_string(),
+                None,
+            );
+            return;
+        }
+    };
+    for t in found {
+        let subject = format!("{side}: conflicts on {}", t.table);
+        let policy = t.describe();
+        if t.effective.is_err() {
+            report.push(
+                Severity::Error,
+                subject,
+                policy,
+                Some("fix [conflicts.tables] in the configuration"),
+            );
+        } else if t.generated.is_none() {
+            report.push(
+                Severity::Warning,
+                subject,
+                format!("{policy}, but the table has no primary key: conflicts are not resolved in the stream"),
+                Some("add a primary key, then run `duplex setup` again"),
+            );
+        } else if t.current() {
+            report.push(
+                Severity::Ok,
+                subject,
+                format!("{policy}; triggers installed and current"),
+                None,
+            );
+        } else if t.installed.is_none() || t.triggers.0.is_none() || t.triggers.1.is_none() {
+            report.push(
+                Severity::Error,
+                subject,
+                format!("{policy}; in-stream resolution is not installed: a conflict would stop replication"),
+                Some(&setup_hint),
+            );
+        } else if t.triggers.0.as_deref() != Some("O") || t.triggers.1.as_deref() != Some("R") {
+            report.push(
+                Severity::Error,
+                subject,
+                format!(
+                    "{policy}; triggers are not enabled as duplex needs (duplex_capture {}, duplex_resolve {}; want O and R)",
+                    t.triggers.0.as_deref().unwrap_or("missing"),
+                    t.triggers.1.as_deref().unwrap_or("missing")
+                ),
+                Some(&setup_hint),
+            );
+        } else {
+            report.push(
+                Severity::Warning,
+                subject,
+                format!("{policy}; installed triggers were generated from another table definition or policy"),
+                Some(&format!("{setup_hint} to regenerate them (for example after a schema change)")),
+            );
+        }
+    }
 }
 
 fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {

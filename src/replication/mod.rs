@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod check;
 pub mod health;
 pub mod monitor;
+pub mod resolution;
 pub mod rules;
 pub mod setup;
 pub mod state;

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::catalog::{self, Column, TableInfo};
+use super::resolution;
 use super::{incoming, meta_publication, outgoing, resolve_tables, Error};
 use crate::config::Settings;
-use crate::conflict::policy;
-use crate::conflict::triggers::{self, TableShape, CAPTURE_TRIGGER, RESOLVE_TRIGGER};
+use crate::conflict::triggers;
 use crate::model::{Role, TableName};
 use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
 use crate::store::{schema_migrations, sync_log, sync_state};
@@ -49,6 +49,13 @@ pub struct Step {
     sql: String,
     /// The SQL as printed: the password replaced by `********`.
     pub shown: String,
+}
+
+impl Step {
+    /// The SQL to execute. It may hold the replication password: never print it.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
 }
 
 /// What setup found and would do.
@@ -507,9 +514,6 @@ async fn resolution_steps(
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(String, String)>, Error> {
-    let role = settings.instance_role;
-    let installed = crate::store::resolution::installed(local).await?;
-    let mut out = Vec::new();
     for name in settings.conflicts.tables.keys() {
         if !tables.iter().any(|t| &t.to_string() == name) {
             warnings.push(format!(
@@ -517,81 +521,54 @@ async fn resolution_steps(
             ));
         }
     }
-    for table in tables {
-        let Some(info) = catalog::table_info(local, table).await? else {
-            continue;
-        };
-        let keys = catalog::keys(local, table).await?;
-        if keys.key.is_empty() {
-            warnings.push(format!(
-                "table {table} has no primary key: conflicts on it are not resolved in the stream (add a primary key)"
-            ));
+    let mut out = Vec::new();
+    for t in resolution::inspect(settings, local, settings.instance_role, tables).await? {
+        if let Err(p) = &t.effective {
+            problems.push(p.clone());
             continue;
         }
-        let columns: Vec<(String, String)> = info
-            .columns
-            .iter()
-            .map(|c| (c.name.clone(), c.type_name.clone()))
-            .collect();
-        let eff = match policy::effective(
-            &table.to_string(),
-            &settings.conflicts.configured(table),
-            &columns,
-        ) {
-            Ok(e) => e,
-            Err(p) => {
-                problems.push(p);
-                continue;
-            }
+        let Some(generated) = &t.generated else {
+            warnings.push(format!(
+                "table {} has no primary key: conflicts on it are not resolved in the stream (add a primary key)",
+                t.table
+            ));
+            continue;
         };
-        let shape = TableShape {
-            table: table.clone(),
-            columns,
-            key: keys.key,
-            unique: keys.unique,
-        };
-        let generated = triggers::generate(&shape, &eff, role);
-        let current = installed
-            .get(&table.to_string())
-            .is_some_and(|i| i.fingerprint == generated.fingerprint)
-            && catalog::trigger_state(local, table, CAPTURE_TRIGGER)
-                .await?
-                .as_deref()
-                == Some("O")
-            && catalog::trigger_state(local, table, RESOLVE_TRIGGER)
-                .await?
-                .as_deref()
-                == Some("R");
-        if !current {
+        if !t.current() {
             out.push((
                 format!(
-                    "install in-stream conflict resolution on {table} ({}{})",
-                    eff.policy,
-                    eff.updated_at
-                        .as_deref()
-                        .map(|c| format!(" by \"{c}\""))
-                        .unwrap_or_default()
+                    "install in-stream conflict resolution on {} ({})",
+                    t.table,
+                    t.describe()
                 ),
-                generated.sql,
+                generated.sql.clone(),
             ));
         }
     }
-    for rel in installed.keys() {
-        if tables.iter().any(|t| &t.to_string() == rel) {
-            continue;
-        }
-        if let Some((schema, name)) = rel.split_once('.') {
-            let table = TableName {
-                schema: schema.into(),
-                name: name.into(),
-            };
-            out.push((
-                format!("remove in-stream conflict resolution from {rel}: it no longer replicates"),
-                triggers::remove(&table),
-            ));
-        }
+    for table in resolution::stale_installs(local, tables).await? {
+        out.push((
+            format!("remove in-stream conflict resolution from {table}: it no longer replicates"),
+            triggers::remove(&table),
+        ));
     }
     Ok(out)
+}
+
+/// `duplex setup --remove-resolution`: the statements that remove in-stream conflict
+/// resolution (triggers, functions, duplex's per-table state) from this side.
+pub async fn removal_plan(local: &Client, role: Role) -> Result<Plan, Error> {
+    let mut plan = Plan::default();
+    for table in resolution::stale_installs(local, &[]).await? {
+        let sql = triggers::remove(&table);
+        plan.steps.push(Step {
+            target: Target::Local,
+            instance: role,
+            what: format!("remove in-stream conflict resolution from {table}"),
+            shown: sql.clone(),
+            sql,
+        });
+    }
+    Ok(plan)
 }
 
 /// The role recorded in `duplex.sync_state` and the applied migration versions, read
