@@ -60,6 +60,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Conflicts: list, show, resolve by hand.
+    Conflicts {
+        /// What to do with the conflict log.
+        #[command(subcommand)]
+        action: ConflictsAction,
+    },
 }
 
 /// `duplex config ...`
@@ -94,6 +100,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pause => control(&settings, "pause").await,
         Command::Resume => control(&settings, "resume").await,
         Command::Trigger => control(&settings, "trigger").await,
+        Command::Conflicts { action } => run_conflicts(&settings, action).await,
         Command::Config {
             action: ConfigAction::Show,
         } => serde_json::to_string_pretty(&settings)
@@ -301,4 +308,183 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `duplex conflicts ...`
+#[derive(Debug, Subcommand)]
+pub enum ConflictsAction {
+    /// List conflicts, newest first.
+    List {
+        /// Only conflicts waiting for a person.
+        #[arg(long, conflicts_with = "resolved")]
+        open: bool,
+        /// Only resolved conflicts.
+        #[arg(long)]
+        resolved: bool,
+        /// Only this table (`schema.table` or the table's name).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// At most this many (1-1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one conflict with both versions and the fields that differ.
+    Show {
+        /// Conflict id (from `duplex conflicts list`).
+        id: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve an open conflict: keep main's version or write cloud's to both sides.
+    Resolve {
+        /// Conflict id (from `duplex conflicts list`).
+        id: i64,
+        /// The version to keep.
+        #[arg(long = "use", value_name = "main|cloud", value_parser = ["main", "cloud"])]
+        choice: String,
+    },
+}
+
+async fn run_conflicts(settings: &Settings, action: ConflictsAction) -> anyhow::Result<ExitCode> {
+    use crate::conflict::{diff, resolve};
+    use crate::store::conflict_log;
+    match action {
+        ConflictsAction::List {
+            open,
+            resolved,
+            table,
+            limit,
+            json,
+        } => {
+            let local = pg::connect(&settings.local_db_url, "local", "conflicts").await?;
+            let filter = conflict_log::Filter {
+                open: (open || resolved).then_some(open),
+                table,
+                limit,
+            };
+            let entries = conflict_log::list(&local, &filter).await?;
+            if json {
+                let v: Vec<_> = entries.iter().map(diff::entry_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if entries.is_empty() {
+                println!("no conflicts match");
+            } else {
+                print!("{}", conflict_table(&entries));
+            }
+        }
+        ConflictsAction::Show { id, json } => {
+            let local = pg::connect(&settings.local_db_url, "local", "conflicts").await?;
+            let c = conflict_log::get(&local, id)
+                .await?
+                .ok_or(resolve::Error::NotFound(id))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diff::entry_json(&c))?);
+            } else {
+                let state = match (&c.resolved_by, &c.resolution) {
+                    (None, _) => {
+                        "OPEN (resolve with `duplex conflicts resolve ID --use main|cloud`)"
+                            .to_string()
+                    }
+                    (Some(by), Some(choice)) => format!("resolved by {by} ({choice})"),
+                    (Some(by), None) => format!("resolved by {by}"),
+                };
+                let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                let version = |v: &Option<serde_json::Value>| {
+                    v.as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "(deleted)".into())
+                };
+                println!(
+                    "conflict {}: {} on {} key {}",
+                    c.id, c.conflict_type, c.table_name, c.record_id
+                );
+                println!(
+                    "  logged:  {} on {} ({})",
+                    c.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    opt(&c.detected_on),
+                    c.detected_by
+                );
+                println!("  policy:  {}, winner {}", opt(&c.policy), opt(&c.winner));
+                println!("  state:   {state}");
+                println!("  main:    {}", version(&c.main_version));
+                println!("  cloud:   {}", version(&c.cloud_version));
+                let fields = diff::diff(c.main_version.as_ref(), c.cloud_version.as_ref());
+                if fields.is_empty() {
+                    println!("fields that differ: none");
+                } else {
+                    println!("fields that differ:");
+                    print!("{}", diff::render(&fields));
+                }
+            }
+        }
+        ConflictsAction::Resolve { id, choice } => {
+            let choice = resolve::Choice::parse(&choice)
+                .with_context(|| format!("--use {choice}: use main or cloud"))?;
+            let done = resolve::resolve(settings, id, choice).await?;
+            let wrote = if done.written.is_empty() {
+                "no row needed writing".to_string()
+            } else {
+                let sides: Vec<_> = done.written.iter().map(|r| r.as_str()).collect();
+                format!(
+                    "wrote {}'s version on {}",
+                    choice.as_db().to_lowercase(),
+                    sides.join(" and ")
+                )
+            };
+            println!("conflict {id} resolved: {} ({wrote})", choice.as_db());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The compact table of `duplex conflicts list`.
+fn conflict_table(entries: &[crate::store::conflict_log::Conflict]) -> String {
+    let head = [
+        "ID",
+        "WHEN (UTC)",
+        "TABLE",
+        "KEY",
+        "TYPE",
+        "POLICY",
+        "WINNER",
+        "STATE",
+    ];
+    let rows: Vec<[String; 8]> = entries
+        .iter()
+        .map(|c| {
+            [
+                c.id.to_string(),
+                c.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                c.table_name.clone(),
+                c.record_id.clone(),
+                c.conflict_type.clone(),
+                c.policy.clone().unwrap_or_else(|| "-".into()),
+                c.winner.clone().unwrap_or_else(|| "-".into()),
+                if c.is_open() { "open" } else { "resolved" }.to_string(),
+            ]
+        })
+        .collect();
+    let mut width = head.map(str::len);
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", parts.join("  ").trim_end())
+    };
+    let mut out = line(&head.map(String::from));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
 }

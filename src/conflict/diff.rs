@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 use similar::{ChangeTag, TextDiff};
 
+use crate::store::conflict_log::Conflict;
+
 /// Text longer than this (in characters, on either side) gets a text diff.
 pub const LONG_TEXT_CHARS: usize = 200;
 
@@ -89,6 +91,14 @@ pub fn text_diff(main: &str, cloud: &str) -> String {
         }
     }
     out
+}
+
+/// The entry as JSON with its field-level diff under `fields`.
+pub fn entry_json(c: &Conflict) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    let fields = diff(c.main_version.as_ref(), c.cloud_version.as_ref());
+    v["fields"] = serde_json::to_value(fields).unwrap_or(Value::Null);
+    v
 }
 
 /// Human-readable lines, one block per field.

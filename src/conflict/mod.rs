@@ -4,9 +4,9 @@
 //! - [`policy`]: the policies and how a table's effective policy is chosen (pure).
 //! - [`triggers`]: the in-stream resolution installed on every replicated table, generated
 //!   from the catalog (pure).
+//! - [`resolve`]: manual resolution of an open conflict (`duplex conflicts resolve`).
 //! - [`worker`]: housekeeping in `duplex run`: merge the peer's conflict log, empty the
 //!   carrier, collect tombstones, prune the log, measure the clock offset.
-//! - [`resolve`]: manual resolution of an open conflict (`duplex conflicts resolve`).
 
 pub mod diff;
 pub mod policy;

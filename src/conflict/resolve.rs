@@ -136,8 +136,10 @@ pub async fn resolve(settings: &Settings, id: i64, choice: Choice) -> Result<Res
     let plan = Plan::new(&local, &entry, choice).await?;
     let result = apply(&plan, &entry, choice, &sides).await;
     for (_, c) in sides {
-        // A failed transaction is rolled back first; the session is ours alone anyway.
-        let _ = c.batch_execute("ROLLBACK").await;
+        // A failed attempt is rolled back; the session is ours alone anyway.
+        if result.is_err() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
         if plan.target_differs {
             let _ = c.query(RESET_ORIGIN, &[]).await;
         }

@@ -20,6 +20,12 @@ pub enum ApiError {
     /// A parameter is wrong; the message names it.
     #[error("{0}")]
     BadRequest(String),
+    /// The request conflicts with the current state (e.g. a conflict already resolved).
+    #[error("{0}")]
+    Conflict(String),
+    /// A named thing does not exist; the message says which.
+    #[error("{0}")]
+    Missing(String),
     /// The daemon cannot do it now.
     #[error("{0}")]
     Unavailable(String),
@@ -64,6 +70,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database"),
         };

@@ -1,6 +1,7 @@
 //! The HTTP API: health and metrics without a token, everything else behind the admin
 //! bearer token. Errors are JSON; no response carries a password or SQL text.
 
+mod conflicts;
 mod error;
 mod metrics;
 
@@ -48,6 +49,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sync/pause", post(pause))
         .route("/api/sync/resume", post(resume))
         .route("/api/sync/trigger", post(trigger))
+        .route("/api/sync/conflicts", get(conflicts::list))
+        .route("/api/sync/conflicts/{id}", get(conflicts::show))
+        .route("/api/sync/conflicts/{id}/resolve", post(conflicts::resolve))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/sync", get(health))

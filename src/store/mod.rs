@@ -1,8 +1,8 @@
 //! duplex's own tables in schema `duplex`: every statement on them lives here, one file
 //! per table, the SQL as `const`s next to the row types and the functions that run it.
 //!
-//! - [`conflict_log`]: one entry per conflict; listing, manual resolution marks, counts.
 //! - [`change_meta`]: the carrier of what each change was based on (emptied every cycle).
+//! - [`conflict_log`]: one entry per conflict; listing, manual resolution marks, counts.
 //! - [`conflict_merge`]: merging the peer's conflicts and pruning resolved ones.
 //! - [`migrations`]: the numbered migrations and their runner.
 //! - [`resolution`]: what `duplex setup` installed on each replicated table.
@@ -11,8 +11,8 @@
 //! - [`sync_state`]: the single state row (role, heartbeat, pause).
 //! - [`tombstone`]: deleted incarnations of keys, and their garbage collection.
 
-pub mod conflict_log;
 pub mod change_meta;
+pub mod conflict_log;
 pub mod conflict_merge;
 pub mod migrations;
 pub mod resolution;
