@@ -12,13 +12,15 @@ use crate::conflict::worker as housekeeping;
 use crate::model::Severity;
 use crate::replication::monitor::Report;
 use crate::replication::state::ConnectionState;
+use crate::store::conflict_log;
 
 /// Render the metrics of the latest monitor report.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut report = state.report.borrow().clone();
     let conflicts = state.conflicts.borrow().clone();
     report.alerts.extend(conflicts.alerts.iter().cloned());
-    match render(&report, &conflicts) {
+    let log_counts = conflict_log_counts(&state).await;
+    match render(&report, &conflicts, log_counts.as_deref()) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,
@@ -56,9 +58,16 @@ fn counter(
     Ok(c)
 }
 
-fn render(r: &Report, c: &housekeeping::Report) -> prometheus::Result<String> {
+fn render(
+    r: &Report,
+    c: &housekeeping::Report,
+    log_counts: Option<&[conflict_log::Count]>,
+) -> prometheus::Result<String> {
     let reg = Registry::new();
     render_housekeeping(&reg, c)?;
+    if let Some(counts) = log_counts {
+        render_conflict_log(&reg, counts)?;
+    }
     let role = r.role.as_str();
 
     let g = gauge(
@@ -207,6 +216,49 @@ fn render(r: &Report, c: &housekeeping::Report) -> prometheus::Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The local conflict log's totals, read at scrape time (one grouped query); `None` (and
+/// the series left out) when the database does not answer.
+async fn conflict_log_counts(state: &AppState) -> Option<Vec<conflict_log::Count>> {
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| tracing::warn!("metrics: no connection for the conflict log: {e}"))
+        .ok()?;
+    conflict_log::counts(&client)
+        .await
+        .map_err(|e| tracing::warn!("metrics: {e}"))
+        .ok()
+}
+
+/// `duplex_conflicts_total{table,type,policy}` and `duplex_conflicts_open`.
+fn render_conflict_log(reg: &Registry, counts: &[conflict_log::Count]) -> prometheus::Result<()> {
+    let total = counter(
+        reg,
+        "duplex_conflicts_total",
+        "Conflicts in the local conflict log, by table, type and policy",
+        &["table", "type", "policy"],
+    )?;
+    for n in counts {
+        total
+            .with_label_values(&[
+                n.table.as_str(),
+                n.conflict_type.as_str(),
+                n.policy.as_str(),
+            ])
+            .inc_by(u64::try_from(n.total).unwrap_or(0));
+    }
+    gauge(
+        reg,
+        "duplex_conflicts_open",
+        "Conflicts waiting for a person (policy manual)",
+        &[],
+    )?
+    .with_label_values::<&str>(&[])
+    .set(counts.iter().map(|n| n.open).sum());
+    Ok(())
 }
 
 /// The conflict housekeeping worker's clock measurement and row counters.
