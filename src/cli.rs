@@ -33,6 +33,10 @@ pub enum Command {
         /// Print the SQL that would run and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Remove the in-stream conflict resolution from this side instead (replication
+        /// itself stays; `duplex setup` installs it again).
+        #[arg(long)]
+        remove_resolution: bool,
     },
     /// Preflight: config, connections, server settings, replication objects.
     Check {
@@ -88,7 +92,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         tracing::warn!("SYNC_ENABLED=false: workers that move data will stay paused");
     }
     let result = match cli.command {
-        Command::Setup { dry_run } => run_setup(&settings, dry_run).await,
+        Command::Setup {
+            dry_run,
+            remove_resolution: true,
+        } => run_remove_resolution(&settings, dry_run).await,
+        Command::Setup { dry_run, .. } => run_setup(&settings, dry_run).await,
         Command::Check { json } => run_check(&settings, json).await,
         Command::Status { json } => run_status(&settings, json).await,
         Command::Run => {
@@ -117,6 +125,38 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `duplex setup --remove-resolution`: drop the in-stream conflict resolution from this
+/// side; replication itself stays.
+async fn run_remove_resolution(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let local = pg::connect(&settings.local_db_url, "local", "setup").await?;
+    let role = settings.instance_role;
+    let plan = setup::removal_plan(&local, role).await?;
+    if plan.steps.is_empty() {
+        println!("-- nothing to do: no in-stream conflict resolution is installed on {role}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if dry_run {
+        println!(
+            "-- duplex setup --remove-resolution --dry-run ({role}): {} statement(s) would run; nothing was changed",
+            plan.steps.len()
+        );
+        print!("{}", plan.render());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for step in &plan.steps {
+        local
+            .batch_execute(step.sql())
+            .await
+            .with_context(|| format!("on {role}: {}", step.what))?;
+        println!("{role}: {}", step.what);
+    }
+    println!(
+        "removed in-stream conflict resolution from {} table(s) on {role}: replication goes on without it; `duplex setup` installs it again",
+        plan.steps.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_setup(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
@@ -274,12 +314,53 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
     )
     .await;
     let controller = controller_view(settings).await;
+    // Measured here as the daemon does: last_write_wins trusts the servers' clocks.
+    let clock = match (local.as_ref(), remote.as_ref()) {
+        (Ok(l), Ok(r)) => tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::conflict::worker::measure_clock(l, r),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok),
+        _ => None,
+    };
+    // Each table's conflict policy as installed on this side by `duplex setup`.
+    let policies = match local.as_ref() {
+        Ok(c) => crate::store::resolution::installed(c)
+            .await
+            .map(|m| m.into_values().collect::<Vec<_>>())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     if json {
         let mut v = serde_json::to_value(&st)?;
         v["controller"] = controller.unwrap_or(serde_json::Value::Null);
+        v["clock"] = serde_json::to_value(clock)?;
+        v["conflict_policies"] = serde_json::to_value(&policies)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", status::render(&st));
+        if let Some(c) = clock {
+            println!(
+                "\nclock offset: peer {:+.1} ms (round trip {:.1} ms; WARNING above {} ms)",
+                c.offset_ms, c.round_trip_ms, settings.conflicts.clock_offset_warning_ms
+            );
+        }
+        if !policies.is_empty() {
+            println!("\nconflict policies on {}:", settings.instance_role);
+            for p in &policies {
+                println!(
+                    "  {}: {}{}",
+                    p.rel,
+                    p.policy,
+                    p.updated_at_column
+                        .as_deref()
+                        .map(|c| format!(" by \"{c}\""))
+                        .unwrap_or_default()
+                );
+            }
+        }
         match controller {
             Some(c) => {
                 println!(
