@@ -12,7 +12,6 @@ use tokio_postgres::Client;
 use crate::config::Settings;
 use crate::model::{quote_ident, Role, TableName};
 use crate::pg;
-use crate::replication::catalog;
 use crate::store::conflict_log::{self, Conflict};
 
 /// The replication origin manual repairs are written under.
@@ -188,7 +187,7 @@ impl Plan {
             schema: schema.to_string(),
             name: name.to_string(),
         };
-        let keys = catalog::keys(local, &table).await?;
+        let keys = crate::pg::catalog::keys(local, &table).await?;
         let values: Vec<Value> = serde_json::from_str(&c.record_id).unwrap_or_default();
         if keys.key.is_empty() || keys.key.len() != values.len() {
             return Err(unsupported(format!(

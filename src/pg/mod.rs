@@ -1,6 +1,8 @@
 //! PostgreSQL access: connections with duplex's session options and identifier quoting.
 //! Statements on duplex's own tables live in [`crate::store`].
 
+pub mod catalog;
+
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};

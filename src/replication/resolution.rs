@@ -69,7 +69,7 @@ pub async fn inspect(
         let Some(info) = catalog::table_info(client, table).await? else {
             continue;
         };
-        let keys = catalog::keys(client, table).await?;
+        let keys = crate::pg::catalog::keys(client, table).await?;
         let columns: Vec<(String, String)> = info
             .columns
             .iter()
