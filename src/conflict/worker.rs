@@ -31,7 +31,7 @@ use crate::model::{Role, Severity};
 use crate::notify::Notification;
 use crate::pg;
 use crate::store::sync_log::{self, Status, SyncType};
-use crate::store::{change_meta, conflict_merge, tombstone};
+use crate::store::{change_meta, conflict_log, tombstone};
 
 /// The worker's name in the registry and in logs.
 pub const NAME: &str = "conflict_housekeeping";
@@ -280,7 +280,7 @@ impl Housekeeper {
                 }
             }
             let days = days(self.settings.conflicts.log_retention_days);
-            let prune = batches(|| conflict_merge::prune_resolved(local, days, BATCH));
+            let prune = batches(|| conflict_log::prune_resolved(local, days, BATCH));
             match timed("log_retention", STEP_TIMEOUT, prune).await {
                 Ok(n) => counts.pruned = n,
                 Err(e) => fail("log_retention", e),
@@ -426,12 +426,11 @@ async fn merge(
     let mut total = 0;
     for _ in 0..MAX_BATCHES {
         let batch =
-            conflict_merge::peer_batch(remote, peer, *watermark, BATCH, days(retention_days))
-                .await?;
+            conflict_log::peer_batch(remote, peer, *watermark, BATCH, days(retention_days)).await?;
         let Some(last) = batch.last_id else {
             break;
         };
-        total += conflict_merge::insert_merged(local, &batch).await?;
+        total += conflict_log::insert_merged(local, &batch).await?;
         *watermark = last;
         if batch.count < BATCH {
             break;

@@ -3,7 +3,6 @@
 //!
 //! - [`change_meta`]: the carrier of what each change was based on (emptied every cycle).
 //! - [`conflict_log`]: one entry per conflict; listing, manual resolution marks, counts.
-//! - [`conflict_merge`]: merging the peer's conflicts and pruning resolved ones.
 //! - [`migrations`]: the numbered migrations and their runner.
 //! - [`resolution`]: what `duplex setup` installed on each replicated table.
 //! - [`schema_migrations`]: which migrations are applied.
@@ -13,7 +12,6 @@
 
 pub mod change_meta;
 pub mod conflict_log;
-pub mod conflict_merge;
 pub mod migrations;
 pub mod resolution;
 pub mod schema_migrations;
