@@ -91,24 +91,22 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $f$
     ON CONFLICT (rel, key) DO UPDATE SET inc = EXCLUDED.inc, seen = EXCLUDED.seen;
 $f$;
 
--- Receiving side: keep the metadata for the row change that follows. An update of an
--- incarnation deleted here never fires a trigger on the table (PostgreSQL skips it as
--- update_missing), so it is handled now, by the table's own function.
+-- Receiving side: keep the metadata for the row change that follows (one setting, the
+-- row's text; the table's resolve function reads it back). An update of an incarnation
+-- deleted here never fires a trigger on the table (PostgreSQL skips it as update_missing),
+-- so it is handled now, by the table's own function. Every name is qualified: the apply
+-- worker runs with an empty search_path, and a SET option would cost a settings save and
+-- restore on every change.
 CREATE FUNCTION duplex.meta_receive() RETURNS trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $f$
 DECLARE fn text;
 BEGIN
-    PERFORM set_config('duplex.m_rel', NEW.rel, true),
-            set_config('duplex.m_key', NEW.key, true),
-            set_config('duplex.m_inc', NEW.inc, true),
-            set_config('duplex.m_base', coalesce(NEW.base, ''), true),
-            set_config('duplex.m_seen', coalesce(NEW.seen::text, '{}'), true);
+    PERFORM pg_catalog.set_config('duplex.m', NEW::text, true);
     IF NEW.op = 'U' AND EXISTS (SELECT 1 FROM duplex.tombstone t
                                  WHERE t.rel = NEW.rel AND t.key = NEW.key AND t.inc = NEW.inc) THEN
         SELECT r.update_of_deleted INTO fn FROM duplex.resolution r WHERE r.rel = NEW.rel;
         IF fn IS NOT NULL THEN
-            EXECUTE format('SELECT duplex.%I($1, $2, $3)', fn) USING NEW.key, NEW.inc, NEW."row";
+            EXECUTE pg_catalog.format('SELECT duplex.%I($1, $2, $3)', fn) USING NEW.key, NEW.inc, NEW."row";
         END IF;
     END IF;
     RETURN NULL;

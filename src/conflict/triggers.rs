@@ -94,12 +94,49 @@ pub struct Generated {
     pub names: Names,
 }
 
-/// Settings pinned inside every generated function: the apply worker runs with an empty
-/// `search_path`, and the row text that is hashed must be the same on both servers.
-const PINNED: &str = "SET search_path = pg_catalog, pg_temp SET \"TimeZone\" = 'UTC' SET \"DateStyle\" = 'ISO, YMD' SET \"IntervalStyle\" = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex'";
+/// How a row version is fingerprinted, identically on both servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashMode {
+    /// `hash_record_extended(row, 0)`: binary and fast, but only stable within one major
+    /// version (and one column layout, which setup guarantees). For servers of the same major.
+    Binary,
+    /// md5 of the row's text under pinned settings (`TimeZone`, `DateStyle`, ...): slower,
+    /// for servers of different major versions.
+    Text,
+}
+
+impl HashMode {
+    /// The mode for two servers' `server_version_num`s.
+    pub fn for_versions(a: i32, b: i32) -> HashMode {
+        if a / 10_000 == b / 10_000 {
+            HashMode::Binary
+        } else {
+            HashMode::Text
+        }
+    }
+
+    fn hash(self, rec: &str) -> String {
+        match self {
+            HashMode::Binary => format!("hash_record_extended({rec}, 0)::text"),
+            HashMode::Text => format!("md5({rec}::text)"),
+        }
+    }
+
+    /// Function options. Every name in the generated code is schema-qualified (the apply
+    /// worker runs with an empty `search_path`; `pg_catalog` is always searched), so the
+    /// binary mode pins nothing: a `SET` option costs a settings save and restore per call.
+    fn options(self) -> &'static str {
+        match self {
+            HashMode::Binary => "",
+            HashMode::Text => "SET search_path = pg_catalog, pg_temp SET \"TimeZone\" = 'UTC' SET \"DateStyle\" = 'ISO, YMD' SET \"IntervalStyle\" = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex'",
+        }
+    }
+}
 
 /// Generate the installation SQL for `shape` on side `me`.
-pub fn generate(shape: &TableShape, eff: &Effective, me: Role) -> Generated {
+pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -> Generated {
+    let pinned = mode.options();
+    let row_hash = |rec: &str| mode.hash(rec);
     let names = names(&shape.table);
     let tbl = shape.table.quoted();
     let rel = quote_literal(&shape.table.to_string());
@@ -192,14 +229,27 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role) -> Generated {
                 r#"
     SELECT * INTO u FROM {tbl} WHERE {same} AND NOT ({key_eq_new}) FOR UPDATE;
     IF FOUND THEN
-      lh := md5(u::text); nh := md5(NEW::text);
+      lh := {hash_u}; nh := {hash_new};
       incoming_wins := {wins_u};
-      PERFORM duplex.log_conflict({rel}, k, 'unique_key', {versions_u}, pol, {winner},
-        md5('unique_key' || {rel} || k || {pair_hash}), me);
+      -- Two keys compete for one value: the entry is named by main's row on both sides.
+      PERFORM duplex.log_conflict({rel}, {main_key}, 'unique_key', {versions_u}, pol, {winner},
+        md5('unique_key' || {rel} || {main_key} || {cloud_key} || {pair_hash}), me);
       IF NOT incoming_wins THEN RETURN NULL; END IF;
       DELETE FROM {tbl} WHERE {key_eq_u};
     END IF;"#,
                 key_eq_new = key_eq("NEW"),
+                hash_u = row_hash("u"),
+                main_key = if me == Role::Main {
+                    key_json("u")
+                } else {
+                    "k".to_string()
+                },
+                cloud_key = if me == Role::Main {
+                    "k".to_string()
+                } else {
+                    key_json("u")
+                },
+                hash_new = row_hash("NEW"),
                 wins_u = incoming_wins("u"),
                 versions_u = versions("to_jsonb(u)", "to_jsonb(NEW)"),
                 key_eq_u = key_eq("u"),
@@ -225,35 +275,36 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role) -> Generated {
 
     let capture = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
-{PINNED}
+{pinned}
 AS $duplex$
-DECLARE k text; i text; b text; s text[];
+DECLARE k text; i text; s text[];
 BEGIN
   IF TG_OP = 'INSERT' THEN
+    -- Only a key re-created after a delete needs metadata: a new incarnation that has seen
+    -- those deletes. (BEFORE INSERT also fires for a row ON CONFLICT will skip: that row
+    -- keeps its own.) Any other insert travels alone.
     k := {key_new};
-    -- A key re-created after a delete is a new incarnation that has seen those deletes.
-    -- (BEFORE INSERT also fires for a row ON CONFLICT will skip: that row keeps its own.)
-    SELECT array_agg(t.inc) INTO s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k;
-    IF s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {tbl} WHERE {key_eq_new}) THEN
-      i := gen_random_uuid()::text;
+    IF EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k)
+       AND NOT EXISTS (SELECT 1 FROM {tbl} WHERE {key_eq_new}) THEN
+      SELECT array_agg(t.inc) INTO s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k;
+      i := pg_catalog.gen_random_uuid()::text;
       PERFORM duplex.set_incarnation({rel}, k, i, s);
-    ELSE
-      i := '0'; s := NULL;
+      INSERT INTO duplex.change_meta VALUES ({rel}, k, 'I', i, NULL, NULL, s);
     END IF;
-    INSERT INTO duplex.change_meta VALUES ({rel}, k, 'I', i, NULL, NULL, s);
     RETURN NEW;
   END IF;
   k := {key_old};
   SELECT ri.inc INTO i FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = k;
   i := coalesce(i, '0');
-  b := md5(OLD::text);
   IF TG_OP = 'UPDATE' THEN
-    INSERT INTO duplex.change_meta VALUES ({rel}, k, 'U', i, b, {main_row_on_update}, NULL);
+    INSERT INTO duplex.change_meta VALUES ({rel}, k, 'U', i, {hash_old}, {main_row_on_update}, NULL);
     RETURN NEW;
   END IF;
-  INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, i, b) ON CONFLICT DO NOTHING;
-  DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
-  INSERT INTO duplex.change_meta VALUES ({rel}, k, 'D', i, b, NULL, NULL);
+  INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, i, {hash_old}) ON CONFLICT DO NOTHING;
+  IF i <> '0' THEN
+    DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+  END IF;
+  INSERT INTO duplex.change_meta VALUES ({rel}, k, 'D', i, {hash_old}, NULL, NULL);
   RETURN OLD;
 END $duplex$;
 "#,
@@ -261,34 +312,30 @@ END $duplex$;
         key_new = key_json("NEW"),
         key_old = key_json("OLD"),
         key_eq_new = key_eq("NEW"),
+        hash_old = row_hash("OLD"),
     );
 
     let resolve = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{resolve}() RETURNS trigger LANGUAGE plpgsql
-{PINNED}
+{pinned}
 AS $duplex$
 DECLARE
   me constant text := {me_lit};
   pol constant text := {pol};
-  k text; m_inc text := '0'; m_base text; m_seen text[]; l_inc text; l_seen text[];
+  k text; m duplex.change_meta; m_inc text := '0'; m_base text; m_seen text[]; l_inc text; l_seen text[];
   l {tbl}%ROWTYPE; u {tbl}%ROWTYPE;
   lh text; nh text; concurrent boolean; incoming_wins boolean; typ text;
 BEGIN
-  -- Our own writes below fire this trigger again: let them through.
-  IF pg_trigger_depth() > 1 THEN
-    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
-    RETURN NEW;
-  END IF;
+  -- (Our own writes below do not come back here: the trigger fires at depth 0 only.)
   IF TG_OP = 'INSERT' THEN k := {key_new}; ELSE k := {key_old}; END IF;
-  IF current_setting('duplex.m_rel', true) = {rel} AND current_setting('duplex.m_key', true) = k THEN
-    m_inc := current_setting('duplex.m_inc');
-    m_base := nullif(current_setting('duplex.m_base'), '');
-    m_seen := current_setting('duplex.m_seen')::text[];
-    PERFORM set_config('duplex.m_rel', '', true);
+  -- The metadata of this change, if it came: duplex.meta_receive kept it for us.
+  m := nullif(current_setting('duplex.m', true), '')::duplex.change_meta;
+  IF m.rel = {rel} AND m.key = k AND m.op = left(TG_OP, 1) THEN
+    m_inc := m.inc; m_base := m.base; m_seen := m.seen;
   END IF;
 
   IF TG_OP = 'INSERT' THEN
-    IF NOT {main_overrides} THEN
+    IF NOT {main_overrides} AND EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k) THEN
       SELECT t.base INTO m_base FROM duplex.tombstone t
        WHERE t.rel = {rel} AND t.key = k AND t.inc <> ALL (coalesce(m_seen, '{{}}'))
        ORDER BY t.deleted_at DESC LIMIT 1;
@@ -302,10 +349,19 @@ BEGIN
         RETURN NULL;
       END IF;
     END IF;
+    -- Usually nothing is in the way: write the row (here, not by the apply worker, so that
+    -- a local insert of the same key committing meanwhile is settled below, not an error).
+    INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+      IF m_inc <> '0' THEN
+        PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+      END IF;
+      RETURN NULL;
+    END IF;
     FOR attempt IN 1..3 LOOP
       SELECT * INTO l FROM {tbl} WHERE {key_eq_new} FOR UPDATE;
       IF FOUND THEN
-        lh := md5(l::text); nh := md5(NEW::text);
+        lh := {hash_l}; nh := {hash_new};
         IF lh = nh THEN RETURN NULL; END IF;
         incoming_wins := {wins_l};
         PERFORM duplex.log_conflict({rel}, k, 'insert_insert', {versions_l}, pol, {winner},
@@ -328,7 +384,7 @@ BEGIN
 
   SELECT ri.inc, ri.seen INTO l_inc, l_seen FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = k;
   l_inc := coalesce(l_inc, '0');
-  lh := md5(OLD::text);
+  lh := {hash_old};
 
   IF TG_OP = 'DELETE' THEN
     IF l_inc <> m_inc AND m_inc = ANY (coalesce(l_seen, '{{}}')) THEN
@@ -351,7 +407,9 @@ BEGIN
     IF m_inc <> l_inc THEN
       INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
     END IF;
-    DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+    IF l_inc <> '0' OR l_seen IS NOT NULL THEN
+      DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+    END IF;
     RETURN OLD;
   END IF;
 
@@ -366,7 +424,7 @@ BEGIN
     concurrent := true;
   END IF;
   IF concurrent THEN
-    nh := md5(NEW::text);
+    nh := {hash_new};
     IF lh <> nh THEN
       incoming_wins := {wins_old};
       PERFORM duplex.log_conflict({rel}, k, 'update_update', {versions_old}, pol, {winner},
@@ -384,6 +442,9 @@ END $duplex$;
 "#,
         resolve = q(&names.resolve),
         uod = q(&names.update_of_deleted),
+        hash_l = row_hash("l"),
+        hash_new = row_hash("NEW"),
+        hash_old = row_hash("OLD"),
         key_new = key_json("NEW"),
         key_old = key_json("OLD"),
         key_eq_new = key_eq("NEW"),
@@ -399,7 +460,7 @@ END $duplex$;
 
     let update_of_deleted = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{uod}(p_key text, p_inc text, p_row jsonb) RETURNS void LANGUAGE plpgsql
-{PINNED}
+{pinned}
 AS $duplex$
 DECLARE me constant text := {me_lit}; pol constant text := {pol}; b text; typ text;
 BEGIN
@@ -428,7 +489,7 @@ END $duplex$;
         r#"DROP TRIGGER IF EXISTS {cap_t} ON {tbl};
 DROP TRIGGER IF EXISTS {res_t} ON {tbl};
 CREATE TRIGGER {cap_t} BEFORE INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION duplex.{capture}();
-CREATE TRIGGER {res_t} BEFORE INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION duplex.{resolve}();
+CREATE TRIGGER {res_t} BEFORE INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW WHEN (pg_catalog.pg_trigger_depth() < 1) EXECUTE FUNCTION duplex.{resolve}();
 ALTER TABLE {tbl} ENABLE REPLICA TRIGGER {res_t};
 COMMENT ON FUNCTION duplex.{capture}() IS {cap_c};
 COMMENT ON FUNCTION duplex.{resolve}() IS {res_c};
@@ -535,7 +596,7 @@ mod tests {
 
     #[test]
     fn composite_keys_quoted_names_and_unique_indexes_reach_the_sql() {
-        let g = generate(&shape(), &lww(), Role::Main);
+        let g = generate(&shape(), &lww(), Role::Main, HashMode::Binary);
         assert!(g.sql.contains(r#"ON "public"."Group Member""#));
         assert!(g
             .sql
@@ -549,7 +610,7 @@ mod tests {
         assert!(g.sql.contains(
             r#"coalesce(NEW."updatedAt", '-infinity') > coalesce(l."updatedAt", '-infinity')"#
         ));
-        let c = generate(&shape(), &lww(), Role::Cloud);
+        let c = generate(&shape(), &lww(), Role::Cloud, HashMode::Binary);
         assert!(c.sql.contains(
             r#"coalesce(NEW."updatedAt", '-infinity') >= coalesce(l."updatedAt", '-infinity')"#
         ));
@@ -563,19 +624,23 @@ mod tests {
             updated_at: None,
             configured: true,
         };
-        let main = generate(&shape(), &ma, Role::Main);
-        assert!(main.sql.contains("'U', i, b, to_jsonb(NEW), NULL)"));
+        let main = generate(&shape(), &ma, Role::Main, HashMode::Binary);
+        assert!(main
+            .sql
+            .contains("'U', i, hash_record_extended(OLD, 0)::text, to_jsonb(NEW), NULL)"));
         assert!(main.sql.contains("incoming_wins := false;"));
-        let cloud = generate(&shape(), &ma, Role::Cloud);
-        assert!(cloud.sql.contains("'U', i, b, NULL, NULL)"));
+        let cloud = generate(&shape(), &ma, Role::Cloud, HashMode::Binary);
+        assert!(cloud
+            .sql
+            .contains("'U', i, hash_record_extended(OLD, 0)::text, NULL, NULL)"));
         assert!(cloud.sql.contains("incoming_wins := true;"));
     }
 
     #[test]
     fn the_same_input_gives_the_same_fingerprint() {
         assert_eq!(
-            generate(&shape(), &lww(), Role::Main).fingerprint,
-            generate(&shape(), &lww(), Role::Main).fingerprint
+            generate(&shape(), &lww(), Role::Main, HashMode::Binary).fingerprint,
+            generate(&shape(), &lww(), Role::Main, HashMode::Binary).fingerprint
         );
         assert!(remove(&shape().table).contains("DROP FUNCTION IF EXISTS duplex."));
     }

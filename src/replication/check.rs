@@ -9,6 +9,7 @@ use super::resolution;
 use super::status::{self, Status};
 use super::{incoming, outgoing, resolve_tables};
 use crate::config::Settings;
+use crate::conflict::triggers::HashMode;
 use crate::model::Role;
 
 /// How bad a finding is.
@@ -215,9 +216,20 @@ pub async fn run(
                         Err(e) => report.push(Severity::Error, subject, e.to_string(), None),
                     }
                 }
+                // The hash mode follows both servers' major versions (one alone: assume alike).
+                let mut versions = Vec::new();
+                for c in [local_client, remote_client].into_iter().flatten() {
+                    if let Ok(info) = catalog::server_info(c).await {
+                        versions.push(info.version_num);
+                    }
+                }
+                let mode = match versions.as_slice() {
+                    [a, b] => HashMode::for_versions(*a, *b),
+                    _ => HashMode::Binary,
+                };
                 for (side, c) in [(role, local_client), (peer, remote_client)] {
                     let Some(c) = c else { continue };
-                    resolution_findings(&mut report, settings, side, c, &tables).await;
+                    resolution_findings(&mut report, settings, side, c, &tables, mode).await;
                 }
             }
             Err(e) => report.push(Severity::Error, "tables", e.to_string(), None),
@@ -283,9 +295,10 @@ async fn resolution_findings(
     side: Role,
     client: &Client,
     tables: &[crate::model::TableName],
+    mode: HashMode,
 ) {
     let setup_hint = format!("run `duplex setup` with INSTANCE_ROLE={side}");
-    let found = match resolution::inspect(settings, client, side, tables).await {
+    let found = match resolution::inspect(settings, client, side, tables, mode).await {
         Ok(found) => found,
         Err(e) => {
             report.push(

@@ -7,7 +7,9 @@ use tokio_postgres::Client;
 use super::catalog;
 use crate::config::Settings;
 use crate::conflict::policy::{self, Effective};
-use crate::conflict::triggers::{self, Generated, TableShape, CAPTURE_TRIGGER, RESOLVE_TRIGGER};
+use crate::conflict::triggers::{
+    self, Generated, HashMode, TableShape, CAPTURE_TRIGGER, RESOLVE_TRIGGER,
+};
 use crate::model::{Role, TableName};
 use crate::pg::Error;
 use crate::store::resolution::{self, Installed};
@@ -56,12 +58,14 @@ impl TableResolution {
     }
 }
 
-/// The resolution of every table in `tables` on `client`, which is the `role` side.
+/// The resolution of every table in `tables` on `client`, which is the `role` side;
+/// `mode` follows the two servers' major versions ([`HashMode::for_versions`]).
 pub async fn inspect(
     settings: &Settings,
     client: &Client,
     role: Role,
     tables: &[TableName],
+    mode: HashMode,
 ) -> Result<Vec<TableResolution>, Error> {
     let installed = resolution::installed(client).await?;
     let mut out = Vec::new();
@@ -90,6 +94,7 @@ pub async fn inspect(
                 },
                 eff,
                 role,
+                mode,
             )),
             _ => None,
         };

@@ -22,7 +22,7 @@ use super::catalog::{self, Column, TableInfo};
 use super::resolution;
 use super::{incoming, meta_publication, outgoing, resolve_tables, Error};
 use crate::config::Settings;
-use crate::conflict::triggers;
+use crate::conflict::triggers::{self, HashMode};
 use crate::model::{Role, TableName};
 use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
 use crate::store::{schema_migrations, sync_log, sync_state};
@@ -197,8 +197,9 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         }
     }
     let mut warnings = Vec::new();
+    let mode = HashMode::for_versions(local_info.version_num, remote_info.version_num);
     let resolution =
-        resolution_steps(settings, local, &tables, &mut problems, &mut warnings).await?;
+        resolution_steps(settings, local, &tables, mode, &mut problems, &mut warnings).await?;
     if !problems.is_empty() {
         return Err(Error::Refused(problems));
     }
@@ -511,6 +512,7 @@ async fn resolution_steps(
     settings: &Settings,
     local: &Client,
     tables: &[TableName],
+    mode: HashMode,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(String, String)>, Error> {
@@ -522,7 +524,7 @@ async fn resolution_steps(
         }
     }
     let mut out = Vec::new();
-    for t in resolution::inspect(settings, local, settings.instance_role, tables).await? {
+    for t in resolution::inspect(settings, local, settings.instance_role, tables, mode).await? {
         if let Err(p) = &t.effective {
             problems.push(p.clone());
             continue;
