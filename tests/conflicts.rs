@@ -56,3 +56,551 @@ async fn concurrent_updates_converge_to_the_later_one_and_are_logged_once() {
         Pair::row_hashes(&cloud, r#""User""#).await
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// One test per conflict type and policy (docs/conflicts.md), each checking what a user
+// checks: both sides equal row for row, the documented winner, one conflict_log entry on
+// each side with the right type, winner and resolved_by, both subscriptions still enabled
+// and no apply error.
+
+const T1: &str = "2030-01-01 10:00:05+00";
+const T2: &str = "2030-01-01 10:00:09+00";
+
+/// A pair set up with resolution installed; `extra` runs on both sides before setup.
+async fn pair_with(extra: &str) -> Pair {
+    let pair = Pair::new().await;
+    if !extra.is_empty() {
+        for c in [pair.main().await, pair.cloud().await] {
+            c.batch_execute(extra)
+                .await
+                .expect("creating the extra table");
+        }
+    }
+    pair.setup_both().await;
+    pair
+}
+
+async fn insert_user_at(c: &Client, id: &str, email: &str, name: &str, at: &str) {
+    c.execute(
+        r#"INSERT INTO "User" ("id", "email", "name", "updatedAt")
+           VALUES ($1, $2, $3, $4::text::timestamptz)"#,
+        &[&id, &email, &name, &at],
+    )
+    .await
+    .expect("inserting User");
+}
+
+async fn delete_user(c: &Client, id: &str) {
+    let n = c
+        .execute(r#"DELETE FROM "User" WHERE "id" = $1"#, &[&id])
+        .await
+        .expect("deleting User");
+    assert_eq!(n, 1, "deleting User {id}");
+}
+
+async fn emails(c: &Client) -> Vec<(String, String)> {
+    c.query(r#"SELECT "id", "email" FROM "User" ORDER BY 1"#, &[])
+        .await
+        .expect("reading User")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Both sides hold the same rows of every table in `tables` (quoted names).
+async fn assert_equal(pair: &Pair, tables: &[&str]) {
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for t in tables {
+        assert_eq!(
+            Pair::row_hashes(&main, t).await,
+            Pair::row_hashes(&cloud, t).await,
+            "table {t} differs between main and cloud"
+        );
+    }
+}
+
+/// Replication is healthy: both subscriptions enabled, no apply error since `before`.
+async fn assert_healthy(pair: &Pair, errors_before: i64) {
+    assert!(
+        pair.subscriptions_enabled().await,
+        "a subscription is disabled"
+    );
+    assert_eq!(
+        pair.apply_error_count().await,
+        errors_before,
+        "apply_error_count rose"
+    );
+}
+
+/// Exactly one conflict_log entry on each side, of `kind` with `winner` and
+/// `resolved_by`, and both sides agree on its merge key (so merged it is one conflict).
+async fn assert_logged_once(pair: &Pair, kind: &str, winner: &str, resolved_by: &str) {
+    assert_logged(pair, kind, winner, resolved_by, true).await;
+}
+
+/// Like [`assert_logged_once`]; with `both` false only main notices the conflict and
+/// cloud's log stays empty (merged, it is still one entry).
+async fn assert_logged(pair: &Pair, kind: &str, winner: &str, resolved_by: &str, both: bool) {
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let m = Pair::conflict_entries(&main).await;
+    let c = Pair::conflict_entries(&cloud).await;
+    if !both {
+        assert!(c.is_empty(), "cloud: no entry expected: {c:#?}");
+    }
+    let sides: &[(&str, &Vec<common::ConflictEntry>)] = if both {
+        &[("main", &m), ("cloud", &c)]
+    } else {
+        &[("main", &m)]
+    };
+    for (side, log) in sides {
+        assert_eq!(log.len(), 1, "{side}: one conflict expected: {log:#?}");
+        let e = &log[0];
+        assert_eq!(
+            (e.kind.as_str(), e.winner.as_str(), e.resolved_by.as_str()),
+            (kind, winner, resolved_by),
+            "{side}: {e:#?}"
+        );
+    }
+    if !both {
+        return;
+    }
+    assert_eq!(
+        m[0].key, c[0].key,
+        "main and cloud logged the same conflict under different keys:\nmain {:#?}\ncloud {:#?}",
+        m[0], c[0]
+    );
+}
+
+#[tokio::test]
+async fn lww_insert_insert_later_insert_wins() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    insert_user_at(&main, "u1", "u1@example.com", "main", T1).await;
+    insert_user_at(&cloud, "u1", "u1@example.com", "cloud", T2).await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(user_name(&main, "u1").await, Some(Some("cloud".into())));
+    assert_logged_once(&pair, "insert_insert", "CLOUD", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn lww_insert_insert_tie_goes_to_main() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    insert_user_at(&main, "u1", "u1@example.com", "main", T1).await;
+    insert_user_at(&cloud, "u1", "u1@example.com", "cloud", T1).await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(user_name(&cloud, "u1").await, Some(Some("main".into())));
+    assert_logged_once(&pair, "insert_insert", "MAIN", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn lww_update_delete_the_delete_wins() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    // Main's update is even the later write: a delete still beats a concurrent update.
+    set_name(&main, "u1", "main edit", T2).await;
+    delete_user(&cloud, "u1").await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(user_name(&main, "u1").await, None);
+    assert_logged_once(&pair, "update_delete", "DELETED", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn lww_delete_update_the_delete_wins() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    delete_user(&main, "u1").await;
+    set_name(&cloud, "u1", "cloud edit", T2).await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(user_name(&cloud, "u1").await, None);
+    assert_logged_once(&pair, "delete_update", "DELETED", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn lww_reinsert_after_delete_survives_a_concurrent_update_of_the_old_row() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user_at(&main, "u1", "u1@example.com", "old", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    // Cloud: the user leaves and comes back (a new row under the same key); main edits the
+    // old row meanwhile, even later than the re-insert.
+    delete_user(&cloud, "u1").await;
+    insert_user_at(&cloud, "u1", "u1@example.com", "re-inserted", T1).await;
+    set_name(&main, "u1", "old, edited", T2).await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(
+        user_name(&main, "u1").await,
+        Some(Some("re-inserted".into()))
+    );
+    // The delete beat the concurrent update of the old incarnation: one update_delete,
+    // noticed by main (cloud's delete arrives on top of main's edit). On cloud main's
+    // update of the old incarnation finds the re-inserted row and is dropped without an
+    // entry (duplex.uod_* returns early when the key exists again).
+    assert_logged(&pair, "update_delete", "DELETED", "LAST_WRITE_WINS", false).await;
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn lww_unique_email_keeps_one_row_on_both_sides() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    insert_user_at(&main, "a", "same@example.com", "main", T1).await;
+    insert_user_at(&cloud, "b", "same@example.com", "cloud", T2).await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(
+        emails(&main).await,
+        vec![("b".to_string(), "same@example.com".to_string())],
+        "the later row keeps the e-mail address"
+    );
+    assert_logged_once(&pair, "unique_key", "CLOUD", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
+/// "GroupMember" has no updated-at column: main_authoritative by detection.
+#[tokio::test]
+async fn composite_key_group_member_is_main_authoritative_by_detection() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user_at(&main, "u1", "u1@example.com", "owner", T1).await;
+    main.batch_execute(
+        r#"INSERT INTO "Group" ("id", "name", "ownerId") VALUES ('g1', 'team', 'u1')"#,
+    )
+    .await
+    .expect("inserting Group");
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    main.batch_execute(
+        r#"INSERT INTO "GroupMember" ("groupId", "userId", "role") VALUES ('g1', 'u1', 'admin')"#,
+    )
+    .await
+    .expect("inserting GroupMember on main");
+    cloud
+        .batch_execute(
+            r#"INSERT INTO "GroupMember" ("groupId", "userId", "role", "joinedAt")
+               VALUES ('g1', 'u1', 'member', now() + interval '1 hour')"#,
+        )
+        .await
+        .expect("inserting GroupMember on cloud");
+    pair.heal().await;
+    assert_equal(&pair, &[r#""GroupMember""#]).await;
+    let role: String = cloud
+        .query_one(
+            r#"SELECT "role" FROM "GroupMember" WHERE "groupId" = 'g1' AND "userId" = 'u1'"#,
+            &[],
+        )
+        .await
+        .expect("reading GroupMember")
+        .get(0);
+    assert_eq!(role, "admin", "main's version wins");
+    assert_logged_once(&pair, "insert_insert", "MAIN", "MAIN_AUTHORITATIVE").await;
+    assert_healthy(&pair, errors).await;
+}
+
+const ODD: &str =
+    r#"CREATE TABLE "Odd ""Name""" (id int primary key, v text, "updatedAt" timestamptz)"#;
+
+#[tokio::test]
+async fn a_table_whose_name_needs_quoting_resolves_like_any_other() {
+    let pair = pair_with(ODD).await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    main.execute(
+        r#"INSERT INTO "Odd ""Name""" VALUES (1, 'first', $1::text::timestamptz)"#,
+        &[&T1],
+    )
+    .await
+    .expect("inserting into the odd table");
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    for (c, v, at) in [(&main, "main", T2), (&cloud, "cloud", T1)] {
+        c.execute(
+            r#"UPDATE "Odd ""Name""" SET v = $1, "updatedAt" = $2::text::timestamptz WHERE id = 1"#,
+            &[&v, &at],
+        )
+        .await
+        .expect("updating the odd table");
+    }
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Odd ""Name""""#]).await;
+    let v: String = cloud
+        .query_one(r#"SELECT v FROM "Odd ""Name""" WHERE id = 1"#, &[])
+        .await
+        .expect("reading the odd table")
+        .get(0);
+    assert_eq!(v, "main", "main's edit is the later one");
+    assert_logged_once(&pair, "update_update", "MAIN", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
+const ITEM: &str = r#"CREATE TABLE "Item" (id int primary key, v text, "updatedAt" timestamptz not null default clock_timestamp())"#;
+
+/// Fact 3 of issue 7: a local insert of the same key can commit between the resolve
+/// trigger's lookup and the apply's insert. With the link up, both sides insert the same
+/// key at (nearly) the same moment, round after round: no apply error, both sides equal.
+#[tokio::test]
+async fn race_local_insert_of_the_same_key_during_apply_stops_nothing() {
+    let pair = pair_with(ITEM).await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    for round in 0..400i32 {
+        let sm = format!(
+            r#"INSERT INTO "Item" (id, v) VALUES ({round}, 'main') ON CONFLICT (id) DO NOTHING"#
+        );
+        let sc = format!(
+            r#"INSERT INTO "Item" (id, v) VALUES ({round}, 'cloud') ON CONFLICT (id) DO NOTHING"#
+        );
+        let (a, b) = tokio::join!(main.batch_execute(&sm), cloud.batch_execute(&sc));
+        a.expect("main insert");
+        b.expect("cloud insert");
+    }
+    pair.wait_caught_up(Duration::from_secs(60)).await;
+    assert_equal(&pair, &[r#""Item""#]).await;
+    let n: i64 = main
+        .query_one(r#"SELECT count(*) FROM "Item""#, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 400);
+    assert_healthy(&pair, errors).await;
+}
+
+// --- main_authoritative ("Device" in common::EXAMPLE_TABLES) ---
+
+async fn device_pair() -> Pair {
+    let pair = pair_with("").await;
+    let main = pair.main().await;
+    insert_user_at(&main, "u1", "u1@example.com", "owner", T1).await;
+    main.execute(
+        r#"INSERT INTO "Device" ("id", "name", "userId", "updatedAt")
+           VALUES ('d1', 'first', 'u1', $1::text::timestamptz)"#,
+        &[&T1],
+    )
+    .await
+    .expect("inserting Device");
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    pair
+}
+
+async fn set_device(c: &Client, name: &str, at: &str) {
+    let n = c
+        .execute(
+            r#"UPDATE "Device" SET "name" = $1, "updatedAt" = $2::text::timestamptz WHERE "id" = 'd1'"#,
+            &[&name, &at],
+        )
+        .await
+        .expect("updating Device");
+    assert_eq!(n, 1);
+}
+
+async fn device_name(c: &Client) -> Option<String> {
+    c.query_opt(r#"SELECT "name" FROM "Device" WHERE "id" = 'd1'"#, &[])
+        .await
+        .expect("reading Device")
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn ma_concurrent_update_main_wins_even_when_older() {
+    let pair = device_pair().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    set_device(&main, "main edit", T1).await;
+    set_device(&cloud, "cloud edit", T2).await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Device""#]).await;
+    assert_eq!(device_name(&cloud).await.as_deref(), Some("main edit"));
+    assert_logged_once(&pair, "update_update", "MAIN", "MAIN_AUTHORITATIVE").await;
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn ma_ordinary_cloud_edit_flows_to_main() {
+    let pair = device_pair().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    set_device(&cloud, "cloud edit", T2).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(device_name(&main).await.as_deref(), Some("cloud edit"));
+    // Also after a partition, as long as main did not touch the row.
+    pair.partition().await;
+    set_device(&cloud, "cloud edit 2", T1).await;
+    pair.heal().await;
+    assert_eq!(device_name(&main).await.as_deref(), Some("cloud edit 2"));
+    assert_equal(&pair, &[r#""Device""#]).await;
+    for c in [&main, &cloud] {
+        let log = Pair::conflict_entries(c).await;
+        assert!(log.is_empty(), "no conflict expected: {log:#?}");
+    }
+    assert_healthy(&pair, errors).await;
+}
+
+#[tokio::test]
+async fn ma_cloud_delete_vs_main_update_row_comes_back_on_cloud() {
+    let pair = device_pair().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    set_device(&main, "main edit", T1).await;
+    let n = cloud
+        .execute(r#"DELETE FROM "Device" WHERE "id" = 'd1'"#, &[])
+        .await
+        .expect("deleting Device");
+    assert_eq!(n, 1);
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Device""#]).await;
+    assert_eq!(device_name(&cloud).await.as_deref(), Some("main edit"));
+    assert_logged_once(&pair, "update_delete", "MAIN", "MAIN_AUTHORITATIVE").await;
+    assert_healthy(&pair, errors).await;
+}
+
+// --- no echo ---
+
+/// Everything that would move if a resolved change were sent back: the rows' physical
+/// versions (xmin, any rewrite changes it), the tables' n_tup_* counters and the conflict
+/// log, on both sides.
+async fn activity(c: &Client, tables: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables {
+        let rows = c
+            .query(
+                &format!("SELECT t::text || '@' || xmin::text FROM {t} t ORDER BY 1"),
+                &[],
+            )
+            .await
+            .expect("reading rows");
+        out.extend(
+            rows.iter()
+                .map(|r| format!("{t}: {}", r.get::<_, String>(0))),
+        );
+    }
+    let stats = c
+        .query(
+            "SELECT schemaname || '.' || relname || ' ' || n_tup_ins || '/' || n_tup_upd || '/' || n_tup_del
+               FROM pg_stat_user_tables ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("reading pg_stat_user_tables");
+    out.extend(stats.iter().map(|r| r.get::<_, String>(0)));
+    let log: i64 = c
+        .query_one("SELECT count(*) FROM duplex.conflict_log", &[])
+        .await
+        .expect("counting conflicts")
+        .get(0);
+    out.push(format!("conflict_log {log}"));
+    out
+}
+
+#[tokio::test]
+async fn no_echo_after_resolutions() {
+    let pair = device_pair().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let _errors_before = pair.apply_error_count().await;
+    pair.partition().await;
+    insert_user_at(&main, "u2", "u2@example.com", "main", T1).await;
+    insert_user_at(&cloud, "u2", "u2@example.com", "cloud", T2).await;
+    set_name(&main, "u1", "main edit", T2).await;
+    set_name(&cloud, "u1", "cloud edit", T1).await;
+    set_device(&main, "main edit", T1).await;
+    set_device(&cloud, "cloud edit", T2).await;
+    pair.heal().await;
+    let tables = [r#""User""#, r#""Device""#];
+    assert_equal(&pair, &tables).await;
+    for c in [&main, &cloud] {
+        assert_eq!(Pair::conflict_entries(c).await.len(), 3);
+    }
+    // An apply worker keeps its table statistics pending for up to 10 s when idle; a
+    // backend flushes them when it exits, so end this pair's replication workers
+    // (PostgreSQL restarts them) and wait until two readings a second apart agree
+    // before starting the window.
+    // Terminating a worker counts as an apply error: take the error count again after.
+    assert!(pair.terminate_replication_workers().await > 0);
+    let mut last = (
+        activity(&main, &tables).await,
+        activity(&cloud, &tables).await,
+    );
+    let settle = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let now = (
+            activity(&main, &tables).await,
+            activity(&cloud, &tables).await,
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(
+            settle.elapsed() < Duration::from_secs(30),
+            "statistics did not settle within 30 s"
+        );
+    }
+    let errors = pair.apply_error_count().await;
+    // Slots' confirmed_flush_lsn is not compared: on the shared lab clusters it advances
+    // with every other database's WAL (keepalives), echo or not.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = (
+            activity(&main, &tables).await,
+            activity(&cloud, &tables).await,
+        );
+        assert_eq!(
+            now,
+            last,
+            "something changed {:?} into the quiet window",
+            start.elapsed()
+        );
+    }
+    assert_healthy(&pair, errors).await;
+}
+
+/// A column whose name is also a variable of the generated resolve function (`u`, `l`,
+/// `k`, ...) must not break the apply: the function has to qualify or rename its own.
+#[tokio::test]
+async fn a_column_named_like_a_resolver_variable_applies() {
+    let pair =
+        pair_with(r#"CREATE TABLE "Member" (g int, u int, role text, PRIMARY KEY (g, u))"#).await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    main.batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'main')"#)
+        .await
+        .expect("insert on main");
+    cloud
+        .batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'cloud')"#)
+        .await
+        .expect("insert on cloud");
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Member""#]).await;
+    assert_logged_once(&pair, "insert_insert", "MAIN", "MAIN_AUTHORITATIVE").await;
+    assert_healthy(&pair, errors).await;
+}

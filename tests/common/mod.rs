@@ -536,3 +536,141 @@ impl Pair {
         .collect()
     }
 }
+
+/// This database's subscriptions, for queries against cluster-wide views
+/// (`pg_subscription` is a shared catalog: every test database has a subscription with
+/// the same name).
+const OWN_SUBS: &str = "SELECT oid FROM pg_subscription
+  WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+impl Pair {
+    /// Sum of `apply_error_count` over this database's subscriptions on both sides.
+    pub async fn apply_error_count(&self) -> i64 {
+        let mut total = 0;
+        for c in [self.main().await, self.cloud().await] {
+            let n: i64 = c
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(sum(apply_error_count), 0)::bigint
+                           FROM pg_stat_subscription_stats WHERE subid IN ({OWN_SUBS})"
+                    ),
+                    &[],
+                )
+                .await
+                .expect("reading pg_stat_subscription_stats")
+                .get(0);
+            total += n;
+        }
+        total
+    }
+
+    /// Whether every subscription of this database is enabled, on both sides (and there is
+    /// at least one on each).
+    pub async fn subscriptions_enabled(&self) -> bool {
+        for c in [self.main().await, self.cloud().await] {
+            let (n, enabled): (i64, i64) = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*), count(*) FILTER (WHERE subenabled)
+                           FROM pg_subscription WHERE oid IN ({OWN_SUBS})"
+                    ),
+                    &[],
+                )
+                .await
+                .map(|r| (r.get(0), r.get(1)))
+                .expect("reading pg_subscription");
+            if n == 0 || n != enabled {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Enable both subscriptions again without waiting for them to catch up.
+    pub async fn heal_nowait(&self) {
+        self.main()
+            .await
+            .batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE")
+            .await
+            .expect("enabling main's subscription");
+        self.cloud()
+            .await
+            .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud ENABLE")
+            .await
+            .expect("enabling cloud's subscription");
+    }
+
+    /// Break the link of this pair only, without stopping a cluster: terminate this
+    /// database's apply workers and the walsenders of its slots on both sides. PostgreSQL
+    /// restarts them by itself (after `wal_retrieve_retry_interval`). Returns how many
+    /// backends were terminated.
+    pub async fn terminate_replication_workers(&self) -> i64 {
+        let mut n = 0;
+        for c in [self.main().await, self.cloud().await] {
+            let k: i64 = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM (
+                           SELECT pid FROM pg_stat_subscription
+                            WHERE subid IN ({OWN_SUBS}) AND pid IS NOT NULL
+                           UNION
+                           SELECT active_pid FROM pg_replication_slots
+                            WHERE database = current_database() AND active_pid IS NOT NULL) p"
+                    ),
+                    &[],
+                )
+                .await
+                .expect("terminating replication workers")
+                .get(0);
+            n += k;
+        }
+        n
+    }
+
+    /// Conflict log entries with their merge key: (conflict_key, table, record_id, type,
+    /// winner, resolved_by, main_version, cloud_version).
+    pub async fn conflict_entries(c: &Client) -> Vec<ConflictEntry> {
+        c.query(
+            "SELECT coalesce(conflict_key, ''), table_name, record_id, conflict_type,
+                    coalesce(winner, ''), coalesce(resolved_by, ''),
+                    coalesce(main_version::text, 'null'), coalesce(cloud_version::text, 'null')
+               FROM duplex.conflict_log ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("reading conflict_log")
+        .iter()
+        .map(|r| ConflictEntry {
+            key: r.get(0),
+            table: r.get(1),
+            record_id: r.get(2),
+            kind: r.get(3),
+            winner: r.get(4),
+            resolved_by: r.get(5),
+            main_version: r.get(6),
+            cloud_version: r.get(7),
+        })
+        .collect()
+    }
+}
+
+/// One `duplex.conflict_log` row, as the tests compare them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictEntry {
+    /// conflict_key (the merge key).
+    pub key: String,
+    /// table_name.
+    pub table: String,
+    /// record_id.
+    pub record_id: String,
+    /// conflict_type.
+    pub kind: String,
+    /// winner.
+    pub winner: String,
+    /// resolved_by.
+    pub resolved_by: String,
+    /// main_version as text.
+    pub main_version: String,
+    /// cloud_version as text.
+    pub cloud_version: String,
+}
