@@ -199,6 +199,12 @@ wal_retrieve_retry_interval = '1s'
 logging_collector = off
 log_min_messages = warning
 EOF
+  if [ "$(cat "$dir/PG_VERSION")" -ge 18 ]; then
+    # PostgreSQL 18 counts replication origins on their own (default 10): every
+    # subscription and every table being copied holds one, and the tests run many pairs
+    # at once. 16 and 17 take them from max_replication_slots and know no such setting.
+    echo "max_active_replication_origins = 64" >>"$dir/postgresql.conf"
+  fi
   # Replication connections come over TCP from the peer cluster on loopback.
   echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$dir/pg_hba.conf"
 }

@@ -171,7 +171,7 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
                 .find(|(n, _)| n == c)
                 .map(|(_, t)| t.as_str())
                 .unwrap_or("text");
-            format!("{} = (p_key::jsonb->>{i})::{ty}", q(c))
+            format!("{} = (dx_p_key::jsonb->>{i})::{ty}", q(c))
         })
         .collect::<Vec<_>>()
         .join(" AND ");
@@ -197,12 +197,12 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
         Role::Cloud => format!("{incoming}, {local}"),
     };
     let winner = match me {
-        Role::Main => "CASE WHEN incoming_wins THEN 'CLOUD' ELSE 'MAIN' END",
-        Role::Cloud => "CASE WHEN incoming_wins THEN 'MAIN' ELSE 'CLOUD' END",
+        Role::Main => "CASE WHEN dx_incoming_wins THEN 'CLOUD' ELSE 'MAIN' END",
+        Role::Cloud => "CASE WHEN dx_incoming_wins THEN 'MAIN' ELSE 'CLOUD' END",
     };
     let pair_hash = match me {
-        Role::Main => "lh || nh",
-        Role::Cloud => "nh || lh",
+        Role::Main => "dx_lh || dx_nh",
+        Role::Cloud => "dx_nh || dx_lh",
     };
     // main_authoritative and manual: main's insert or update always wins on cloud.
     let main_overrides = eff.policy.main_wins() && me == Role::Cloud;
@@ -227,32 +227,32 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
                 .join(" AND ");
             format!(
                 r#"
-    SELECT * INTO u FROM {tbl} WHERE {same} AND NOT ({key_eq_new}) FOR UPDATE;
+    SELECT * INTO dx_u FROM {tbl} WHERE {same} AND NOT ({key_eq_new}) FOR UPDATE;
     IF FOUND THEN
-      lh := {hash_u}; nh := {hash_new};
-      incoming_wins := {wins_u};
+      dx_lh := {hash_u}; dx_nh := {hash_new};
+      dx_incoming_wins := {wins_u};
       -- Two keys compete for one value: the entry is named by main's row on both sides.
-      PERFORM duplex.log_conflict({rel}, {main_key}, 'unique_key', {versions_u}, pol, {winner},
-        md5('unique_key' || {rel} || {main_key} || {cloud_key} || {pair_hash}), me);
-      IF NOT incoming_wins THEN RETURN NULL; END IF;
+      PERFORM duplex.log_conflict({rel}, {main_key}, 'unique_key', {versions_u}, dx_pol, {winner},
+        md5('unique_key' || {rel} || {main_key} || {cloud_key} || {pair_hash}), dx_me);
+      IF NOT dx_incoming_wins THEN RETURN NULL; END IF;
       DELETE FROM {tbl} WHERE {key_eq_u};
     END IF;"#,
                 key_eq_new = key_eq("NEW"),
-                hash_u = row_hash("u"),
+                hash_u = row_hash("dx_u"),
                 main_key = if me == Role::Main {
-                    key_json("u")
+                    key_json("dx_u")
                 } else {
-                    "k".to_string()
+                    "dx_k".to_string()
                 },
                 cloud_key = if me == Role::Main {
-                    "k".to_string()
+                    "dx_k".to_string()
                 } else {
-                    key_json("u")
+                    key_json("dx_u")
                 },
                 hash_new = row_hash("NEW"),
-                wins_u = incoming_wins("u"),
-                versions_u = versions("to_jsonb(u)", "to_jsonb(NEW)"),
-                key_eq_u = key_eq("u"),
+                wins_u = incoming_wins("dx_u"),
+                versions_u = versions("to_jsonb(dx_u)", "to_jsonb(NEW)"),
+                key_eq_u = key_eq("dx_u"),
             )
         })
         .collect();
@@ -277,34 +277,34 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
 {pinned}
 AS $duplex$
-DECLARE k text; i text; s text[];
+DECLARE dx_k text; dx_i text; dx_s text[];
 BEGIN
   IF TG_OP = 'INSERT' THEN
     -- Only a key re-created after a delete needs metadata: a new incarnation that has seen
     -- those deletes. (BEFORE INSERT also fires for a row ON CONFLICT will skip: that row
     -- keeps its own.) Any other insert travels alone.
-    k := {key_new};
-    IF EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k)
+    dx_k := {key_new};
+    IF EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k)
        AND NOT EXISTS (SELECT 1 FROM {tbl} WHERE {key_eq_new}) THEN
-      SELECT array_agg(t.inc) INTO s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k;
-      i := pg_catalog.gen_random_uuid()::text;
-      PERFORM duplex.set_incarnation({rel}, k, i, s);
-      INSERT INTO duplex.change_meta VALUES ({rel}, k, 'I', i, NULL, NULL, s);
+      SELECT array_agg(t.inc) INTO dx_s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k;
+      dx_i := pg_catalog.gen_random_uuid()::text;
+      PERFORM duplex.set_incarnation({rel}, dx_k, dx_i, dx_s);
+      INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'I', dx_i, NULL, NULL, dx_s);
     END IF;
     RETURN NEW;
   END IF;
-  k := {key_old};
-  SELECT ri.inc INTO i FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = k;
-  i := coalesce(i, '0');
+  dx_k := {key_old};
+  SELECT ri.inc INTO dx_i FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k;
+  dx_i := coalesce(dx_i, '0');
   IF TG_OP = 'UPDATE' THEN
-    INSERT INTO duplex.change_meta VALUES ({rel}, k, 'U', i, {hash_old}, {main_row_on_update}, NULL);
+    INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'U', dx_i, {hash_old}, {main_row_on_update}, NULL);
     RETURN NEW;
   END IF;
-  INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, i, {hash_old}) ON CONFLICT DO NOTHING;
-  IF i <> '0' THEN
-    DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+  INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_i, {hash_old}) ON CONFLICT DO NOTHING;
+  IF dx_i <> '0' THEN
+    DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = dx_k;
   END IF;
-  INSERT INTO duplex.change_meta VALUES ({rel}, k, 'D', i, {hash_old}, NULL, NULL);
+  INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'D', dx_i, {hash_old}, NULL, NULL);
   RETURN OLD;
 END $duplex$;
 "#,
@@ -320,32 +320,32 @@ END $duplex$;
 {pinned}
 AS $duplex$
 DECLARE
-  me constant text := {me_lit};
-  pol constant text := {pol};
-  k text; m duplex.change_meta; m_inc text := '0'; m_base text; m_seen text[]; l_inc text; l_seen text[];
-  l {tbl}%ROWTYPE; u {tbl}%ROWTYPE;
-  lh text; nh text; concurrent boolean; incoming_wins boolean; typ text;
+  dx_me constant text := {me_lit};
+  dx_pol constant text := {pol};
+  dx_k text; dx_m duplex.change_meta; dx_m_inc text := '0'; dx_m_base text; dx_m_seen text[]; dx_l_inc text; dx_l_seen text[];
+  dx_l {tbl}%ROWTYPE; dx_u {tbl}%ROWTYPE;
+  dx_lh text; dx_nh text; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
 BEGIN
   -- (Our own writes below do not come back here: the trigger fires at depth 0 only.)
-  IF TG_OP = 'INSERT' THEN k := {key_new}; ELSE k := {key_old}; END IF;
+  IF TG_OP = 'INSERT' THEN dx_k := {key_new}; ELSE dx_k := {key_old}; END IF;
   -- The metadata of this change, if it came: duplex.meta_receive kept it for us.
-  m := nullif(current_setting('duplex.m', true), '')::duplex.change_meta;
-  IF m.rel = {rel} AND m.key = k AND m.op = left(TG_OP, 1) THEN
-    m_inc := m.inc; m_base := m.base; m_seen := m.seen;
+  dx_m := nullif(current_setting('duplex.m', true), '')::duplex.change_meta;
+  IF dx_m.rel = {rel} AND dx_m.key = dx_k AND dx_m.op = left(TG_OP, 1) THEN
+    dx_m_inc := dx_m.inc; dx_m_base := dx_m.base; dx_m_seen := dx_m.seen;
   END IF;
 
   IF TG_OP = 'INSERT' THEN
-    IF NOT {main_overrides} AND EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k) THEN
-      SELECT t.base INTO m_base FROM duplex.tombstone t
-       WHERE t.rel = {rel} AND t.key = k AND t.inc <> ALL (coalesce(m_seen, '{{}}'))
+    IF NOT {main_overrides} AND EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k) THEN
+      SELECT t.base INTO dx_m_base FROM duplex.tombstone t
+       WHERE t.rel = {rel} AND t.key = dx_k AND t.inc <> ALL (coalesce(dx_m_seen, '{{}}'))
        ORDER BY t.deleted_at DESC LIMIT 1;
       IF FOUND THEN
         -- This side deleted the key and the insert was made without seeing that delete:
         -- the delete wins, and the incoming incarnation is dead here too.
-        INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
-        typ := {deleted_here};
-        PERFORM duplex.log_conflict({rel}, k, typ, {versions_dead}, pol, 'DELETED',
-          md5(typ || {rel} || k || m_inc || coalesce(m_base, '')), me);
+        INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
+        dx_typ := {deleted_here};
+        PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, {versions_dead}, dx_pol, 'DELETED',
+          md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '')), dx_me);
         RETURN NULL;
       END IF;
     END IF;
@@ -353,86 +353,86 @@ BEGIN
     -- a local insert of the same key committing meanwhile is settled below, not an error).
     INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
     IF FOUND THEN
-      IF m_inc <> '0' THEN
-        PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+      IF dx_m_inc <> '0' THEN
+        PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
       END IF;
       RETURN NULL;
     END IF;
-    FOR attempt IN 1..3 LOOP
-      SELECT * INTO l FROM {tbl} WHERE {key_eq_new} FOR UPDATE;
+    FOR dx_attempt IN 1..3 LOOP
+      SELECT * INTO dx_l FROM {tbl} WHERE {key_eq_new} FOR UPDATE;
       IF FOUND THEN
-        lh := {hash_l}; nh := {hash_new};
-        IF lh = nh THEN RETURN NULL; END IF;
-        incoming_wins := {wins_l};
-        PERFORM duplex.log_conflict({rel}, k, 'insert_insert', {versions_l}, pol, {winner},
-          md5('insert_insert' || {rel} || k || {pair_hash}), me);
-        IF incoming_wins THEN{unique_checks}
+        dx_lh := {hash_l}; dx_nh := {hash_new};
+        IF dx_lh = dx_nh THEN RETURN NULL; END IF;
+        dx_incoming_wins := {wins_l};
+        PERFORM duplex.log_conflict({rel}, dx_k, 'insert_insert', {versions_l}, dx_pol, {winner},
+          md5('insert_insert' || {rel} || dx_k || {pair_hash}), dx_me);
+        IF dx_incoming_wins THEN{unique_checks}
           UPDATE {tbl} SET {set_new} WHERE {key_eq_l};
-          PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+          PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
         END IF;
         RETURN NULL;
       END IF;{unique_checks}
       INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
       IF FOUND THEN
-        PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+        PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
         RETURN NULL;
       END IF;
       -- A local insert of the same key committed meanwhile: settle against it.
     END LOOP;
-    RAISE EXCEPTION 'duplex: could not apply an insert into % (key %): the key keeps changing locally', {rel}, k;
+    RAISE EXCEPTION 'duplex: could not apply an insert into % (key %): the key keeps changing locally', {rel}, dx_k;
   END IF;
 
-  SELECT ri.inc, ri.seen INTO l_inc, l_seen FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = k;
-  l_inc := coalesce(l_inc, '0');
-  lh := {hash_old};
+  SELECT ri.inc, ri.seen INTO dx_l_inc, dx_l_seen FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k;
+  dx_l_inc := coalesce(dx_l_inc, '0');
+  dx_lh := {hash_old};
 
   IF TG_OP = 'DELETE' THEN
-    IF l_inc <> m_inc AND m_inc = ANY (coalesce(l_seen, '{{}}')) THEN
+    IF dx_l_inc <> dx_m_inc AND dx_m_inc = ANY (coalesce(dx_l_seen, '{{}}')) THEN
       -- The peer deleted an incarnation that ours was created after: ours stays.
-      INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
+      INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
       RETURN NULL;
     END IF;
-    concurrent := m_base IS NULL OR lh <> m_base OR l_inc <> m_inc;
-    IF concurrent THEN
+    dx_concurrent := dx_m_base IS NULL OR dx_lh <> dx_m_base OR dx_l_inc <> dx_m_inc;
+    IF dx_concurrent THEN
       -- Changed here while deleted there. A delete wins, except that main's version wins
       -- a main_authoritative or manual table.
-      incoming_wins := NOT ({main_wins} AND me = 'main');
-      typ := {deleted_there};
-      PERFORM duplex.log_conflict({rel}, k, typ, {versions_old_deleted}, pol,
-        CASE WHEN incoming_wins THEN 'DELETED' ELSE 'MAIN' END,
-        md5(typ || {rel} || k || m_inc || coalesce(m_base, '')), me);
-      IF NOT incoming_wins THEN RETURN NULL; END IF;
+      dx_incoming_wins := NOT ({main_wins} AND dx_me = 'main');
+      dx_typ := {deleted_there};
+      PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, {versions_old_deleted}, dx_pol,
+        CASE WHEN dx_incoming_wins THEN 'DELETED' ELSE 'MAIN' END,
+        md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '')), dx_me);
+      IF NOT dx_incoming_wins THEN RETURN NULL; END IF;
     END IF;
-    INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, l_inc, m_base) ON CONFLICT DO NOTHING;
-    IF m_inc <> l_inc THEN
-      INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, k, m_inc, m_base) ON CONFLICT DO NOTHING;
+    INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_l_inc, dx_m_base) ON CONFLICT DO NOTHING;
+    IF dx_m_inc <> dx_l_inc THEN
+      INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
     END IF;
-    IF l_inc <> '0' OR l_seen IS NOT NULL THEN
-      DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = k;
+    IF dx_l_inc <> '0' OR dx_l_seen IS NOT NULL THEN
+      DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = dx_k;
     END IF;
     RETURN OLD;
   END IF;
 
   -- UPDATE: a change based on the version we have is no conflict.
-  concurrent := m_base IS NULL OR lh <> m_base;
-  IF l_inc <> m_inc THEN
-    IF m_inc = ANY (coalesce(l_seen, '{{}}'))
-       OR EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = k AND t.inc = m_inc) THEN
+  dx_concurrent := dx_m_base IS NULL OR dx_lh <> dx_m_base;
+  IF dx_l_inc <> dx_m_inc THEN
+    IF dx_m_inc = ANY (coalesce(dx_l_seen, '{{}}'))
+       OR EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k AND t.inc = dx_m_inc) THEN
       -- An update of an incarnation deleted here (logged by duplex.{uod}).
       IF NOT {main_overrides} THEN RETURN NULL; END IF;
     END IF;
-    concurrent := true;
+    dx_concurrent := true;
   END IF;
-  IF concurrent THEN
-    nh := {hash_new};
-    IF lh <> nh THEN
-      incoming_wins := {wins_old};
-      PERFORM duplex.log_conflict({rel}, k, 'update_update', {versions_old}, pol, {winner},
-        md5('update_update' || {rel} || k || {pair_hash}), me);
-      IF NOT incoming_wins THEN RETURN NULL; END IF;
+  IF dx_concurrent THEN
+    dx_nh := {hash_new};
+    IF dx_lh <> dx_nh THEN
+      dx_incoming_wins := {wins_old};
+      PERFORM duplex.log_conflict({rel}, dx_k, 'update_update', {versions_old}, dx_pol, {winner},
+        md5('update_update' || {rel} || dx_k || {pair_hash}), dx_me);
+      IF NOT dx_incoming_wins THEN RETURN NULL; END IF;
     END IF;
-    IF m_inc <> l_inc THEN
-      PERFORM duplex.set_incarnation({rel}, k, m_inc, m_seen);
+    IF dx_m_inc <> dx_l_inc THEN
+      PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
     END IF;
   END IF;
   IF {unique_changed} THEN{unique_checks}
@@ -442,16 +442,16 @@ END $duplex$;
 "#,
         resolve = q(&names.resolve),
         uod = q(&names.update_of_deleted),
-        hash_l = row_hash("l"),
+        hash_l = row_hash("dx_l"),
         hash_new = row_hash("NEW"),
         hash_old = row_hash("OLD"),
         key_new = key_json("NEW"),
         key_old = key_json("OLD"),
         key_eq_new = key_eq("NEW"),
-        key_eq_l = key_eq("l"),
-        wins_l = incoming_wins("l"),
+        key_eq_l = key_eq("dx_l"),
+        wins_l = incoming_wins("dx_l"),
         wins_old = incoming_wins("OLD"),
-        versions_l = versions("to_jsonb(l)", "to_jsonb(NEW)"),
+        versions_l = versions("to_jsonb(dx_l)", "to_jsonb(NEW)"),
         versions_old = versions("to_jsonb(OLD)", "to_jsonb(NEW)"),
         versions_dead = versions("NULL", "to_jsonb(NEW)"),
         versions_old_deleted = versions("to_jsonb(OLD)", "NULL"),
@@ -459,30 +459,30 @@ END $duplex$;
     );
 
     let update_of_deleted = format!(
-        r#"CREATE OR REPLACE FUNCTION duplex.{uod}(p_key text, p_inc text, p_row jsonb) RETURNS void LANGUAGE plpgsql
+        r#"CREATE OR REPLACE FUNCTION duplex.{uod}(dx_p_key text, dx_p_inc text, dx_p_row jsonb) RETURNS void LANGUAGE plpgsql
 {pinned}
 AS $duplex$
-DECLARE me constant text := {me_lit}; pol constant text := {pol}; b text; typ text;
+DECLARE dx_me constant text := {me_lit}; dx_pol constant text := {pol}; dx_b text; dx_typ text;
 BEGIN
   IF EXISTS (SELECT 1 FROM {tbl} WHERE {key_from_text}) THEN RETURN; END IF;
-  SELECT t.base INTO b FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = p_key AND t.inc = p_inc;
-  typ := {deleted_here};
-  IF {main_overrides} AND p_row IS NOT NULL THEN
+  SELECT t.base INTO dx_b FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_p_key AND t.inc = dx_p_inc;
+  dx_typ := {deleted_here};
+  IF {main_overrides} AND dx_p_row IS NOT NULL THEN
     -- Main updated a row cloud deleted: main's version wins, so it comes back here; the
     -- update that follows then applies to it.
-    INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, p_row);
-    DELETE FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = p_key AND t.inc = p_inc;
-    PERFORM duplex.set_incarnation({rel}, p_key, p_inc, NULL);
-    PERFORM duplex.log_conflict({rel}, p_key, typ, p_row, NULL, pol, 'MAIN',
-      md5(typ || {rel} || p_key || p_inc || coalesce(b, '')), me);
+    INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, dx_p_row);
+    DELETE FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_p_key AND t.inc = dx_p_inc;
+    PERFORM duplex.set_incarnation({rel}, dx_p_key, dx_p_inc, NULL);
+    PERFORM duplex.log_conflict({rel}, dx_p_key, dx_typ, dx_p_row, NULL, dx_pol, 'MAIN',
+      md5(dx_typ || {rel} || dx_p_key || dx_p_inc || coalesce(dx_b, '')), dx_me);
   ELSE
-    PERFORM duplex.log_conflict({rel}, p_key, typ, {versions_uod}, pol, 'DELETED',
-      md5(typ || {rel} || p_key || p_inc || coalesce(b, '')), me);
+    PERFORM duplex.log_conflict({rel}, dx_p_key, dx_typ, {versions_uod}, dx_pol, 'DELETED',
+      md5(dx_typ || {rel} || dx_p_key || dx_p_inc || coalesce(dx_b, '')), dx_me);
   END IF;
 END $duplex$;
 "#,
         uod = q(&names.update_of_deleted),
-        versions_uod = versions("NULL", "p_row"),
+        versions_uod = versions("NULL", "dx_p_row"),
     );
 
     let triggers = format!(
@@ -602,17 +602,17 @@ mod tests {
             .sql
             .contains(r#"jsonb_build_array(NEW."groupId", NEW."userId")::text"#));
         assert!(g.sql.contains(
-            r#""groupId" = (p_key::jsonb->>0)::text AND "userId" = (p_key::jsonb->>1)::integer"#
+            r#""groupId" = (dx_p_key::jsonb->>0)::text AND "userId" = (dx_p_key::jsonb->>1)::integer"#
         ));
         assert!(g.sql.contains(r#""email" = NEW."email" AND NOT"#));
         assert!(g.sql.contains("ENABLE REPLICA TRIGGER \"duplex_resolve\""));
         // Ties go to main: on main the incoming (cloud) version needs a strictly later time.
         assert!(g.sql.contains(
-            r#"coalesce(NEW."updatedAt", '-infinity') > coalesce(l."updatedAt", '-infinity')"#
+            r#"coalesce(NEW."updatedAt", '-infinity') > coalesce(dx_l."updatedAt", '-infinity')"#
         ));
         let c = generate(&shape(), &lww(), Role::Cloud, HashMode::Binary);
         assert!(c.sql.contains(
-            r#"coalesce(NEW."updatedAt", '-infinity') >= coalesce(l."updatedAt", '-infinity')"#
+            r#"coalesce(NEW."updatedAt", '-infinity') >= coalesce(dx_l."updatedAt", '-infinity')"#
         ));
         assert_ne!(g.fingerprint, c.fingerprint);
     }
@@ -627,12 +627,12 @@ mod tests {
         let main = generate(&shape(), &ma, Role::Main, HashMode::Binary);
         assert!(main
             .sql
-            .contains("'U', i, hash_record_extended(OLD, 0)::text, to_jsonb(NEW), NULL)"));
+            .contains("'U', dx_i, hash_record_extended(OLD, 0)::text, to_jsonb(NEW), NULL)"));
         assert!(main.sql.contains("incoming_wins := false;"));
         let cloud = generate(&shape(), &ma, Role::Cloud, HashMode::Binary);
         assert!(cloud
             .sql
-            .contains("'U', i, hash_record_extended(OLD, 0)::text, NULL, NULL)"));
+            .contains("'U', dx_i, hash_record_extended(OLD, 0)::text, NULL, NULL)"));
         assert!(cloud.sql.contains("incoming_wins := true;"));
     }
 

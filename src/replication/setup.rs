@@ -664,6 +664,9 @@ fn column_differences(a: Role, here: &TableInfo, b: Role, there: &TableInfo) -> 
     out
 }
 
+/// Session settings for setup's statements (see [`apply`]).
+const SETUP_TIMEOUTS: &str = "SET statement_timeout = '10min'";
+
 /// What [`apply`] did.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -684,6 +687,14 @@ pub async fn apply(
     // The peer's publication carries its duplex.change_meta, so its schema must exist too.
     crate::store::migrations::migrate(remote).await?;
     let remote: &Client = remote;
+    // Creating a subscription creates its slot on the peer, which waits for every
+    // transaction running there to end: on a busy server that can outlast the session's
+    // 30 s statement timeout. Setup is run by a person: give it time.
+    for c in [&*local, remote] {
+        c.batch_execute(SETUP_TIMEOUTS)
+            .await
+            .context("setting setup's statement timeout")?;
+    }
     sync_state::ensure_role(local, role, settings.sync_enabled).await?;
     let mut report = Report::default();
     for step in &plan.steps {
