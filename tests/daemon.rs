@@ -400,3 +400,87 @@ async fn a_change_that_cannot_apply_fails_once_degrades_and_notifies() {
     assert!(ok);
     receiver.abort();
 }
+
+#[tokio::test]
+async fn a_second_controller_beside_the_same_database_is_refused_naming_the_first() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let d = pair.start_daemon("main", &[]).await;
+    let second = common::free_addr();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        pair.duplex("main", &["run"])
+            .env("DUPLEX_HTTP_ADDR", second.to_string())
+            .output(),
+    )
+    .await
+    .expect("the second duplex run did not exit")
+    .unwrap();
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another duplex run already controls this database"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("API at {}", d.addr)), "{stderr}");
+    assert!(stderr.contains("pid "), "{stderr}");
+    // The first one is untouched; once it stops, the lock is free again.
+    wait_until("the first one healthy", TEN_SECONDS, || async {
+        d.call("GET", "/health/sync", "").await.0 == 200
+    })
+    .await;
+    d.stop().await;
+    let again = pair.start_daemon("main", &[]).await;
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn the_local_instance_down_shows_in_health_metrics_and_status() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let mut proxy = common::Proxy::start(common::MAIN_PORT).await;
+    let local = proxy.url(&pair.db);
+    let d = pair
+        .start_daemon("main", &[("LOCAL_DB_URL", local.as_str())])
+        .await;
+    wait_until("CONNECTED", TEN_SECONDS, || async {
+        d.state().await == "CONNECTED"
+    })
+    .await;
+    proxy.stop().await;
+    wait_until("health names the local instance", TEN_SECONDS, || async {
+        let (code, v) = d.call("GET", "/health/sync", "").await;
+        code == 503
+            && v["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the local main instance does not answer")
+    })
+    .await;
+    let (_, metrics) = d.call("GET", "/metrics", "").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("duplex_local_instance_up{role=\"main\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("state=\"CONNECTED\"} 1"),
+        "still CONNECTED in:\n{metrics}"
+    );
+    let (code, v) = d.get("/api/sync/status").await;
+    assert_eq!((code, v["local_up"].as_bool()), (200, Some(false)), "{v}");
+
+    proxy.resume().await;
+    wait_until("healthy again", Duration::from_secs(15), || async {
+        d.call("GET", "/health/sync", "").await.0 == 200
+    })
+    .await;
+    let (_, metrics) = d.call("GET", "/metrics", "").await;
+    assert!(metrics
+        .as_str()
+        .unwrap_or_default()
+        .contains("duplex_local_instance_up{role=\"main\"} 1"));
+    proxy.stop().await;
+}

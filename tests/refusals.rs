@@ -167,7 +167,8 @@ async fn check_names_swapped_roles_with_setups_words_and_advises_no_setup() {
     .await;
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
-        stdout.contains("this database is recorded as the cloud instance but INSTANCE_ROLE is main"),
+        stdout
+            .contains("this database is recorded as the cloud instance but INSTANCE_ROLE is main"),
         "{stdout}"
     );
     assert!(stdout.contains("runbooks/role-mismatch.md"), "{stdout}");

@@ -396,7 +396,12 @@ fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {
     }
     match wal_problem {
         None => report.push(Severity::Ok, format!("{side}: wal_level"), "logical", None),
-        Some(p) => report.push(Severity::Error, format!("{side}: wal_level"), p.clone(), None),
+        Some(p) => report.push(
+            Severity::Error,
+            format!("{side}: wal_level"),
+            p.clone(),
+            None,
+        ),
     }
     if info.track_commit_timestamp == "on" {
         report.push(

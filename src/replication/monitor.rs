@@ -80,6 +80,16 @@ pub struct Report {
     pub cycles: u64,
     /// Why the latest cycle failed, if it did (the local instance could not be used).
     pub last_error: Option<String>,
+    /// Since when the local instance does not answer (or fails every query), if it does
+    /// not: nothing this side reports about the peer is current meanwhile.
+    pub local_down_since: Option<DateTime<Utc>>,
+}
+
+impl Report {
+    /// Whether the latest cycle could use the local instance.
+    pub fn local_up(&self) -> bool {
+        self.local_down_since.is_none()
+    }
 }
 
 impl Report {
@@ -98,6 +108,7 @@ impl Report {
             checked_at: None,
             cycles: 0,
             last_error: None,
+            local_down_since: None,
         }
     }
 }
@@ -213,9 +224,22 @@ impl Monitor {
                     Ok(report)
                 }
                 Err(e) => {
-                    tracing::warn!(worker = NAME, "cycle failed: {e:#}");
-                    self.report
-                        .send_modify(|r| r.last_error = Some(e.to_string()));
+                    let role = self.settings.instance_role;
+                    if self.report.borrow().local_up() {
+                        tracing::error!(
+                            worker = NAME,
+                            "the local {role} instance cannot be used: {e:#}; nothing about replication can be read or recorded until it answers again"
+                        );
+                    } else {
+                        tracing::warn!(worker = NAME, "cycle failed: {e:#}");
+                    }
+                    // Open a fresh local connection next cycle: a stalled one may never
+                    // report itself closed.
+                    self.local = None;
+                    self.report.send_modify(|r| {
+                        r.last_error = Some(format!("the local {role} instance: {e}"));
+                        r.local_down_since.get_or_insert_with(Utc::now);
+                    });
                     Err(e.to_string())
                 }
             };
@@ -375,6 +399,9 @@ impl Monitor {
             r.checked_at = Some(Utc::now());
             r.cycles += 1;
             r.last_error = None;
+            if r.local_down_since.take().is_some() {
+                tracing::info!(worker = NAME, "the local instance answers again");
+            }
         });
         Ok(self.report.borrow().clone())
     }
