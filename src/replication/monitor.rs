@@ -127,6 +127,7 @@ struct Judge {
     machine: Machine,
     book: Book,
     errors: ApplyErrors,
+    streams: rules::StreamWatch,
     /// A DISCONNECTED was seen and the CONNECTED that follows has not yet been signalled.
     awaiting_reconnect: bool,
 }
@@ -172,6 +173,7 @@ impl Monitor {
                 machine: Machine::new(backoff),
                 book: Book::default(),
                 errors: ApplyErrors::default(),
+                streams: rules::StreamWatch::default(),
                 awaiting_reconnect: false,
             },
             notify,
@@ -264,6 +266,22 @@ impl Monitor {
             _ = cancel.cancelled() => return Err(Error::Cancelled),
             seen = self.observe(attempt) => seen?,
         };
+        let subscription = incoming(self.settings.instance_role);
+        // Whether the slot this side streams from exists on the peer (`None`: the peer did
+        // not answer). Without a subscription naming it, the configured slot is looked up.
+        let incoming_slot_exists = match (&seen.unreachable, self.remote.as_ref()) {
+            (None, Some(remote)) => {
+                match seen.directions.iter().find(|d| d.name == subscription) {
+                    Some(d) if d.slot.is_some() => Some(true),
+                    Some(d) if d.subscription.is_some() => Some(false),
+                    _ => catalog::slot(remote, &self.settings.replication.slot_name)
+                        .await
+                        .ok()
+                        .map(|s| s.is_some()),
+                }
+            }
+            _ => None,
+        };
         let Some(local) = self.local.as_ref() else {
             return Err(Error::Stalled);
         };
@@ -310,8 +328,13 @@ impl Monitor {
         )
         .await?;
 
-        let subscription = incoming(settings.instance_role);
         let disconnected_since = judge.machine.disconnected_since();
+        let not_streaming = judge.streams.observe(
+            &seen.directions,
+            seen.unreachable.is_none(),
+            now,
+            settings.alerts.not_streaming_critical,
+        );
         let inputs = rules::inputs(
             &subscription,
             state,
@@ -325,6 +348,7 @@ impl Monitor {
                 .disk_path
                 .as_deref()
                 .and_then(disk_free_percent),
+            not_streaming,
         );
         let conditions = rules::evaluate(&settings.alerts, &inputs);
         let incoming_slot = seen
@@ -336,6 +360,7 @@ impl Monitor {
         let peer_down = seen.unreachable.is_some();
         let (started, cleared) = judge.book.update(conditions, Utc::now(), &|kind| {
             rules::unknown_while_peer_down(kind, peer_down, incoming_slot.as_deref())
+                || rules::slot_missing_persists(kind, incoming_slot_exists)
         });
         let active = judge.book.active();
         let notify = Notify {
