@@ -128,6 +128,8 @@ struct Judge {
     book: Book,
     errors: ApplyErrors,
     streams: rules::StreamWatch,
+    /// Local evidence that the peer is up, as seen in the previous cycle.
+    peer_evidence: bool,
     /// A DISCONNECTED was seen and the CONNECTED that follows has not yet been signalled.
     awaiting_reconnect: bool,
 }
@@ -174,6 +176,7 @@ impl Monitor {
                 book: Book::default(),
                 errors: ApplyErrors::default(),
                 streams: rules::StreamWatch::default(),
+                peer_evidence: false,
                 awaiting_reconnect: false,
             },
             notify,
@@ -261,25 +264,45 @@ impl Monitor {
             || self.judge.machine.state() == ConnectionState::Reconnecting;
         // Reading may be cut short by cancellation: nothing is written yet.
         let cancel = self.cancel.clone();
-        let seen = tokio::select! {
+        let mut seen = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(Error::Cancelled),
             seen = self.observe(attempt) => seen?,
         };
+        let role = self.settings.instance_role;
+        let recent = self.period * 2;
+        let evidence = rules::peer_evidence(&seen.directions, role, recent);
+        let early = !attempt
+            && self.judge.machine.state() == ConnectionState::Disconnected
+            && rules::reconnect_early(self.judge.peer_evidence, evidence);
+        if early {
+            // The peer's subscription streams from this side again, or this side's hears
+            // from the peer: try now instead of waiting out the backoff.
+            tracing::info!(
+                worker = NAME,
+                "local evidence that the {} instance is back: reconnecting now",
+                role.peer()
+            );
+            transitions.extend(self.begin_attempt(now, true));
+            seen = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                seen = self.observe(true) => seen?,
+            };
+        }
+        self.judge.peer_evidence = evidence;
         let subscription = incoming(self.settings.instance_role);
         // Whether the slot this side streams from exists on the peer (`None`: the peer did
         // not answer). Without a subscription naming it, the configured slot is looked up.
         let incoming_slot_exists = match (&seen.unreachable, self.remote.as_ref()) {
-            (None, Some(remote)) => {
-                match seen.directions.iter().find(|d| d.name == subscription) {
-                    Some(d) if d.slot.is_some() => Some(true),
-                    Some(d) if d.subscription.is_some() => Some(false),
-                    _ => catalog::slot(remote, &self.settings.replication.slot_name)
-                        .await
-                        .ok()
-                        .map(|s| s.is_some()),
-                }
-            }
+            (None, Some(remote)) => match seen.directions.iter().find(|d| d.name == subscription) {
+                Some(d) if d.slot.is_some() => Some(true),
+                Some(d) if d.subscription.is_some() => Some(false),
+                _ => catalog::slot(remote, &self.settings.replication.slot_name)
+                    .await
+                    .ok()
+                    .map(|s| s.is_some()),
+            },
             _ => None,
         };
         let Some(local) = self.local.as_ref() else {

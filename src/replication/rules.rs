@@ -208,7 +208,11 @@ impl StreamWatch {
                     let since = match &w.down {
                         Some((since, _)) => *since,
                         // A stall started when the position last moved.
-                        None if pending && now.saturating_duration_since(w.moved_at) >= stall_after => w.moved_at,
+                        None if pending
+                            && now.saturating_duration_since(w.moved_at) >= stall_after =>
+                        {
+                            w.moved_at
+                        }
                         None => now,
                     };
                     w.down = Some((since, why.clone()));
@@ -218,6 +222,34 @@ impl StreamWatch {
         }
         out
     }
+}
+
+/// Local evidence that the peer is up, read while it is thought unreachable: the peer's
+/// subscription streams from this side's slot (the slot is active), or this side's
+/// subscription heard from the peer within `recent`. `role` is this side.
+pub fn peer_evidence(
+    directions: &[DirectionHealth],
+    role: crate::model::Role,
+    recent: Duration,
+) -> bool {
+    directions.iter().any(|d| {
+        let slot_active = d.from == role && d.slot.as_ref().is_some_and(|s| s.slot.active);
+        let receiving = d.to == role
+            && d.subscription.as_ref().is_some_and(|s| {
+                s.running
+                    && s.stats
+                        .ms_since_last_message
+                        .is_some_and(|ms| ms >= 0 && (ms as u128) < recent.as_millis())
+            });
+        slot_active || receiving
+    })
+}
+
+/// Whether to try the peer now, ahead of the backoff: local evidence that it is back
+/// appeared since the previous cycle (edge, not level: evidence that stays while duplex
+/// alone cannot reach the peer must not turn every cycle into an attempt).
+pub fn reconnect_early(evidence_before: bool, evidence_now: bool) -> bool {
+    evidence_now && !evidence_before
 }
 
 /// Apply errors of one subscription across cycles.
@@ -889,7 +921,12 @@ mod tests {
         dirs[0].lag_bytes = Some(100);
         assert!(errors.observe(&dirs, t0, quiet).is_empty());
         for (n, lsn) in [(1, "0/200"), (2, "0/300"), (3, "0/400")] {
-            dirs[0].subscription.as_mut().unwrap().stats.apply_error_count = n;
+            dirs[0]
+                .subscription
+                .as_mut()
+                .unwrap()
+                .stats
+                .apply_error_count = n;
             dirs[0].slot.as_mut().unwrap().confirmed_flush_lsn = Some(lsn.into());
             let at = t0 + Duration::from_secs(n as u64);
             assert!(errors.observe(&dirs, at, quiet).is_empty(), "after {n}");
@@ -900,7 +937,12 @@ mod tests {
         dirs[0].lag_bytes = Some(0);
         assert!(errors.observe(&dirs, t0, quiet).is_empty());
         for n in [1, 2, 3] {
-            dirs[0].subscription.as_mut().unwrap().stats.apply_error_count = n;
+            dirs[0]
+                .subscription
+                .as_mut()
+                .unwrap()
+                .stats
+                .apply_error_count = n;
             let at = t0 + Duration::from_secs(n as u64);
             assert!(errors.observe(&dirs, at, quiet).is_empty(), "after {n}");
         }
@@ -986,5 +1028,36 @@ mod tests {
         assert!(!slot_missing_persists(&kind, Some(true)));
         assert!(!slot_missing_persists(&kind, None));
         assert!(!slot_missing_persists("replication_lag", Some(false)));
+    }
+
+    #[test]
+    fn local_evidence_of_the_peer_reconnects_early_on_its_edge_only() {
+        let mut dirs = healthy();
+        let recent = Duration::from_secs(10);
+        // Main's view while cloud is down: its slot inactive, nothing received.
+        for d in &mut dirs {
+            if let Some(s) = d.slot.as_mut() {
+                s.slot.active = false;
+            }
+        }
+        assert!(!peer_evidence(&dirs, Role::Main, recent));
+        // Cloud's subscription streams from main's slot again.
+        dirs[1].slot.as_mut().unwrap().slot.active = true;
+        assert!(peer_evidence(&dirs, Role::Main, recent));
+        // Main's subscription heard from cloud a second ago.
+        let mut dirs2 = healthy();
+        for d in &mut dirs2 {
+            d.slot.as_mut().unwrap().slot.active = false;
+        }
+        dirs2[0]
+            .subscription
+            .as_mut()
+            .unwrap()
+            .stats
+            .ms_since_last_message = Some(1_000);
+        assert!(peer_evidence(&dirs2, Role::Main, recent));
+        assert!(reconnect_early(false, true));
+        assert!(!reconnect_early(true, true));
+        assert!(!reconnect_early(false, false));
     }
 }
