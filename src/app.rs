@@ -36,6 +36,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another `duplex run` already controls this database.
+    #[error("another duplex run already controls this database ({holder}): only one controller may run per instance. Stop that one first (or use its API), or point LOCAL_DB_URL at the database this controller is for")]
+    AlreadyRunning {
+        /// Who holds the controller lock, as recorded in `duplex.controller`.
+        holder: String,
+    },
     /// The notification settings are unusable.
     #[error("notifications: {0}")]
     Notify(String),
@@ -61,6 +67,23 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         sync_state::set_enabled(&local, false).await?;
     }
     drop(local);
+    // One controller per instance: the lock lives as long as this session, which this
+    // process keeps until it exits (PostgreSQL releases it if the process dies).
+    let controller = pg::connect(&settings.local_db_url, "local", "controller").await?;
+    if !store::controller::try_lock(&controller).await? {
+        let holder = match store::controller::holder(&controller).await? {
+            Some(h) => h.to_string(),
+            None => "its pid, host and address are not recorded yet".into(),
+        };
+        return Err(Error::AlreadyRunning { holder });
+    }
+    store::controller::record(
+        &controller,
+        std::process::id() as i32,
+        &hostname(),
+        &settings.daemon.http_addr.to_string(),
+    )
+    .await?;
 
     let notifier =
         Notifier::new(settings.notifications.clone()).map_err(|e| Error::Notify(e.to_string()))?;
@@ -136,6 +159,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
 
     cancel.cancelled().await;
     let stragglers = workers.shutdown(SHUTDOWN_DEADLINE).await;
+    // Release the controller lock only once every worker has stopped.
+    drop(controller);
     if stragglers.is_empty() {
         tracing::info!("all workers stopped");
     } else {
@@ -145,4 +170,16 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         );
     }
     Ok(())
+}
+
+/// This machine's host name, for the controller record.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length, which is passed along.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }

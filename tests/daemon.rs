@@ -245,6 +245,19 @@ async fn a_dropped_slot_is_critical_once_and_the_runbook_restores_replication() 
     ] {
         main.batch_execute(from_runbook(&book, sql)).await.unwrap();
     }
+    // The subscription is gone, the slot is not back yet: the alert is not resolved.
+    let n = cycles(&d).await;
+    wait_until(
+        "two cycles without the subscription",
+        TEN_SECONDS,
+        || async { cycles(&d).await >= n + 2 },
+    )
+    .await;
+    assert_eq!(
+        alert_entries(&pair, "slot_missing").await.len(),
+        1,
+        "slot_missing resolved before the slot existed again"
+    );
     from_runbook(&book, "duplex setup");
     let out = pair.run("main", &["setup"]).await;
     assert!(
@@ -399,4 +412,193 @@ async fn a_change_that_cannot_apply_fails_once_degrades_and_notifies() {
     let (ok, _) = d.stop().await;
     assert!(ok);
     receiver.abort();
+}
+
+#[tokio::test]
+async fn a_second_controller_beside_the_same_database_is_refused_naming_the_first() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let d = pair.start_daemon("main", &[]).await;
+    let second = common::free_addr();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        pair.duplex("main", &["run"])
+            .env("DUPLEX_HTTP_ADDR", second.to_string())
+            .output(),
+    )
+    .await
+    .expect("the second duplex run did not exit")
+    .unwrap();
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another duplex run already controls this database"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("API at {}", d.addr)), "{stderr}");
+    assert!(stderr.contains("pid "), "{stderr}");
+    // The first one is untouched; once it stops, the lock is free again.
+    wait_until("the first one healthy", TEN_SECONDS, || async {
+        d.call("GET", "/health/sync", "").await.0 == 200
+    })
+    .await;
+    d.stop().await;
+    let again = pair.start_daemon("main", &[]).await;
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn the_local_instance_down_shows_in_health_metrics_and_status() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let mut proxy = common::Proxy::start(common::MAIN_PORT).await;
+    let local = proxy.url(&pair.db);
+    let d = pair
+        .start_daemon("main", &[("LOCAL_DB_URL", local.as_str())])
+        .await;
+    wait_until("CONNECTED", TEN_SECONDS, || async {
+        d.state().await == "CONNECTED"
+    })
+    .await;
+    proxy.stop().await;
+    wait_until("health names the local instance", TEN_SECONDS, || async {
+        let (code, v) = d.call("GET", "/health/sync", "").await;
+        code == 503
+            && v["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the local main instance does not answer")
+    })
+    .await;
+    let (_, metrics) = d.call("GET", "/metrics", "").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("duplex_local_instance_up{role=\"main\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("state=\"CONNECTED\"} 1"),
+        "still CONNECTED in:\n{metrics}"
+    );
+    let (code, v) = d.get("/api/sync/status").await;
+    assert_eq!((code, v["local_up"].as_bool()), (200, Some(false)), "{v}");
+
+    proxy.resume().await;
+    wait_until("healthy again", Duration::from_secs(15), || async {
+        d.call("GET", "/health/sync", "").await.0 == 200
+    })
+    .await;
+    let (_, metrics) = d.call("GET", "/metrics", "").await;
+    assert!(metrics
+        .as_str()
+        .unwrap_or_default()
+        .contains("duplex_local_instance_up{role=\"main\"} 1"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_walsender_killed_twice_is_no_apply_error() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
+    pair.setup_both().await;
+    let d = pair.start_daemon("main", &[]).await;
+    wait_until("CONNECTED", TEN_SECONDS, || async {
+        d.state().await == "CONNECTED"
+    })
+    .await;
+    let cloud = pair.cloud().await;
+    let slot = pair.slot("main");
+    let active_pid = || async {
+        cloud
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    };
+    for _ in 0..2 {
+        let pid = active_pid()
+            .await
+            .expect("a walsender streams from main's slot");
+        cloud
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        wait_until("the walsender back", Duration::from_secs(20), || async {
+            active_pid().await.is_some_and(|p| p != pid)
+        })
+        .await;
+    }
+    insert_user(&cloud, "after-kills", None).await;
+    let main = pair.main().await;
+    wait_until("the row on main", TEN_SECONDS, || async {
+        user_exists(&main, "after-kills").await
+    })
+    .await;
+    let n = cycles(&d).await;
+    wait_until("three more cycles", TEN_SECONDS, || async {
+        cycles(&d).await >= n + 3
+    })
+    .await;
+    assert_eq!(alert_entries(&pair, "apply_errors").await, vec![]);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_direction_that_does_not_stream_while_the_peer_answers_is_critical() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!(
+        "{EXAMPLE_TABLES}{FAST_DAEMON}\n[alerts]\nnot_streaming_critical_secs = 3\n"
+    ));
+    pair.setup_both().await;
+    let d = pair.start_daemon("main", &[]).await;
+    wait_until("CONNECTED", TEN_SECONDS, || async {
+        d.state().await == "CONNECTED"
+    })
+    .await;
+    // Main's subscription can no longer reach cloud (as after a password change), while
+    // duplex itself still can.
+    let closed = common::free_addr().port();
+    let main = pair.main().await;
+    main.batch_execute(&format!(
+        "ALTER SUBSCRIPTION duplex_cloud_to_main CONNECTION 'host=127.0.0.1 port={closed} dbname={} user=duplex_replication password=x'",
+        pair.db
+    ))
+    .await
+    .unwrap();
+    let _ = pair
+        .cloud()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&pair.slot("main")],
+        )
+        .await;
+    wait_until(
+        "CRITICAL not_streaming",
+        Duration::from_secs(20),
+        || async {
+            alert_entries(&pair, "not_streaming:duplex_cloud_to_main")
+                .await
+                .iter()
+                .any(|(status, msg)| {
+                    status == "CRITICAL" && msg.contains("runbooks/not-streaming.md")
+                })
+        },
+    )
+    .await;
+    let (_, status) = d.get("/api/sync/status").await;
+    assert!(
+        status["active_alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "not_streaming:duplex_cloud_to_main"),
+        "{status}"
+    );
+    d.stop().await;
 }

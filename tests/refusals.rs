@@ -141,3 +141,62 @@ async fn setup_refuses_a_database_recorded_for_the_other_role_even_in_a_dry_run(
     );
     assert!(stderr.contains("runbooks/role-mismatch.md"), "{stderr}");
 }
+
+/// `duplex check` for `role` with `env` overrides: exit code and stdout.
+async fn check(pair: &Pair, role: &str, env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut cmd = pair.duplex(role, &["check"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    (out.status.code(), text(&out).0)
+}
+
+#[tokio::test]
+async fn check_names_swapped_roles_with_setups_words_and_advises_no_setup() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (code, stdout) = check(
+        &pair,
+        "main",
+        &[
+            ("LOCAL_DB_URL", common::url(CLOUD_PORT, &pair.db)),
+            ("REMOTE_DB_URL", common::url(MAIN_PORT, &pair.db)),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout
+            .contains("this database is recorded as the cloud instance but INSTANCE_ROLE is main"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("runbooks/role-mismatch.md"), "{stdout}");
+    assert!(!stdout.contains("missing"), "{stdout}");
+    assert!(!stdout.contains("run `duplex setup`"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_names_a_missing_table_a_table_without_key_and_differing_columns() {
+    let pair = Pair::new().await;
+    for c in [pair.main().await, pair.cloud().await] {
+        c.batch_execute(r#"CREATE TABLE "AuditNote" ("text" text)"#)
+            .await
+            .unwrap();
+    }
+    pair.cloud()
+        .await
+        .batch_execute(r#"ALTER TABLE "JumpLog" ADD COLUMN "notes" text"#)
+        .await
+        .unwrap();
+    pair.set_config("[tables]\ninclude = [\"User\", \"Jumps\", \"AuditNote\", \"JumpLog\"]\n");
+    let (code, stdout) = check(&pair, "cloud", &[]).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    for expected in [
+        "table public.Jumps does not exist on the cloud instance",
+        "table public.AuditNote has no primary key or usable replica identity on the cloud instance",
+        "column \"notes\" exists only on cloud",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
+    }
+}

@@ -14,7 +14,9 @@ pub(super) const DISK_PATH: Key = Key::env("alerts.disk_path", "DUPLEX_DISK_PATH
 const DISK_FREE_MIN: Key = Key::file("alerts.disk_free_min_percent");
 const DISK_QUEUE_MIN: Key = Key::file("alerts.disk_queue_min");
 const QUEUE_WARNING: Key = Key::file("alerts.queue_warning");
+const NOT_STREAMING_CRITICAL: Key = Key::file("alerts.not_streaming_critical_secs");
 const KEYS: &[Key] = &[
+    NOT_STREAMING_CRITICAL,
     LAG_WARNING,
     DISCONNECTED_CRITICAL,
     RETAINED_WAL_WARNING,
@@ -45,6 +47,11 @@ pub struct AlertSettings {
     pub disk_queue_min: u64,
     /// Storage queue size that raises a WARNING on its own. Default 500.
     pub queue_warning: u64,
+    /// `not_streaming_critical_secs`: how long a direction may not stream (no walsender
+    /// for its slot, no apply worker, or no progress with WAL to send) while the peer
+    /// answers before a CRITICAL. Default 300 s.
+    #[serde(rename = "not_streaming_critical_secs", serialize_with = "as_secs")]
+    pub not_streaming_critical: Duration,
 }
 
 impl AlertSettings {
@@ -66,6 +73,7 @@ impl AlertSettings {
             disk_free_min_percent,
             disk_queue_min: a.positive(&DISK_QUEUE_MIN, 100),
             queue_warning: a.positive(&QUEUE_WARNING, 500),
+            not_streaming_critical: a.secs(&NOT_STREAMING_CRITICAL, 300),
         }
     }
 }

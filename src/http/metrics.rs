@@ -76,10 +76,19 @@ fn render(
         "1 for the current connection state",
         &["role", "state"],
     )?;
+    // While the local instance does not answer, the state is not known: no state is 1.
     for s in ConnectionState::ALL {
         g.with_label_values(&[role, s.as_str()])
-            .set((s == r.state) as i64);
+            .set((s == r.state && r.local_up()) as i64);
     }
+    gauge(
+        &reg,
+        "duplex_local_instance_up",
+        "1 when the local instance answered the latest monitor cycle, 0 when it does not",
+        &["role"],
+    )?
+    .with_label_values(&[role])
+    .set(r.local_up() as i64);
     let lag_ms = gauge(
         &reg,
         "duplex_replication_lag_ms",

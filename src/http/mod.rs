@@ -98,6 +98,10 @@ async fn health(State(state): State<AppState>) -> Response {
     );
     // This route needs no token: the reason names the state, never hosts or users.
     let reason = match (r.state, r.lag_ms) {
+        _ if !r.local_up() => Some(format!(
+            "the local {} instance does not answer: nothing about replication can be read or recorded",
+            r.role
+        )),
         _ if r.checked_at.is_none() => Some("no monitor cycle has completed yet".to_string()),
         _ if r.last_error.is_some() => Some("the latest monitor cycle failed".to_string()),
         _ if r
@@ -118,6 +122,8 @@ async fn health(State(state): State<AppState>) -> Response {
         "state": r.state,
         "lag_ms": r.lag_ms,
         "reason": reason,
+        "local_up": r.local_up(),
+        "local_down_since": r.local_down_since,
         "checked_at": r.checked_at,
     });
     let code = if reason.is_none() {
@@ -131,16 +137,25 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let report = state.report.borrow().clone();
     let conflicts = state.conflicts.borrow().clone();
-    let client = state.pool.get().await.map_err(ApiError::pool)?;
-    let sync_state = sync_state::read(&client).await.map_err(ApiError::store)?;
-    let last_success = sync_log::last_success(&client)
-        .await
-        .map_err(ApiError::store)?
-        .map(|(sync_type, at)| json!({ "sync_type": sync_type, "at": at }));
-    let recent = sync_log::recent(&client, None, None, 20)
-        .await
-        .map_err(ApiError::store)?;
+    // With the local instance down, the monitor's view is still worth showing: what the
+    // database holds is left out rather than the whole answer failing.
+    let (sync_state, last_success, recent) = if report.local_up() {
+        let client = state.pool.get().await.map_err(ApiError::pool)?;
+        let sync_state = sync_state::read(&client).await.map_err(ApiError::store)?;
+        let last_success = sync_log::last_success(&client)
+            .await
+            .map_err(ApiError::store)?
+            .map(|(sync_type, at)| json!({ "sync_type": sync_type, "at": at }));
+        let recent = sync_log::recent(&client, None, None, 20)
+            .await
+            .map_err(ApiError::store)?;
+        (json!(sync_state), last_success, json!(recent))
+    } else {
+        (Value::Null, None, Value::Null)
+    };
     Ok(Json(json!({
+        "local_up": report.local_up(),
+        "local_down_since": report.local_down_since,
         "role": report.role,
         "sync_state": sync_state,
         "connection_state": report.state,

@@ -435,6 +435,9 @@ pub struct SlotHealth {
     pub safe_wal_size: Option<i64>,
     /// Why the slot was invalidated (PostgreSQL 17+), or `conflicting` on 16.
     pub invalidation_reason: Option<String>,
+    /// `confirmed_flush_lsn`: how far the subscriber confirmed. It does not move while a
+    /// change keeps failing to apply.
+    pub confirmed_flush_lsn: Option<String>,
 }
 
 /// Read [`SlotHealth`] for `name`, or `None`. Works on every version: the row is read as
@@ -468,6 +471,10 @@ pub async fn slot_health(client: &Client, name: &str) -> Result<Option<SlotHealt
             },
             safe_wal_size: r.get(4),
             invalidation_reason,
+            confirmed_flush_lsn: json
+                .get("confirmed_flush_lsn")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
         }
     }))
 }

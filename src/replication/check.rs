@@ -181,6 +181,24 @@ pub async fn run(
 
     let local_client = local.as_ref().ok().copied();
     let remote_client = remote.as_ref().ok().copied();
+    // What setup would refuse on, in setup's own words (shared code, so they cannot drift).
+    if let (Some(l), Some(r)) = (local_client, remote_client) {
+        match super::setup::preflight(settings, l, r).await {
+            Ok(pre) => {
+                for p in &pre.problems {
+                    if !report.findings.iter().any(|f| &f.message == p) {
+                        report.push(Severity::Error, "setup would refuse", p.clone(), None);
+                    }
+                }
+                if pre.role_mismatch {
+                    // Every finding about the replication objects would be read for the
+                    // wrong role and advise setup for it: the mismatch is the finding.
+                    return report;
+                }
+            }
+            Err(e) => report.push(Severity::Error, "setup would refuse", e.to_string(), None),
+        }
+    }
     if let Some(client) = local_client {
         match resolve_tables(client, settings).await {
             Ok(tables) => {
@@ -364,25 +382,26 @@ async fn resolution_findings(
 }
 
 fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {
-    if info.version_num >= 160_000 {
-        report.push(
+    let problems = super::setup::server_problems(side, info);
+    let version_problem = problems.iter().find(|p| p.contains("PostgreSQL"));
+    let wal_problem = problems.iter().find(|p| p.starts_with("wal_level"));
+    match version_problem {
+        None => report.push(
             Severity::Ok,
             format!("{side}: version"),
             format!("PostgreSQL {}", info.version),
             None,
-        );
-    } else {
-        report.push(Severity::Error, format!("{side}: version"), format!("PostgreSQL {} is older than 16", info.version), Some("upgrade to PostgreSQL 16 or newer: bidirectional replication needs `origin = none`"));
+        ),
+        Some(p) => report.push(Severity::Error, format!("{side}: version"), p.clone(), None),
     }
-    if info.wal_level == "logical" {
-        report.push(Severity::Ok, format!("{side}: wal_level"), "logical", None);
-    } else {
-        report.push(
+    match wal_problem {
+        None => report.push(Severity::Ok, format!("{side}: wal_level"), "logical", None),
+        Some(p) => report.push(
             Severity::Error,
             format!("{side}: wal_level"),
-            info.wal_level.clone(),
-            Some("ALTER SYSTEM SET wal_level = logical; then restart the server"),
-        );
+            p.clone(),
+            None,
+        ),
     }
     if info.track_commit_timestamp == "on" {
         report.push(

@@ -80,6 +80,16 @@ pub struct Report {
     pub cycles: u64,
     /// Why the latest cycle failed, if it did (the local instance could not be used).
     pub last_error: Option<String>,
+    /// Since when the local instance does not answer (or fails every query), if it does
+    /// not: nothing this side reports about the peer is current meanwhile.
+    pub local_down_since: Option<DateTime<Utc>>,
+}
+
+impl Report {
+    /// Whether the latest cycle could use the local instance.
+    pub fn local_up(&self) -> bool {
+        self.local_down_since.is_none()
+    }
 }
 
 impl Report {
@@ -98,6 +108,7 @@ impl Report {
             checked_at: None,
             cycles: 0,
             last_error: None,
+            local_down_since: None,
         }
     }
 }
@@ -116,6 +127,9 @@ struct Judge {
     machine: Machine,
     book: Book,
     errors: ApplyErrors,
+    streams: rules::StreamWatch,
+    /// Local evidence that the peer is up, as seen in the previous cycle.
+    peer_evidence: bool,
     /// A DISCONNECTED was seen and the CONNECTED that follows has not yet been signalled.
     awaiting_reconnect: bool,
 }
@@ -161,6 +175,8 @@ impl Monitor {
                 machine: Machine::new(backoff),
                 book: Book::default(),
                 errors: ApplyErrors::default(),
+                streams: rules::StreamWatch::default(),
+                peer_evidence: false,
                 awaiting_reconnect: false,
             },
             notify,
@@ -213,9 +229,22 @@ impl Monitor {
                     Ok(report)
                 }
                 Err(e) => {
-                    tracing::warn!(worker = NAME, "cycle failed: {e:#}");
-                    self.report
-                        .send_modify(|r| r.last_error = Some(e.to_string()));
+                    let role = self.settings.instance_role;
+                    if self.report.borrow().local_up() {
+                        tracing::error!(
+                            worker = NAME,
+                            "the local {role} instance cannot be used: {e:#}; nothing about replication can be read or recorded until it answers again"
+                        );
+                    } else {
+                        tracing::warn!(worker = NAME, "cycle failed: {e:#}");
+                    }
+                    // Open a fresh local connection next cycle: a stalled one may never
+                    // report itself closed.
+                    self.local = None;
+                    self.report.send_modify(|r| {
+                        r.last_error = Some(format!("the local {role} instance: {e}"));
+                        r.local_down_since.get_or_insert_with(Utc::now);
+                    });
                     Err(e.to_string())
                 }
             };
@@ -235,10 +264,46 @@ impl Monitor {
             || self.judge.machine.state() == ConnectionState::Reconnecting;
         // Reading may be cut short by cancellation: nothing is written yet.
         let cancel = self.cancel.clone();
-        let seen = tokio::select! {
+        let mut seen = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(Error::Cancelled),
             seen = self.observe(attempt) => seen?,
+        };
+        let role = self.settings.instance_role;
+        let recent = self.period * 2;
+        let evidence = rules::peer_evidence(&seen.directions, role, recent);
+        let early = !attempt
+            && self.judge.machine.state() == ConnectionState::Disconnected
+            && rules::reconnect_early(self.judge.peer_evidence, evidence);
+        if early {
+            // The peer's subscription streams from this side again, or this side's hears
+            // from the peer: try now instead of waiting out the backoff.
+            tracing::info!(
+                worker = NAME,
+                "local evidence that the {} instance is back: reconnecting now",
+                role.peer()
+            );
+            transitions.extend(self.begin_attempt(now, true));
+            seen = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                seen = self.observe(true) => seen?,
+            };
+        }
+        self.judge.peer_evidence = evidence;
+        let subscription = incoming(self.settings.instance_role);
+        // Whether the slot this side streams from exists on the peer (`None`: the peer did
+        // not answer). Without a subscription naming it, the configured slot is looked up.
+        let incoming_slot_exists = match (&seen.unreachable, self.remote.as_ref()) {
+            (None, Some(remote)) => match seen.directions.iter().find(|d| d.name == subscription) {
+                Some(d) if d.slot.is_some() => Some(true),
+                Some(d) if d.subscription.is_some() => Some(false),
+                _ => catalog::slot(remote, &self.settings.replication.slot_name)
+                    .await
+                    .ok()
+                    .map(|s| s.is_some()),
+            },
+            _ => None,
         };
         let Some(local) = self.local.as_ref() else {
             return Err(Error::Stalled);
@@ -286,8 +351,13 @@ impl Monitor {
         )
         .await?;
 
-        let subscription = incoming(settings.instance_role);
         let disconnected_since = judge.machine.disconnected_since();
+        let not_streaming = judge.streams.observe(
+            &seen.directions,
+            seen.unreachable.is_none(),
+            now,
+            settings.alerts.not_streaming_critical,
+        );
         let inputs = rules::inputs(
             &subscription,
             state,
@@ -301,6 +371,7 @@ impl Monitor {
                 .disk_path
                 .as_deref()
                 .and_then(disk_free_percent),
+            not_streaming,
         );
         let conditions = rules::evaluate(&settings.alerts, &inputs);
         let incoming_slot = seen
@@ -312,6 +383,7 @@ impl Monitor {
         let peer_down = seen.unreachable.is_some();
         let (started, cleared) = judge.book.update(conditions, Utc::now(), &|kind| {
             rules::unknown_while_peer_down(kind, peer_down, incoming_slot.as_deref())
+                || rules::slot_missing_persists(kind, incoming_slot_exists)
         });
         let active = judge.book.active();
         let notify = Notify {
@@ -375,6 +447,9 @@ impl Monitor {
             r.checked_at = Some(Utc::now());
             r.cycles += 1;
             r.last_error = None;
+            if r.local_down_since.take().is_some() {
+                tracing::info!(worker = NAME, "the local instance answers again");
+            }
         });
         Ok(self.report.borrow().clone())
     }

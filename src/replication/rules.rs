@@ -20,6 +20,8 @@ pub const RUNBOOK_SLOT_DROPPED: &str = "runbooks/replication-slot-dropped.md";
 pub const RUNBOOK_SUBSCRIPTION_DISABLED: &str = "runbooks/subscription-disabled.md";
 /// Runbook for a peer that stays unreachable.
 pub const RUNBOOK_PEER_DISCONNECTED: &str = "runbooks/peer-disconnected.md";
+/// Runbook for a direction that is not streaming although the peer answers.
+pub const RUNBOOK_NOT_STREAMING: &str = "runbooks/not-streaming.md";
 
 /// The runbook named `path`, if it is one of duplex's (for alerts read back from the log).
 pub fn runbook(path: &str) -> Option<&'static str> {
@@ -27,6 +29,7 @@ pub fn runbook(path: &str) -> Option<&'static str> {
         RUNBOOK_SLOT_DROPPED,
         RUNBOOK_SUBSCRIPTION_DISABLED,
         RUNBOOK_PEER_DISCONNECTED,
+        RUNBOOK_NOT_STREAMING,
     ]
     .into_iter()
     .find(|r| *r == path)
@@ -54,6 +57,8 @@ pub enum AlertKind {
     DiskLow,
     /// Storage queue too long.
     StorageQueue,
+    /// A direction has not been streaming for too long while the peer answers.
+    NotStreaming(String),
 }
 
 impl fmt::Display for AlertKind {
@@ -68,6 +73,7 @@ impl fmt::Display for AlertKind {
             AlertKind::RetainedWal(s) => write!(f, "retained_wal:{s}"),
             AlertKind::DiskLow => f.write_str("disk_low"),
             AlertKind::StorageQueue => f.write_str("storage_queue"),
+            AlertKind::NotStreaming(d) => write!(f, "not_streaming:{d}"),
         }
     }
 }
@@ -86,6 +92,7 @@ impl FromStr for AlertKind {
             ("subscription_disabled", Some(a)) => AlertKind::SubscriptionDisabled(a),
             ("apply_errors", Some(a)) => AlertKind::ApplyErrors(a),
             ("retained_wal", Some(a)) => AlertKind::RetainedWal(a),
+            ("not_streaming", Some(a)) => AlertKind::NotStreaming(a),
             ("replication_lag", None) => AlertKind::ReplicationLag,
             ("disconnected", None) => AlertKind::Disconnected,
             ("disk_low", None) => AlertKind::DiskLow,
@@ -109,12 +116,150 @@ pub fn unknown_while_peer_down(kind: &str, peer_down: bool, incoming_slot: Optio
         }
 }
 
+/// `slot_missing` names a slot that does not exist: it stays raised until the slot exists
+/// again, also when the subscription that named it was dropped meanwhile (as the runbook
+/// does). `incoming_slot_exists` is `None` when the peer did not answer.
+pub fn slot_missing_persists(kind: &str, incoming_slot_exists: Option<bool>) -> bool {
+    matches!(kind.parse::<AlertKind>(), Ok(AlertKind::SlotMissing(_)))
+        && incoming_slot_exists == Some(false)
+}
+
+/// Why a direction is not streaming, from one snapshot, or `None` when it streams (or the
+/// snapshot cannot tell: either side unknown, or no subscription or a disabled one, which
+/// have their own alerts).
+pub fn not_streaming(d: &DirectionHealth) -> Option<String> {
+    if !d.subscriber_known || !d.publisher_known {
+        return None;
+    }
+    let sub = d.subscription.as_ref()?;
+    if !sub.enabled {
+        return None;
+    }
+    if !sub.running {
+        return Some(format!(
+            "the apply worker of subscription {} on {} is not running",
+            d.name, d.to
+        ));
+    }
+    match (&d.slot, &d.sender) {
+        (None, _) => None,
+        (Some(slot), None) => Some(format!(
+            "no walsender on {} streams from slot {}",
+            d.from, slot.slot.name
+        )),
+        (Some(_), Some(_)) => None,
+    }
+}
+
+/// Per direction, since when it has not been streaming while the peer answered: no
+/// walsender for its slot, no apply worker, or no progress while the publisher has WAL
+/// to send.
+#[derive(Debug, Default)]
+pub struct StreamWatch {
+    dirs: HashMap<String, Watch>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    down: Option<(Instant, String)>,
+    position: Option<String>,
+    moved_at: Instant,
+}
+
+impl StreamWatch {
+    /// Feed one cycle. `peer_answers` false forgets everything (the disconnected alert
+    /// covers an unreachable peer). Returns `(direction, for how long, why)` for every
+    /// direction that does not stream.
+    pub fn observe(
+        &mut self,
+        directions: &[DirectionHealth],
+        peer_answers: bool,
+        now: Instant,
+        stall_after: Duration,
+    ) -> Vec<(String, Duration, String)> {
+        if !peer_answers {
+            self.dirs.clear();
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for d in directions {
+            let w = self.dirs.entry(d.name.clone()).or_insert(Watch {
+                down: None,
+                position: None,
+                moved_at: now,
+            });
+            let position = d.slot.as_ref().and_then(|s| s.confirmed_flush_lsn.clone());
+            if position != w.position {
+                w.position = position;
+                w.moved_at = now;
+            }
+            let pending = d.lag_bytes.unwrap_or(0) > 0;
+            let stalled = (pending && now.saturating_duration_since(w.moved_at) >= stall_after)
+                .then(|| {
+                    format!(
+                        "slot {} has WAL to send but its confirmed position has not moved for {} s",
+                        d.slot.as_ref().map(|s| s.slot.name.as_str()).unwrap_or(""),
+                        now.saturating_duration_since(w.moved_at).as_secs()
+                    )
+                });
+            match not_streaming(d).or(stalled) {
+                None => w.down = None,
+                Some(why) => {
+                    let since = match &w.down {
+                        Some((since, _)) => *since,
+                        // A stall started when the position last moved.
+                        None if pending
+                            && now.saturating_duration_since(w.moved_at) >= stall_after =>
+                        {
+                            w.moved_at
+                        }
+                        None => now,
+                    };
+                    w.down = Some((since, why.clone()));
+                    out.push((d.name.clone(), now.saturating_duration_since(since), why));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Local evidence that the peer is up, read while it is thought unreachable: the peer's
+/// subscription streams from this side's slot (the slot is active), or this side's
+/// subscription heard from the peer within `recent`. `role` is this side.
+pub fn peer_evidence(
+    directions: &[DirectionHealth],
+    role: crate::model::Role,
+    recent: Duration,
+) -> bool {
+    directions.iter().any(|d| {
+        let slot_active = d.from == role && d.slot.as_ref().is_some_and(|s| s.slot.active);
+        let receiving = d.to == role
+            && d.subscription.as_ref().is_some_and(|s| {
+                s.running
+                    && s.stats
+                        .ms_since_last_message
+                        .is_some_and(|ms| ms >= 0 && (ms as u128) < recent.as_millis())
+            });
+        slot_active || receiving
+    })
+}
+
+/// Whether to try the peer now, ahead of the backoff: local evidence that it is back
+/// appeared since the previous cycle (edge, not level: evidence that stays while duplex
+/// alone cannot reach the peer must not turn every cycle into an attempt).
+pub fn reconnect_early(evidence_before: bool, evidence_now: bool) -> bool {
+    evidence_now && !evidence_before
+}
+
 /// Apply errors of one subscription across cycles.
 #[derive(Debug)]
 struct ErrorTrack {
     last: i64,
     rising: u32,
     last_increase: Option<Instant>,
+    /// The slot's confirmed position when the current run of increases began.
+    position_at_first: Option<String>,
 }
 
 impl ErrorTrack {
@@ -127,13 +272,33 @@ impl ErrorTrack {
             last: count,
             rising: 0,
             last_increase: None,
+            position_at_first: None,
         }
     }
 
-    /// Record the count seen now; true while failing. It stops failing after `quiet`
+    /// Record the count seen now, with the slot's confirmed position and whether the
+    /// publisher has WAL the subscriber has not confirmed; true while failing. An error
+    /// count also rises on every lost connection (a walsender killed, a network blip):
+    /// those errors are followed by progress. A change that cannot apply keeps the
+    /// confirmed position where it is while WAL waits, so only errors that rise without
+    /// the position moving and with WAL pending count. It stops failing after `quiet`
     /// without a new error (time, not cycles: a trigger can run cycles back to back).
-    fn observe(&mut self, count: i64, now: Instant, quiet: Duration) -> bool {
+    fn observe(
+        &mut self,
+        count: i64,
+        position: Option<&str>,
+        pending: bool,
+        now: Instant,
+        quiet: Duration,
+    ) -> bool {
         if count > self.last {
+            let moved = position.is_some()
+                && self.position_at_first.is_some()
+                && self.position_at_first.as_deref() != position;
+            if self.rising == 0 || moved {
+                self.rising = 0;
+                self.position_at_first = position.map(str::to_string);
+            }
             self.rising += 1;
             self.last_increase = Some(now);
         } else if self
@@ -142,9 +307,10 @@ impl ErrorTrack {
         {
             self.rising = 0;
             self.last_increase = None;
+            self.position_at_first = None;
         }
         self.last = count;
-        self.rising >= Self::RISING
+        self.rising >= Self::RISING && pending
     }
 }
 
@@ -171,7 +337,12 @@ impl ApplyErrors {
                     .tracks
                     .entry(d.name.clone())
                     .or_insert_with(|| ErrorTrack::new(count));
-                if track.observe(count, now, quiet) {
+                let position = d
+                    .slot
+                    .as_ref()
+                    .and_then(|s| s.confirmed_flush_lsn.as_deref());
+                let pending = d.lag_bytes.unwrap_or(0) > 0;
+                if track.observe(count, position, pending, now, quiet) {
                     failing.push((d.name.clone(), count));
                 }
             }
@@ -245,6 +416,7 @@ pub fn inputs<'a>(
     lag_ms: Option<i64>,
     queue_size: i64,
     disk_free_percent: Option<f64>,
+    not_streaming: Vec<(String, Duration, String)>,
 ) -> Inputs<'a> {
     let incoming = directions.iter().find(|d| d.name == subscription);
     let outgoing = directions.iter().find(|d| d.name != subscription);
@@ -272,6 +444,7 @@ pub fn inputs<'a>(
         lag_ms,
         queue_size,
         disk_free_percent,
+        not_streaming,
     }
 }
 
@@ -299,6 +472,8 @@ pub struct Inputs<'a> {
     pub queue_size: i64,
     /// Free space on the watched path, percent.
     pub disk_free_percent: Option<f64>,
+    /// Directions not streaming while the peer answers: name, for how long, why.
+    pub not_streaming: Vec<(String, Duration, String)>,
 }
 
 /// Every alert rule of the replication domain.
@@ -355,6 +530,18 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
             runbook: Some(RUNBOOK_SUBSCRIPTION_DISABLED),
             details: serde_json::json!({ "subscription": sub, "apply_error_count": errors }),
         });
+    }
+    for (dir, down_for, why) in &i.not_streaming {
+        if *down_for >= s.not_streaming_critical {
+            out.push(Condition {
+                kind: AlertKind::NotStreaming(dir.clone()).to_string(),
+                level: Severity::Critical,
+                title: format!("{dir} has not been streaming for {} s", down_for.as_secs()),
+                message: format!("{dir} has not been streaming for {} s although the peer answers: {why}. Changes wait in the slot. Follow runbooks/not-streaming.md", down_for.as_secs()),
+                runbook: Some(RUNBOOK_NOT_STREAMING),
+                details: serde_json::json!({ "direction": dir, "not_streaming_secs": down_for.as_secs(), "why": why }),
+            });
+        }
     }
     if let Some(lag) = i.lag_ms {
         if lag > s.lag_warning.as_millis() as i64 {
@@ -437,7 +624,7 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
 mod tests {
     use super::*;
     use crate::model::Role;
-    use crate::replication::catalog::{Slot, SubscriptionStats};
+    use crate::replication::catalog::{Sender, Slot, SubscriptionStats};
     use crate::replication::health::SubscriptionHealth;
 
     fn settings() -> AlertSettings {
@@ -449,6 +636,7 @@ mod tests {
             disk_free_min_percent: 20,
             disk_queue_min: 100,
             queue_warning: 500,
+            not_streaming_critical: Duration::from_secs(300),
         }
     }
 
@@ -463,6 +651,7 @@ mod tests {
             },
             safe_wal_size: None,
             invalidation_reason: None,
+            confirmed_flush_lsn: Some("0/100".into()),
         }
     }
 
@@ -482,6 +671,18 @@ mod tests {
             lag_ms: Some(3_700_000),
             queue_size: 600,
             disk_free_percent: Some(10.0),
+            not_streaming: vec![
+                (
+                    "duplex_main_to_cloud".into(),
+                    Duration::from_secs(301),
+                    "no walsender".into(),
+                ),
+                (
+                    "duplex_cloud_to_main".into(),
+                    Duration::from_secs(299),
+                    "not yet long enough".into(),
+                ),
+            ],
         };
         let kinds: Vec<String> = evaluate(&s, &i).into_iter().map(|c| c.kind).collect();
         assert_eq!(
@@ -490,6 +691,7 @@ mod tests {
                 "slot_wal:duplex_in",
                 "subscription_disabled:duplex_cloud_to_main",
                 "apply_errors:duplex_cloud_to_main",
+                "not_streaming:duplex_main_to_cloud",
                 "replication_lag",
                 "disconnected",
                 "retained_wal:duplex_out",
@@ -560,6 +762,7 @@ mod tests {
             worst_lag(&dirs),
             0,
             None,
+            Vec::new(),
         );
         assert!(evaluate(&settings(), &i).is_empty());
     }
@@ -585,6 +788,7 @@ mod tests {
             None,
             0,
             None,
+            Vec::new(),
         );
         let alerts = evaluate(&settings(), &i);
         assert_eq!(alerts.len(), 1);
@@ -607,6 +811,7 @@ mod tests {
             None,
             0,
             None,
+            Vec::new(),
         );
         assert!(evaluate(&settings(), &i).is_empty());
     }
@@ -644,6 +849,8 @@ mod tests {
     fn apply_errors_fail_after_two_rises_and_recover_after_quiet() {
         let mut errors = ApplyErrors::default();
         let mut dirs = healthy();
+        // A change that cannot apply: WAL waits and the confirmed position stays put.
+        dirs[0].lag_bytes = Some(500);
         let t0 = Instant::now();
         let quiet = Duration::from_secs(10);
         assert!(errors.observe(&dirs, t0, quiet).is_empty());
@@ -696,9 +903,161 @@ mod tests {
             AlertKind::RetainedWal("e".into()),
             AlertKind::DiskLow,
             AlertKind::StorageQueue,
+            AlertKind::NotStreaming("f".into()),
         ] {
             assert_eq!(kind.to_string().parse::<AlertKind>(), Ok(kind));
         }
         assert!("bogus".parse::<AlertKind>().is_err());
+    }
+
+    #[test]
+    fn errors_from_lost_connections_are_not_a_change_that_fails_to_apply() {
+        let quiet = Duration::from_secs(10);
+        let t0 = Instant::now();
+        // Walsender killed twice: each kill adds an error, the subscriber reconnects and
+        // confirms further each time.
+        let mut errors = ApplyErrors::default();
+        let mut dirs = healthy();
+        dirs[0].lag_bytes = Some(100);
+        assert!(errors.observe(&dirs, t0, quiet).is_empty());
+        for (n, lsn) in [(1, "0/200"), (2, "0/300"), (3, "0/400")] {
+            dirs[0]
+                .subscription
+                .as_mut()
+                .unwrap()
+                .stats
+                .apply_error_count = n;
+            dirs[0].slot.as_mut().unwrap().confirmed_flush_lsn = Some(lsn.into());
+            let at = t0 + Duration::from_secs(n as u64);
+            assert!(errors.observe(&dirs, at, quiet).is_empty(), "after {n}");
+        }
+        // Errors without WAL waiting (an idle publisher) do not count either.
+        let mut errors = ApplyErrors::default();
+        let mut dirs = healthy();
+        dirs[0].lag_bytes = Some(0);
+        assert!(errors.observe(&dirs, t0, quiet).is_empty());
+        for n in [1, 2, 3] {
+            dirs[0]
+                .subscription
+                .as_mut()
+                .unwrap()
+                .stats
+                .apply_error_count = n;
+            let at = t0 + Duration::from_secs(n as u64);
+            assert!(errors.observe(&dirs, at, quiet).is_empty(), "after {n}");
+        }
+    }
+
+    #[test]
+    fn a_direction_without_walsender_is_not_streaming_from_when_it_stopped() {
+        let mut watch = StreamWatch::default();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(300);
+        let mut dirs = healthy();
+        for d in &mut dirs {
+            d.sender = Some(Sender {
+                state: Some("streaming".into()),
+                sync_state: None,
+                sent_lsn: None,
+                write_lsn: None,
+                flush_lsn: None,
+                replay_lsn: None,
+                write_lag_ms: None,
+                flush_lag_ms: None,
+                replay_lag_ms: None,
+            });
+        }
+        assert!(watch.observe(&dirs, true, t0, limit).is_empty());
+        dirs[1].sender = None;
+        let seen = watch.observe(&dirs, true, t0 + Duration::from_secs(10), limit);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "duplex_main_to_cloud");
+        assert!(seen[0].2.contains("no walsender on main"), "{}", seen[0].2);
+        let seen = watch.observe(&dirs, true, t0 + Duration::from_secs(400), limit);
+        assert_eq!(seen[0].1, Duration::from_secs(390));
+        // An unreachable peer is the disconnected alert's business: forget.
+        assert!(watch
+            .observe(&dirs, false, t0 + Duration::from_secs(401), limit)
+            .is_empty());
+        dirs[1].subscription.as_mut().unwrap().running = false;
+        let seen = watch.observe(&dirs, true, t0 + Duration::from_secs(402), limit);
+        assert_eq!(seen[0].1, Duration::ZERO);
+        assert!(seen[0].2.contains("apply worker"), "{}", seen[0].2);
+    }
+
+    #[test]
+    fn no_progress_with_wal_to_send_is_not_streaming_after_the_limit() {
+        let mut watch = StreamWatch::default();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(300);
+        let mut dirs = vec![direction(Role::Cloud, Role::Main, Some(10), true)];
+        dirs[0].sender = None;
+        dirs[0].subscription.as_mut().unwrap().enabled = false; // judged by its own alert
+        assert!(watch.observe(&dirs, true, t0, limit).is_empty());
+        dirs[0].subscription.as_mut().unwrap().enabled = true;
+        dirs[0].sender = Some(Sender {
+            state: Some("streaming".into()),
+            sync_state: None,
+            sent_lsn: None,
+            write_lsn: None,
+            flush_lsn: None,
+            replay_lsn: None,
+            write_lag_ms: None,
+            flush_lag_ms: None,
+            replay_lag_ms: None,
+        });
+        dirs[0].lag_bytes = Some(4096);
+        assert!(watch
+            .observe(&dirs, true, t0 + Duration::from_secs(299), limit)
+            .is_empty());
+        let seen = watch.observe(&dirs, true, t0 + Duration::from_secs(301), limit);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].1, Duration::from_secs(301));
+        assert!(seen[0].2.contains("has not moved"), "{}", seen[0].2);
+        dirs[0].slot.as_mut().unwrap().confirmed_flush_lsn = Some("0/900".into());
+        assert!(watch
+            .observe(&dirs, true, t0 + Duration::from_secs(302), limit)
+            .is_empty());
+    }
+
+    #[test]
+    fn slot_missing_stays_raised_until_the_slot_exists_again() {
+        let kind = AlertKind::SlotMissing("duplex_cloud_to_main".into()).to_string();
+        // Subscription dropped by the runbook, slot not there yet.
+        assert!(slot_missing_persists(&kind, Some(false)));
+        assert!(!slot_missing_persists(&kind, Some(true)));
+        assert!(!slot_missing_persists(&kind, None));
+        assert!(!slot_missing_persists("replication_lag", Some(false)));
+    }
+
+    #[test]
+    fn local_evidence_of_the_peer_reconnects_early_on_its_edge_only() {
+        let mut dirs = healthy();
+        let recent = Duration::from_secs(10);
+        // Main's view while cloud is down: its slot inactive, nothing received.
+        for d in &mut dirs {
+            if let Some(s) = d.slot.as_mut() {
+                s.slot.active = false;
+            }
+        }
+        assert!(!peer_evidence(&dirs, Role::Main, recent));
+        // Cloud's subscription streams from main's slot again.
+        dirs[1].slot.as_mut().unwrap().slot.active = true;
+        assert!(peer_evidence(&dirs, Role::Main, recent));
+        // Main's subscription heard from cloud a second ago.
+        let mut dirs2 = healthy();
+        for d in &mut dirs2 {
+            d.slot.as_mut().unwrap().slot.active = false;
+        }
+        dirs2[0]
+            .subscription
+            .as_mut()
+            .unwrap()
+            .stats
+            .ms_since_last_message = Some(1_000);
+        assert!(peer_evidence(&dirs2, Role::Main, recent));
+        assert!(reconnect_early(false, true));
+        assert!(!reconnect_early(true, true));
+        assert!(!reconnect_early(false, false));
     }
 }

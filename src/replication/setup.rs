@@ -101,8 +101,66 @@ impl Plan {
     }
 }
 
-/// Check both instances and compute the statements setup needs; changes nothing.
-pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Result<Plan, Error> {
+/// What setup would refuse on, and what it read to decide: shared by [`plan`] and
+/// `duplex check`, so the two name the same problems with the same words.
+#[derive(Debug)]
+pub struct Preflight {
+    /// Each a sentence saying what is wrong and what to do; empty when setup may proceed.
+    pub problems: Vec<String>,
+    /// The local database is recorded as the other role: every other finding about the
+    /// replication objects would be misleading.
+    pub role_mismatch: bool,
+    /// The configured tables, resolved on the local instance.
+    pub tables: Vec<TableName>,
+    /// Things worth knowing that do not stop setup.
+    pub warnings: Vec<String>,
+    local_info: catalog::ServerInfo,
+    remote_info: catalog::ServerInfo,
+    existing_sub: Option<catalog::Subscription>,
+    applied: Vec<i32>,
+    resolution: Vec<(String, String)>,
+}
+
+/// The server problems setup refuses on (version, wal_level), as sentences.
+pub fn server_problems(side: Role, info: &catalog::ServerInfo) -> Vec<String> {
+    let mut problems = Vec::new();
+    if info.version_num < 160_000 {
+        problems.push(format!(
+            "the {side} instance runs PostgreSQL {}; bidirectional replication needs 16 or newer (for `origin = none`): upgrade it",
+            info.version
+        ));
+    }
+    if info.wal_level != "logical" {
+        problems.push(format!(
+            "wal_level is `{}` on the {side} instance: run `ALTER SYSTEM SET wal_level = logical` there and restart it",
+            info.wal_level
+        ));
+    }
+    problems
+}
+
+/// The sentence for a database recorded as another role than the one it is used as.
+fn role_problem(recorded: &str, configured: Role, local: bool) -> String {
+    if local {
+        sync_state::Error::RoleMismatch {
+            recorded: recorded.to_lowercase(),
+            configured,
+        }
+        .to_string()
+    } else {
+        format!(
+            "the remote database is recorded as the {} instance but should be the {configured} instance: point REMOTE_DB_URL at the {configured} database (see runbooks/role-mismatch.md)",
+            recorded.to_lowercase()
+        )
+    }
+}
+
+/// Every check setup makes before changing anything; changes nothing.
+pub async fn preflight(
+    settings: &Settings,
+    local: &Client,
+    remote: &Client,
+) -> Result<Preflight, Error> {
     let role = settings.instance_role;
     let peer = role.peer();
     let mut problems = Vec::new();
@@ -110,23 +168,21 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     let local_info = catalog::server_info(local).await?;
     let remote_info = catalog::server_info(remote).await?;
     for (side, info) in [(role, &local_info), (peer, &remote_info)] {
-        if info.version_num < 160_000 {
-            problems.push(format!(
-                "the {side} instance runs PostgreSQL {}; bidirectional replication needs 16 or newer (for `origin = none`): upgrade it",
-                info.version
-            ));
-        }
-        if info.wal_level != "logical" {
-            problems.push(format!(
-                "wal_level is `{}` on the {side} instance: run `ALTER SYSTEM SET wal_level = logical` there and restart it",
-                info.wal_level
-            ));
-        }
+        problems.extend(server_problems(side, info));
     }
-    let Some(password) = settings.replication.password.as_ref() else {
-        problems.push("DUPLEX_REPLICATION_PASSWORD is not set: set it (or replication.password) to the password the replication role should use".into());
-        return Err(Error::Refused(problems));
-    };
+    let (recorded_role, applied) = local_duplex_state(local).await?;
+    let mut role_mismatch = false;
+    if let Some(recorded) = recorded_role.filter(|r| r != role.as_db()) {
+        problems.push(role_problem(&recorded, role, true));
+        role_mismatch = true;
+    }
+    if let Some(recorded) = sync_state::recorded_role(remote)
+        .await?
+        .filter(|r| r != peer.as_db())
+    {
+        problems.push(role_problem(&recorded, peer, false));
+        role_mismatch = true;
+    }
 
     let tables = resolve_tables(local, settings).await?;
     if tables.is_empty() {
@@ -168,15 +224,8 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     }
 
     let slot_name = &settings.replication.slot_name;
-    let (recorded_role, applied) = local_duplex_state(local).await?;
-    if let Some(recorded) = recorded_role.filter(|r| r != role.as_db()) {
-        problems.push(format!(
-            "this database is recorded as the {} instance but INSTANCE_ROLE is {role}: point LOCAL_DB_URL at the {role} database or fix INSTANCE_ROLE (see runbooks/role-mismatch.md)",
-            recorded.to_lowercase()
-        ));
-    }
     let existing_sub = catalog::subscription(local, &incoming(role)).await?;
-    if existing_sub.is_none() {
+    if existing_sub.is_none() && !role_mismatch {
         if let Some(slot) = catalog::slot(remote, slot_name).await? {
             problems.push(format!(
                 "replication slot {slot_name} already exists on the {peer} instance ({}) but no subscription here uses it: if it is a leftover, drop it on {peer} with `SELECT pg_drop_replication_slot('{slot_name}')`, or set REPLICATION_SLOT_NAME to another name",
@@ -184,7 +233,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             ));
         }
     }
-    if role == Role::Main && existing_sub.is_none() {
+    if role == Role::Main && existing_sub.is_none() && !role_mismatch {
         match catalog::subscription(remote, &incoming(Role::Cloud)).await? {
             None => problems.push(
                 "cloud has not subscribed to main yet: run `duplex setup` with INSTANCE_ROLE=cloud first. Cloud copies the initial data from main, and main subscribes only after that copy, so copied rows are never sent back".into(),
@@ -200,9 +249,42 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     let mode = HashMode::for_versions(local_info.version_num, remote_info.version_num);
     let resolution =
         resolution_steps(settings, local, &tables, mode, &mut problems, &mut warnings).await?;
-    if !problems.is_empty() {
-        return Err(Error::Refused(problems));
+    Ok(Preflight {
+        problems,
+        role_mismatch,
+        tables,
+        warnings,
+        local_info,
+        remote_info,
+        existing_sub,
+        applied,
+        resolution,
+    })
+}
+
+/// Check both instances and compute the statements setup needs; changes nothing.
+pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Result<Plan, Error> {
+    let role = settings.instance_role;
+    let peer = role.peer();
+    let Preflight {
+        mut problems,
+        tables,
+        mut warnings,
+        local_info,
+        remote_info,
+        existing_sub,
+        applied,
+        resolution,
+        ..
+    } = preflight(settings, local, remote).await?;
+    let password = settings.replication.password.as_ref();
+    if password.is_none() {
+        problems.push("DUPLEX_REPLICATION_PASSWORD is not set: set it (or replication.password) to the password the replication role should use".into());
     }
+    let (Some(password), true) = (password, problems.is_empty()) else {
+        return Err(Error::Refused(problems));
+    };
+    let slot_name = &settings.replication.slot_name;
 
     let mut plan = Plan {
         tables: tables.clone(),

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_conflicts.sql",
         sql: include_str!("../../sql/migrations/0002_conflicts.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_controller_and_selection.sql",
+        sql: include_str!("../../sql/migrations/0003_controller_and_selection.sql"),
+    },
 ];
 
 /// Advisory lock key serialising migrations ("duplex" in ASCII).

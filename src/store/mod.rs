@@ -2,8 +2,10 @@
 //! per table, the SQL as `const`s next to the row types and the functions that run it.
 //!
 //! - [`change_meta`]: the carrier of what each change was based on (emptied every cycle).
+//! - [`controller`]: the one `duplex run` beside this database: its lock and who holds it.
 //! - [`conflict_log`]: one entry per conflict; listing, manual resolution marks, counts.
 //! - [`migrations`]: the numbered migrations and their runner.
+//! - [`replicated_table`]: the tables `duplex setup` set up to replicate.
 //! - [`resolution`]: what `duplex setup` installed on each replicated table.
 //! - [`schema_migrations`]: which migrations are applied.
 //! - [`sync_log`]: what duplex did, alerts and transitions.
@@ -12,7 +14,9 @@
 
 pub mod change_meta;
 pub mod conflict_log;
+pub mod controller;
 pub mod migrations;
+pub mod replicated_table;
 pub mod resolution;
 pub mod schema_migrations;
 pub mod sync_log;

@@ -674,3 +674,81 @@ pub struct ConflictEntry {
     /// cloud_version as text.
     pub cloud_version: String,
 }
+
+/// A tiny TCP proxy in the test process, so a test can make one database unreachable for
+/// one duplex process without touching the shared lab clusters. `stop` closes the listener
+/// and every connection through it; `resume` listens on the same port again.
+pub struct Proxy {
+    /// Port to point a URL at.
+    pub port: u16,
+    target: u16,
+    tasks: Option<tokio::task::JoinSet<()>>,
+}
+
+impl Proxy {
+    /// A proxy on a free loopback port forwarding to `127.0.0.1:target`, already running.
+    pub async fn start(target: u16) -> Proxy {
+        let port = free_addr().port();
+        let mut p = Proxy {
+            port,
+            target,
+            tasks: None,
+        };
+        p.resume().await;
+        p
+    }
+
+    /// Listen again (after `stop`).
+    pub async fn resume(&mut self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let target = self.target;
+        let mut set = tokio::task::JoinSet::new();
+        let conns =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let handles = conns.clone();
+        set.spawn(async move {
+            // The connections are aborted with the listener (see the guard below).
+            let _guard = AbortAll(handles.clone());
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                handles.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        self.tasks = Some(set);
+    }
+
+    /// Close the listener and every connection through it.
+    pub async fn stop(&mut self) {
+        if let Some(mut set) = self.tasks.take() {
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        }
+    }
+
+    /// `postgres://...@127.0.0.1:<proxy port>/db`.
+    pub fn url(&self, db: &str) -> String {
+        url(self.port, db)
+    }
+}
+
+struct AbortAll(std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>);
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        if let Ok(v) = self.0.lock() {
+            for h in v.iter() {
+                h.abort();
+            }
+        }
+    }
+}
