@@ -202,8 +202,8 @@ fn not_running(d: &DirectionState) -> Option<String> {
         ),
     };
     Some(format!(
-        "{} and {} answer but replication {} -> {} is not running: {why}",
-        d.from, d.to, d.from, d.to
+        "main and cloud both answer but replication {} -> {} is not running: {why}",
+        d.from, d.to
     ))
 }
 
