@@ -231,8 +231,17 @@ start_side() {
     log "$side already running (pid $(pid_of "$side"))"
   else
     log "starting $side on 127.0.0.1:$port"
-    as_lab "$bin/pg_ctl" --pgdata="$dir" --log="$LAB_DIR/$side.log" --wait --timeout=60 \
-      start >/dev/null || { tail -n 20 "$LAB_DIR/$side.log" >&2; die "$side did not start"; }
+    local try
+    for try in 1 2 3 4 5; do
+      as_lab "$bin/pg_ctl" --pgdata="$dir" --log="$LAB_DIR/$side.log" --wait --timeout=60 \
+        start >/dev/null && break
+      # The lab's ports lie in Linux's ephemeral range: a client connection may hold the
+      # port for a moment. Anything else is a real failure.
+      if [ "$try" -lt 5 ] && tail -n 5 "$LAB_DIR/$side.log" | grep -q "Address already in use"; then
+        log "port $port is busy for a moment; retrying"; sleep 2; continue
+      fi
+      tail -n 20 "$LAB_DIR/$side.log" >&2; die "$side did not start"
+    done
   fi
   wait_ready "$side" "$bin"
   if [ "$(psql_side "$side" "$bin" postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'app'")" != 1 ]; then

@@ -167,6 +167,9 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
 fn config_show(path: Option<&std::path::Path>) -> ExitCode {
     match config::view(path) {
         Ok(v) => {
+            if v["sync_enabled"] == false {
+                tracing::warn!("SYNC_ENABLED=false: workers that move data will stay paused");
+            }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             ExitCode::SUCCESS
         }
