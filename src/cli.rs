@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show both replication directions.
+    /// Show both replication directions; exit 1 unless both replicate.
     Status {
         /// Machine-readable output.
         #[arg(long)]
