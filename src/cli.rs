@@ -10,12 +10,26 @@ use crate::config::{self, Settings};
 use crate::pg;
 use crate::replication::{check, setup, status};
 
-/// Exit code for invalid configuration.
+/// Exit code for invalid configuration (and, from clap, for usage errors).
 pub const EXIT_CONFIG: u8 = 2;
 
-/// duplex: bidirectional PostgreSQL replication between main (on-site) and cloud.
+/// What `duplex --help` says after the commands: the environment and the exit codes.
+const AFTER_HELP: &str = "\
+Environment (or the same keys in the --config file; docs/configuration.md lists every key):
+  INSTANCE_ROLE     main (on-site) or cloud; required by setup, check, status, run, config, conflicts
+  LOCAL_DB_URL      postgres:// URL of the instance duplex runs beside (or DATABASE_URL); required
+  REMOTE_DB_URL     postgres:// URL of the peer instance; required
+  DUPLEX_REPLICATION_PASSWORD   password of the replication role that setup creates
+  DUPLEX_HTTP_ADDR, DUPLEX_ADMIN_TOKEN   the daemon's API; all that pause, resume and trigger need
+  DUPLEX_LOG        log filter, e.g. debug or info,duplex=debug (default info)
+
+Exit codes: 0 success (status: healthy), 1 failure, refusal or unhealthy,
+2 invalid configuration or command line.";
+
+/// Bidirectional PostgreSQL logical replication between an on-site instance (main) and a
+/// cloud instance: setup, checks, status and the controller.
 #[derive(Debug, Parser)]
-#[command(name = "duplex", version, about)]
+#[command(name = "duplex", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// TOML configuration file; environment variables override it.
     #[arg(long, global = true, value_name = "PATH")]
@@ -44,7 +58,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show both replication directions.
+    /// Show both replication directions; exit 1 unless both replicate.
     Status {
         /// Machine-readable output.
         #[arg(long)]
@@ -81,6 +95,30 @@ pub enum ConfigAction {
 
 /// Run the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // Commands that only talk to a running daemon need no database settings.
+    let action = match &cli.command {
+        Command::Pause => Some("pause"),
+        Command::Resume => Some("resume"),
+        Command::Trigger => Some("trigger"),
+        _ => None,
+    };
+    if let Some(action) = action {
+        return match config::load_api(cli.config.as_deref()) {
+            Ok(api) => finish(control(&api, action).await),
+            Err(e) => {
+                eprintln!("duplex: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    if matches!(
+        cli.command,
+        Command::Config {
+            action: ConfigAction::Show
+        }
+    ) {
+        return config_show(cli.config.as_deref());
+    }
     let settings = match config::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -105,24 +143,42 @@ pub async fn run(cli: Cli) -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
-        Command::Pause => control(&settings, "pause").await,
-        Command::Resume => control(&settings, "resume").await,
-        Command::Trigger => control(&settings, "trigger").await,
         Command::Conflicts { action } => run_conflicts(&settings, action).await,
-        Command::Config {
-            action: ConfigAction::Show,
-        } => serde_json::to_string_pretty(&settings)
-            .map(|s| {
-                println!("{s}");
-                ExitCode::SUCCESS
-            })
-            .context("rendering configuration"),
+        Command::Pause | Command::Resume | Command::Trigger | Command::Config { .. } => {
+            unreachable!("handled above")
+        }
     };
+    finish(result)
+}
+
+/// The exit code of a command's result; an error is printed once, each cause once.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("duplex: {e:#}");
+            eprintln!("duplex: {}", crate::text::chain(e.as_ref()));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `duplex config show`: the effective configuration; when it is invalid, what could be
+/// read (secrets redacted) on stdout, the problems on stderr, exit 2.
+fn config_show(path: Option<&std::path::Path>) -> ExitCode {
+    match config::view(path) {
+        Ok(v) => {
+            if v["sync_enabled"] == false {
+                tracing::warn!("SYNC_ENABLED=false: workers that move data will stay paused");
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err((raw, e)) => {
+            if !raw.is_null() {
+                println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
+            }
+            eprintln!("duplex: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
@@ -221,27 +277,48 @@ async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> 
     })
 }
 
+/// What the running daemon said to `GET /api/sync/status`.
+enum ControllerView {
+    /// Its status.
+    Status(serde_json::Value),
+    /// No token is configured here.
+    NoToken,
+    /// It answered 401: the configured token is not its token.
+    TokenRefused,
+    /// Nothing answered at the address (or it answered something unexpected).
+    Absent(String),
+}
+
 /// The running daemon's status, when one answers with the configured token.
-async fn controller_view(settings: &Settings) -> Option<serde_json::Value> {
-    let token = settings.daemon.admin_token.as_ref()?;
-    let (code, body) = api_call(
+async fn controller_view(settings: &Settings) -> ControllerView {
+    let Some(token) = settings.daemon.admin_token.as_ref() else {
+        return ControllerView::NoToken;
+    };
+    match api_call(
         settings.daemon.http_addr,
         "GET",
         "/api/sync/status",
         token.expose(),
     )
     .await
-    .ok()?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
+    {
+        Ok((200, body)) => match serde_json::from_str(&body) {
+            Ok(v) => ControllerView::Status(v),
+            Err(_) => {
+                ControllerView::Absent("it answered something that is not duplex's status".into())
+            }
+        },
+        Ok((401, _)) => ControllerView::TokenRefused,
+        Ok((code, _)) => ControllerView::Absent(format!("it answered HTTP {code}")),
+        Err(e) => ControllerView::Absent(e.to_string()),
+    }
 }
 
 /// Call the running daemon's API: `POST /api/sync/<action>`.
-async fn control(settings: &Settings, action: &str) -> anyhow::Result<ExitCode> {
-    let addr = settings.daemon.http_addr;
-    let Some(token) = settings.daemon.admin_token.as_ref() else {
-        anyhow::bail!("DUPLEX_ADMIN_TOKEN is not set: set it to the running daemon's admin token");
+async fn control(api: &config::ApiSettings, action: &str) -> anyhow::Result<ExitCode> {
+    let addr = api.http_addr;
+    let Some(token) = api.admin_token.as_ref() else {
+        anyhow::bail!("DUPLEX_ADMIN_TOKEN is not set: set it to the running daemon's admin token (the daemon at {addr} refuses admin calls without it)");
     };
     let (code, body) = match api_call(addr, "POST", &format!("/api/sync/{action}"), token.expose())
         .await
@@ -256,7 +333,7 @@ async fn control(settings: &Settings, action: &str) -> anyhow::Result<ExitCode> 
         println!("{action}: ok {body}");
         Ok(ExitCode::SUCCESS)
     } else if code == 401 {
-        anyhow::bail!("the daemon at {addr} refused the admin token: use the DUPLEX_ADMIN_TOKEN it was started with")
+        anyhow::bail!("the daemon at {addr} refused the admin token: set DUPLEX_ADMIN_TOKEN to the daemon's token")
     } else {
         anyhow::bail!("the daemon at {addr} answered {code}: {body}")
     }
@@ -299,21 +376,45 @@ pub async fn api_call(
 }
 
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    let role = settings.instance_role;
     let local = pg::connect(&settings.local_db_url, "local", "status").await;
     let remote = pg::connect(&settings.remote_db_url, "remote", "status").await;
-    for e in [local.as_ref().err(), remote.as_ref().err()]
-        .into_iter()
-        .flatten()
-    {
-        eprintln!("warning: {e}");
+    let mut unreachable = Vec::new();
+    if let Err(e) = &local {
+        unreachable.push(status::unreachable(
+            role,
+            "LOCAL_DB_URL",
+            &settings.local_db_url,
+            e,
+        ));
     }
-    let st = status::collect(
-        settings.instance_role,
-        local.as_ref().ok(),
-        remote.as_ref().ok(),
-    )
-    .await;
+    if let Err(e) = &remote {
+        unreachable.push(status::unreachable(
+            role.peer(),
+            "REMOTE_DB_URL",
+            &settings.remote_db_url,
+            e,
+        ));
+    }
+    let st = status::collect(role, local.as_ref().ok(), remote.as_ref().ok()).await;
+    let verdict = status::verdict(&st, unreachable);
     let controller = controller_view(settings).await;
+    // Paused: as the daemon reports it, else as persisted in this side's sync_state.
+    let paused = match &controller {
+        ControllerView::Status(c) => c["sync_enabled"].as_bool().map(|e| !e),
+        _ => None,
+    };
+    let paused = match (paused, local.as_ref()) {
+        (Some(p), _) => Some(p),
+        (None, Ok(c)) => match crate::store::sync_state::exists(c).await {
+            Ok(true) => crate::store::sync_state::read(c)
+                .await
+                .ok()
+                .map(|r| !r.sync_enabled),
+            _ => None,
+        },
+        (None, Err(_)) => None,
+    };
     // Measured here as the daemon does: last_write_wins trusts the servers' clocks.
     let clock = match (local.as_ref(), remote.as_ref()) {
         (Ok(l), Ok(r)) => tokio::time::timeout(
@@ -335,12 +436,25 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
     };
     if json {
         let mut v = serde_json::to_value(&st)?;
-        v["controller"] = controller.unwrap_or(serde_json::Value::Null);
+        v["healthy"] = verdict.healthy.into();
+        v["problems"] = serde_json::to_value(&verdict.problems)?;
+        v["paused"] = serde_json::to_value(paused)?;
+        v["controller"] = match controller {
+            ControllerView::Status(c) => c,
+            _ => serde_json::Value::Null,
+        };
         v["clock"] = serde_json::to_value(clock)?;
         v["conflict_policies"] = serde_json::to_value(&policies)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", status::render(&st));
+        match paused {
+            Some(true) => println!(
+                "\nsync: PAUSED: the workers that move data wait (PostgreSQL's replication keeps running); `duplex resume` resumes them"
+            ),
+            Some(false) => println!("\nsync: enabled"),
+            None => {}
+        }
         if let Some(c) = clock {
             println!(
                 "\nclock offset: peer {:+.1} ms (round trip {:.1} ms; WARNING above {} ms)",
@@ -361,11 +475,11 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
                 );
             }
         }
+        let addr = settings.daemon.http_addr;
         match controller {
-            Some(c) => {
+            ControllerView::Status(c) => {
                 println!(
-                    "\ncontroller at {}: {} ({})",
-                    settings.daemon.http_addr,
+                    "\ncontroller at {addr}: {} ({})",
                     c["connection_state"].as_str().unwrap_or("?"),
                     c["state_reason"].as_str().unwrap_or("")
                 );
@@ -382,13 +496,23 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
                     );
                 }
             }
-            None => println!(
-                "\ncontroller: none answering at {} (start `duplex run`; set DUPLEX_ADMIN_TOKEN to see its state)",
-                settings.daemon.http_addr
+            ControllerView::TokenRefused => println!(
+                "\ncontroller at {addr}: refused the admin token: set DUPLEX_ADMIN_TOKEN to the daemon's token to see its state"
+            ),
+            ControllerView::NoToken => println!(
+                "\ncontroller: not asked (set DUPLEX_ADMIN_TOKEN to the daemon's token to see its state at {addr})"
+            ),
+            ControllerView::Absent(why) => println!(
+                "\ncontroller: none answering at {addr} ({why}): start `duplex run`, or set DUPLEX_HTTP_ADDR to where it listens"
             ),
         }
+        print!("{}", status::render_verdict(&verdict));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if verdict.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `duplex conflicts ...`

@@ -7,6 +7,10 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = duplex::cli::Cli::parse();
+    if !matches!(cli.command, duplex::cli::Command::Run) {
+        restore_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
@@ -15,5 +19,16 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    duplex::cli::run(duplex::cli::Cli::parse()).await
+    duplex::cli::run(cli).await
+}
+
+/// Let a closed pipe end a one-shot command quietly (`duplex check | head -1`), as other
+/// command-line tools do: Rust ignores SIGPIPE, which turns the write into a panic in
+/// `println!`. The daemon keeps ignoring it: a closed log pipe must not kill it.
+fn restore_sigpipe() {
+    // SAFETY: called once at start-up, before any other thread writes to a pipe;
+    // installing the default disposition has no other effect on the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

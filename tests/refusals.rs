@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{text, Pair, CLOUD_PORT, MAIN_PORT, PG15_PORT, REPLICA_PORT};
+use common::{cloud_port, main_port, pg15_port, replica_port, text, Pair};
 
 /// Run setup for `role`; assert it failed naming `expected`, and that nothing was created.
 async fn assert_refused(pair: &Pair, role: &str, expected: &[&str]) {
@@ -35,7 +35,7 @@ async fn assert_refused(pair: &Pair, role: &str, expected: &[&str]) {
 
 #[tokio::test]
 async fn setup_refuses_a_peer_older_than_postgresql_16() {
-    let pair = Pair::on(MAIN_PORT, PG15_PORT, true).await;
+    let pair = Pair::on(main_port(), pg15_port(), true).await;
     assert_refused(
         &pair,
         "main",
@@ -46,7 +46,7 @@ async fn setup_refuses_a_peer_older_than_postgresql_16() {
 
 #[tokio::test]
 async fn setup_refuses_when_wal_level_is_not_logical() {
-    let pair = Pair::on(REPLICA_PORT, CLOUD_PORT, true).await;
+    let pair = Pair::on(replica_port(), cloud_port(), true).await;
     assert_refused(
         &pair,
         "cloud",
@@ -129,8 +129,8 @@ async fn setup_refuses_a_database_recorded_for_the_other_role_even_in_a_dry_run(
     pair.setup_both().await;
     // Main's duplex pointed at cloud's database by mistake (a copied .env).
     let mut cmd = pair.duplex("main", &["setup", "--dry-run"]);
-    cmd.env("LOCAL_DB_URL", common::url(CLOUD_PORT, &pair.db))
-        .env("REMOTE_DB_URL", common::url(MAIN_PORT, &pair.db));
+    cmd.env("LOCAL_DB_URL", common::url(cloud_port(), &pair.db))
+        .env("REMOTE_DB_URL", common::url(main_port(), &pair.db));
     let out = cmd.output().await.unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -34,7 +34,7 @@ async fn setup_twice_is_a_no_op_and_dry_run_changes_nothing() {
             "REMOTE_DB_URL",
             format!(
                 "{}?sslmode=disable",
-                common::url(common::MAIN_PORT, &pair.db)
+                common::url(common::main_port(), &pair.db)
             ),
         )
         .output()

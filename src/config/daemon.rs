@@ -63,8 +63,9 @@ impl DaemonSettings {
         let http_addr = match d.string(&HTTP_ADDR) {
             None => SocketAddr::from(DEFAULT_ADDR),
             Some(raw) => raw.parse().unwrap_or_else(|_| {
+                let label = d.label(&HTTP_ADDR);
                 d.problems.push(format!(
-                    "DUPLEX_HTTP_ADDR `{raw}` is not an address: use host:port, e.g. 127.0.0.1:8787"
+                    "{label} `{raw}` is not an address: use host:port, e.g. 127.0.0.1:8787"
                 ));
                 SocketAddr::from(DEFAULT_ADDR)
             }),

@@ -45,20 +45,36 @@ impl Key {
         self.path.rsplit('.').next().unwrap_or(self.path)
     }
 
-    /// How problems name it: the variable when there is one, else the path.
+    /// How problems name it when the environment set it: the variable when there is one,
+    /// else the path. [`Section::label`] picks the source that actually set the value.
     pub fn label(&self) -> &'static str {
         self.env.unwrap_or(self.path)
     }
 }
 
-/// Every problem found, reported together.
+/// Every problem found, reported together, and which keys the environment set (so a
+/// problem names the variable or the file key, whichever the user wrote).
 #[derive(Debug, Default)]
-pub struct Problems(pub Vec<String>);
+pub struct Problems {
+    /// One sentence each: what is wrong and what to do.
+    pub list: Vec<String>,
+    /// Paths (`daemon.monitor_interval_secs`) whose value came from the environment.
+    pub from_env: std::collections::BTreeSet<&'static str>,
+}
 
 impl Problems {
     /// Add one sentence: what is wrong and what to do.
     pub fn push(&mut self, p: impl Into<String>) {
-        self.0.push(p.into());
+        self.list.push(p.into());
+    }
+
+    /// How to name `key` in a problem: its environment variable when the environment set
+    /// it, else its path in the file.
+    pub fn label(&self, key: &Key) -> &'static str {
+        match key.env {
+            Some(var) if self.from_env.contains(key.path) => var,
+            _ => key.path,
+        }
     }
 }
 
@@ -96,6 +112,11 @@ impl<'p> Section<'p> {
         Section { map, problems }
     }
 
+    /// How to name `key` in a problem (see [`Problems::label`]).
+    pub fn label(&self, key: &Key) -> &'static str {
+        self.problems.label(key)
+    }
+
     /// The raw value of `key`.
     pub fn raw(&self, key: &Key) -> Option<&Value> {
         self.map.get(key.name())
@@ -107,8 +128,8 @@ impl<'p> Section<'p> {
         match value.clone().into_string() {
             Ok(s) => Some(s),
             Err(_) => {
-                self.problems
-                    .push(format!("{} must be a string", key.label()));
+                let label = self.label(key);
+                self.problems.push(format!("{label} must be a string"));
                 None
             }
         }
@@ -119,7 +140,7 @@ impl<'p> Section<'p> {
         let Some(value) = self.map.get(key.name()) else {
             return default;
         };
-        let label = key.label();
+        let label = self.label(key);
         match value.clone().into_int() {
             Ok(n) if n > 0 => n as u64,
             Ok(n) => {
@@ -146,8 +167,9 @@ impl<'p> Section<'p> {
         match self.map.get(key.name()) {
             None => default,
             Some(v) => v.clone().into_bool().unwrap_or_else(|_| {
+                let label = self.problems.label(key);
                 self.problems
-                    .push(format!("{} must be true or false, got `{v}`", key.label()));
+                    .push(format!("{label} must be true or false, got `{v}`"));
                 default
             }),
         }
@@ -158,7 +180,8 @@ impl<'p> Section<'p> {
         match self.map.get(key.name()) {
             None => default,
             Some(v) => parse_rate(&v.to_string()).unwrap_or_else(|e| {
-                self.problems.push(format!("{}: {e}", key.label()));
+                let label = self.problems.label(key);
+                self.problems.push(format!("{label}: {e}"));
                 default
             }),
         }
@@ -174,7 +197,8 @@ impl<'p> Section<'p> {
     /// A list of names: a TOML array or a comma-separated string.
     pub fn list(&mut self, key: &Key) -> Option<Vec<String>> {
         let value = self.map.get(key.name())?.clone();
-        Some(string_list(&value, key.label(), self.problems))
+        let label = self.label(key);
+        Some(string_list(&value, label, self.problems))
     }
 
     /// A URL with one of `schemes` and a host; the raw value is never echoed.
@@ -183,7 +207,7 @@ impl<'p> Section<'p> {
         if raw.trim().is_empty() {
             return None;
         }
-        let label = key.label();
+        let label = self.label(key);
         match SecretUrl::parse(&raw) {
             Ok(url) if schemes.contains(&url.url().scheme()) && url.url().host_str().is_some() => {
                 Some(url)

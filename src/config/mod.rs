@@ -103,7 +103,8 @@ pub struct Settings {
     /// `MAX_CONCURRENT_TRANSFERS`: parallel object transfers. Default 4.
     pub max_concurrent_transfers: u64,
     /// `MAX_TRANSFER_RATE`: bytes per second across transfers (`10MB`, `512KiB`); 0 means
-    /// unlimited. Default 0.
+    /// unlimited. Default 0. Shown under its key, `max_transfer_rate`, in bytes per second.
+    #[serde(rename = "max_transfer_rate")]
     pub max_transfer_rate_bytes: u64,
     /// Which tables replicate. Default: schema `public`, nothing excluded.
     pub tables: TableSelection,
@@ -142,6 +143,134 @@ pub fn load_from(
     path: Option<&Path>,
     env: &BTreeMap<String, String>,
 ) -> Result<Settings, ConfigError> {
+    let (top, from_env) = read(path, env)?;
+    validate(top, from_env)
+}
+
+/// What `duplex pause|resume|trigger` need: the daemon's API address and admin token.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `DUPLEX_HTTP_ADDR` (`daemon.http_addr`). Default `127.0.0.1:8787`.
+    pub http_addr: std::net::SocketAddr,
+    /// `DUPLEX_ADMIN_TOKEN` (`daemon.admin_token`).
+    pub admin_token: Option<crate::secret::Secret>,
+}
+
+/// Load only the `[daemon]` section (file, then environment): the reduced configuration of
+/// the commands that talk to a running daemon and need no database.
+pub fn load_api(path: Option<&Path>) -> Result<ApiSettings, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let (top, from_env) = read(path, &env)?;
+    let mut problems = Problems {
+        from_env,
+        ..Problems::default()
+    };
+    let daemon = DaemonSettings::parse(&top, &mut problems);
+    if problems.list.is_empty() {
+        Ok(ApiSettings {
+            http_addr: daemon.http_addr,
+            admin_token: daemon.admin_token,
+        })
+    } else {
+        Err(ConfigError {
+            problems: problems.list,
+        })
+    }
+}
+
+/// Keys whose values are secrets (URLs with passwords, tokens): [`view`] never shows them.
+const SECRET_PATHS: &[&str] = &[
+    LOCAL_DB_URL.path,
+    REMOTE_DB_URL.path,
+    LOCAL_STORAGE_URL.path,
+    REMOTE_STORAGE_URL.path,
+    replication::PASSWORD.path,
+    daemon::ADMIN_TOKEN.path,
+    notifications::WEBHOOK_URL.path,
+    notifications::SMTP_URL.path,
+];
+
+/// What `duplex config show` prints: the effective configuration when it is valid; else
+/// the values that could be read (secrets redacted) together with the problems.
+pub fn view(path: Option<&Path>) -> Result<serde_json::Value, (serde_json::Value, ConfigError)> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    view_from(path, &env)
+}
+
+/// Like [`view`], with an explicit environment (for tests).
+pub fn view_from(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<serde_json::Value, (serde_json::Value, ConfigError)> {
+    let (top, from_env) = match read(path, env) {
+        Ok(r) => r,
+        Err(e) => return Err((serde_json::Value::Null, e)),
+    };
+    match validate(top.clone(), from_env) {
+        Ok(s) => serde_json::to_value(&s).map_err(|e| {
+            (
+                serde_json::Value::Null,
+                ConfigError {
+                    problems: vec![format!("cannot render the configuration: {e}")],
+                },
+            )
+        }),
+        Err(e) => {
+            let mut raw = serde_json::Map::new();
+            for (k, v) in top {
+                raw.insert(k.clone(), redact_raw(&k, v));
+            }
+            Err((serde_json::Value::Object(raw), e))
+        }
+    }
+}
+
+/// A raw value as JSON, with the values of [`SECRET_PATHS`] redacted.
+fn redact_raw(path: &str, v: Value) -> serde_json::Value {
+    if SECRET_PATHS.contains(&path) {
+        return match v.clone().into_string() {
+            Ok(s) if path.ends_with("_url") => match SecretUrl::parse(&s) {
+                Ok(u) => serde_json::Value::String(u.redacted()),
+                Err(_) => serde_json::Value::String("******** (not a URL)".into()),
+            },
+            _ => serde_json::Value::String("********".into()),
+        };
+    }
+    match v.kind {
+        config::ValueKind::Table(t) => serde_json::Value::Object(
+            t.into_iter()
+                .map(|(k, v)| {
+                    let sub = redact_raw(&format!("{path}.{k}"), v);
+                    (k, sub)
+                })
+                .collect(),
+        ),
+        config::ValueKind::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(|v| redact_raw(path, v)).collect())
+        }
+        config::ValueKind::Nil => serde_json::Value::Null,
+        config::ValueKind::Boolean(b) => b.into(),
+        config::ValueKind::I64(n) => n.into(),
+        config::ValueKind::I128(n) => n.to_string().into(),
+        config::ValueKind::U64(n) => n.into(),
+        config::ValueKind::U128(n) => n.to_string().into(),
+        config::ValueKind::Float(f) => f.into(),
+        config::ValueKind::String(s) => s.into(),
+    }
+}
+
+/// The file at `path` (if any) overlaid by the environment, unvalidated, and the paths the
+/// environment set.
+fn read(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<
+    (
+        config::Map<String, Value>,
+        std::collections::BTreeSet<&'static str>,
+    ),
+    ConfigError,
+> {
     let mut builder = Config::builder();
     if let Some(path) = path {
         if !path.exists() {
@@ -154,6 +283,7 @@ pub fn load_from(
         }
         builder = builder.add_source(File::from(path).format(FileFormat::Toml));
     }
+    let mut from_env = std::collections::BTreeSet::new();
     for (var, key) in ENV_KEYS {
         let value = env.get(*var).or_else(|| {
             (*var == "LOCAL_DB_URL")
@@ -168,6 +298,7 @@ pub fn load_from(
                 .filter(|v| !v.trim().is_empty())
         });
         if let Some(value) = value {
+            from_env.insert(*key);
             builder = builder
                 .set_override(*key, value.as_str())
                 .map_err(|e| ConfigError {
@@ -183,12 +314,20 @@ pub fn load_from(
             .map_err(|e: config::ConfigError| ConfigError {
                 problems: vec![format!("cannot read configuration: {e}")],
             })?;
-    validate(top)
+    Ok((top, from_env))
 }
 
-fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
-    let mut problems = Problems::default();
+fn validate(
+    top: config::Map<String, Value>,
+    from_env: std::collections::BTreeSet<&'static str>,
+) -> Result<Settings, ConfigError> {
+    let mut problems = Problems {
+        from_env,
+        ..Problems::default()
+    };
     let mut t = Section::top(top.clone(), TOP_KEYS, &mut problems);
+    // Role names are read case-insensitively and trimmed (`Main`, ` cloud `), as
+    // docs/configuration.md says.
     let role = match t.string(&INSTANCE_ROLE) {
         None => {
             t.problems
@@ -198,9 +337,11 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
         Some(r) => match r.trim().to_ascii_lowercase().as_str() {
             "main" => Some(Role::Main),
             "cloud" => Some(Role::Cloud),
-            other => {
+            _ => {
+                let label = t.label(&INSTANCE_ROLE);
                 t.problems.push(format!(
-                    "INSTANCE_ROLE is `{other}`: allowed values are `main` and `cloud`"
+                    "{label} is `{}`: allowed values are `main` and `cloud`",
+                    r.trim()
                 ));
                 None
             }
@@ -234,7 +375,7 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
     let notifications = NotificationSettings::parse(&top, &mut problems);
     let conflicts = ConflictSettings::parse(&top, &mut problems);
 
-    match (role, local, remote, problems.0.is_empty()) {
+    match (role, local, remote, problems.list.is_empty()) {
         (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
             instance_role,
             local_db_url,
@@ -253,11 +394,11 @@ fn validate(top: config::Map<String, Value>) -> Result<Settings, ConfigError> {
             conflicts,
         }),
         _ => {
-            if problems.0.is_empty() {
+            if problems.list.is_empty() {
                 problems.push("the configuration is incomplete: set INSTANCE_ROLE, LOCAL_DB_URL and REMOTE_DB_URL");
             }
             Err(ConfigError {
-                problems: problems.0,
+                problems: problems.list,
             })
         }
     }
@@ -383,6 +524,79 @@ mod tests {
             !shown.contains("hunter2") && shown.contains("sslmode=disable"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn role_names_are_read_in_any_case_and_trimmed() {
+        for raw in ["Main", " MAIN ", "main\n"] {
+            let mut e = env(OK);
+            e.insert("INSTANCE_ROLE".into(), raw.into());
+            assert_eq!(
+                load_from(None, &e).unwrap().instance_role,
+                Role::Main,
+                "{raw:?}"
+            );
+        }
+        let mut e = env(OK);
+        e.insert("INSTANCE_ROLE".into(), "ma in".into());
+        let text = load_from(None, &e).unwrap_err().to_string();
+        assert!(text.contains("INSTANCE_ROLE is `ma in`"), "{text}");
+    }
+
+    fn file_with(body: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "duplex-unit-{}-{}.toml",
+            std::process::id(),
+            body.len()
+        ));
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_bad_value_is_named_by_the_source_that_set_it() {
+        let path = file_with("[daemon]\nmonitor_interval_secs = 0\n");
+        let from_file = load_from(Some(&path), &env(OK)).unwrap_err().to_string();
+        let mut e = env(OK);
+        e.insert("DUPLEX_MONITOR_INTERVAL_SECS".into(), "-5".into());
+        let from_env = load_from(Some(&path), &e).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            from_file.contains("daemon.monitor_interval_secs must be a positive whole number"),
+            "{from_file}"
+        );
+        assert!(
+            !from_file.contains("DUPLEX_MONITOR_INTERVAL_SECS"),
+            "{from_file}"
+        );
+        assert!(
+            from_env.contains("DUPLEX_MONITOR_INTERVAL_SECS must be a positive whole number"),
+            "{from_env}"
+        );
+    }
+
+    #[test]
+    fn the_view_of_an_invalid_configuration_shows_what_was_read_redacted() {
+        let path =
+            file_with("max_transfer_rate = \"fast\"\n[daemon]\nadmin_token = \"tok-secret\"\n");
+        let (raw, err) = view_from(Some(&path), &env(OK)).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let shown = raw.to_string();
+        assert_eq!(raw["instance_role"], "main", "{shown}");
+        assert_eq!(raw["max_transfer_rate"], "fast", "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("********"), "{shown}");
+        assert!(err.to_string().contains("max_transfer_rate"), "{err}");
+    }
+
+    #[test]
+    fn the_view_of_a_valid_configuration_uses_config_keys() {
+        let shown = view_from(None, &env(OK)).unwrap();
+        assert!(shown.get("max_transfer_rate").is_some(), "{shown}");
+        assert!(shown.get("max_transfer_rate_bytes").is_none(), "{shown}");
     }
 
     #[test]

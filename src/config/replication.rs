@@ -75,8 +75,9 @@ impl ReplicationSettings {
         };
         let slot_name = r.string(&SLOT_NAME).unwrap_or_else(|| default_slot.into());
         if !valid_slot_name(&slot_name) || !slot_name.starts_with("duplex_") {
+            let label = r.label(&SLOT_NAME);
             r.problems.push(format!(
-                "REPLICATION_SLOT_NAME `{slot_name}` must start with `duplex_` and use only lower-case letters, digits and underscores (at most 63)"
+                "{label} `{slot_name}` must start with `duplex_` and use only lower-case letters, digits and underscores (at most 63)"
             ));
         }
         let peer_host = r.string(&PEER_HOST);

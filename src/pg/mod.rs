@@ -51,6 +51,56 @@ pub enum Error {
     },
 }
 
+/// Why a connection could not be opened, as a user tells the cases apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The server answered and rejected the credentials (wrong password, no such user,
+    /// `pg_hba.conf` refuses them).
+    Auth,
+    /// The server answered and refused for another reason (no such database, too many
+    /// connections, starting up).
+    Refused,
+    /// Nothing answered: connection refused, timeout, unknown host.
+    NoAnswer,
+}
+
+impl Error {
+    /// How a connection attempt failed; `None` for errors that are not connection failures.
+    pub fn connect_failure(&self) -> Option<ConnectFailure> {
+        let Error::Connect { source, .. } = self else {
+            return None;
+        };
+        use tokio_postgres::error::SqlState;
+        Some(match source.as_db_error() {
+            Some(db)
+                if *db.code() == SqlState::INVALID_PASSWORD
+                    || *db.code() == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+            {
+                ConnectFailure::Auth
+            }
+            Some(_) => ConnectFailure::Refused,
+            // The driver asks for a password the URL does not hold: the server answered.
+            None if source.to_string().contains("password missing") => ConnectFailure::Auth,
+            None => ConnectFailure::NoAnswer,
+        })
+    }
+
+    /// The driver's or server's own words for the failure, without duplex's context.
+    pub fn cause(&self) -> String {
+        match self {
+            Error::Connect { source, .. } | Error::Query { source, .. }
+                if source.as_db_error().is_some() =>
+            {
+                describe(source)
+            }
+            Error::Connect { source, .. } | Error::Query { source, .. } => {
+                crate::text::chain(source)
+            }
+            Error::BadUrl { reason, .. } => reason.clone(),
+        }
+    }
+}
+
 /// The server's message for a database error (the driver's `Display` says only "db error").
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

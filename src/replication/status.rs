@@ -6,6 +6,8 @@ use tokio_postgres::Client;
 use super::catalog::Slot;
 use super::health::{self, DirectionHealth, Snapshot};
 use crate::model::Role;
+use crate::pg::{self, ConnectFailure};
+use crate::secret::SecretUrl;
 
 /// The subscriber half of one direction.
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +143,103 @@ pub fn render(status: &Status) -> String {
                 "NOT replicating"
             }
         ));
+    }
+    out
+}
+
+/// Why `role`'s instance could not be read, telling apart a refused login, a server that
+/// does not answer and one that answers but refuses. `var` names the setting that holds
+/// its URL (`LOCAL_DB_URL`, `REMOTE_DB_URL`).
+pub fn unreachable(role: Role, var: &str, url: &SecretUrl, e: &pg::Error) -> String {
+    let at = match (url.url().host_str(), url.url().port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => format!("{h}:5432"),
+        _ => "the address in its URL".into(),
+    };
+    match e.connect_failure() {
+        Some(ConnectFailure::Auth) => format!(
+            "duplex cannot log in to {role} (authentication failed: {}): fix the user or password in {var}",
+            e.cause()
+        ),
+        Some(ConnectFailure::NoAnswer) => format!(
+            "{role} does not answer at {at} ({}): start it, or fix the host and port in {var}",
+            e.cause()
+        ),
+        Some(ConnectFailure::Refused) => format!(
+            "{role} answers at {at} but refuses the connection ({}): fix {var}",
+            e.cause()
+        ),
+        None => format!("{role} cannot be read: {}", crate::text::chain(e)),
+    }
+}
+
+/// The problems of a direction whose two instances both answered, one sentence, or `None`
+/// when it replicates.
+fn not_running(d: &DirectionState) -> Option<String> {
+    if d.healthy() {
+        return None;
+    }
+    let why = match (&d.subscription, &d.slot) {
+        (None, _) => format!(
+            "its subscription on {} is missing (run `duplex setup` with INSTANCE_ROLE={})",
+            d.to, d.to
+        ),
+        (Some(s), _) if !s.enabled => format!(
+            "its subscription on {} is disabled (see runbooks/subscription-disabled.md)",
+            d.to
+        ),
+        (Some(_), None) => format!(
+            "its slot on {} is missing (see runbooks/replication-slot-dropped.md)",
+            d.from
+        ),
+        (Some(s), _) if !s.running => format!(
+            "the apply worker on {} is not running (see the server log of {} and `duplex check`)",
+            d.to, d.to
+        ),
+        (Some(_), Some(_)) => format!(
+            "its slot on {} is inactive: no walsender streams it (see the server log of {} and `duplex check`)",
+            d.from, d.from
+        ),
+    };
+    Some(format!(
+        "main and cloud both answer but replication {} -> {} is not running: {why}",
+        d.from, d.to
+    ))
+}
+
+/// What `duplex status` concludes: healthy only when both instances answered and both
+/// directions replicate; otherwise every reason, one sentence each.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// Both directions replicate.
+    pub healthy: bool,
+    /// Why not, one sentence each.
+    pub problems: Vec<String>,
+}
+
+/// Judge `status`; `unreachable` holds one sentence per instance that could not be read
+/// (from [`unreachable`]).
+pub fn verdict(status: &Status, unreachable: Vec<String>) -> Verdict {
+    let mut problems = unreachable;
+    if status.local_reachable && status.remote_reachable {
+        problems.extend(status.directions.iter().filter_map(not_running));
+    } else if problems.is_empty() {
+        problems.push("an instance could not be read: replication state unknown".into());
+    }
+    Verdict {
+        healthy: problems.is_empty(),
+        problems,
+    }
+}
+
+/// Render a verdict for a terminal.
+pub fn render_verdict(v: &Verdict) -> String {
+    if v.healthy {
+        return "\nhealthy: both directions replicating\n".into();
+    }
+    let mut out = String::from("\nUNHEALTHY:\n");
+    for p in &v.problems {
+        out.push_str(&format!("  - {p}\n"));
     }
     out
 }

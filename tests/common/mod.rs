@@ -8,14 +8,36 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
-/// Lab ports (see scripts/lab.sh).
-pub const MAIN_PORT: u16 = 55432;
-/// Cloud cluster.
-pub const CLOUD_PORT: u16 = 55433;
-/// PostgreSQL 15 fixture.
-pub const PG15_PORT: u16 = 55434;
-/// wal_level=replica fixture.
-pub const REPLICA_PORT: u16 = 55435;
+/// The lab's first port: `DUPLEX_LAB_PORT_BASE` as scripts/lab.sh reads it (`lab.sh env`
+/// exports it), default 55432. Main is on it, cloud +1, pg15 +2, replica +3.
+pub fn port_base() -> u16 {
+    match std::env::var("DUPLEX_LAB_PORT_BASE") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
+            panic!("DUPLEX_LAB_PORT_BASE={v} is not a port number: use the value scripts/lab.sh env exports")
+        }),
+        _ => 55432,
+    }
+}
+
+/// The main cluster's port.
+pub fn main_port() -> u16 {
+    port_base()
+}
+
+/// The cloud cluster's port.
+pub fn cloud_port() -> u16 {
+    port_base() + 1
+}
+
+/// The PostgreSQL 15 fixture's port.
+pub fn pg15_port() -> u16 {
+    port_base() + 2
+}
+
+/// The wal_level=replica fixture's port.
+pub fn replica_port() -> u16 {
+    port_base() + 3
+}
 
 /// The replication password tests give duplex: the lab's, so the demo and the tests agree.
 pub const REPLICATION_PASSWORD: &str = "lab-replication-secret";
@@ -94,7 +116,7 @@ policy = "main_authoritative"
 impl Pair {
     /// Fresh databases on main and cloud, loaded with the example schema.
     pub async fn new() -> Pair {
-        Self::on(MAIN_PORT, CLOUD_PORT, true).await
+        Self::on(main_port(), cloud_port(), true).await
     }
 
     /// Fresh databases on the clusters at the given ports; `schema` loads the example app.
