@@ -453,7 +453,7 @@ async fn the_local_instance_down_shows_in_health_metrics_and_status() {
     let pair = Pair::new().await;
     pair.set_config(&format!("{EXAMPLE_TABLES}{FAST_DAEMON}"));
     pair.setup_both().await;
-    let mut proxy = common::Proxy::start(common::MAIN_PORT).await;
+    let mut proxy = common::Proxy::start(common::main_port()).await;
     let local = proxy.url(&pair.db);
     let d = pair
         .start_daemon("main", &[("LOCAL_DB_URL", local.as_str())])

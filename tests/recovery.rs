@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Pair, Proxy, CLOUD_PORT, EXAMPLE_TABLES};
+use common::{cloud_port, wait_until, Pair, Proxy, EXAMPLE_TABLES};
 
 const INTERVAL_SECS: u64 = 5;
 
@@ -20,7 +20,7 @@ async fn the_controller_reconnects_within_one_interval_once_the_peer_is_back() {
         "{EXAMPLE_TABLES}\n[daemon]\nmonitor_interval_secs = {INTERVAL_SECS}\nreconnect_backoff_secs = [600]\nreconnect_max_secs = 600\nreconnect_jitter = 0.0\n"
     ));
     pair.setup_both().await;
-    let mut proxy = Proxy::start(CLOUD_PORT).await;
+    let mut proxy = Proxy::start(cloud_port()).await;
     let remote = proxy.url(&pair.db);
     let d = pair
         .start_daemon("main", &[("REMOTE_DB_URL", remote.as_str())])

@@ -160,8 +160,8 @@ async fn check_names_swapped_roles_with_setups_words_and_advises_no_setup() {
         &pair,
         "main",
         &[
-            ("LOCAL_DB_URL", common::url(CLOUD_PORT, &pair.db)),
-            ("REMOTE_DB_URL", common::url(MAIN_PORT, &pair.db)),
+            ("LOCAL_DB_URL", common::url(common::cloud_port(), &pair.db)),
+            ("REMOTE_DB_URL", common::url(common::main_port(), &pair.db)),
         ],
     )
     .await;
