@@ -336,16 +336,18 @@ BEGIN
 
   IF TG_OP = 'INSERT' THEN
     IF NOT {main_overrides} AND EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k) THEN
-      SELECT t.base INTO dx_m_base FROM duplex.tombstone t
+      SELECT t.inc, t.base INTO dx_l_inc, dx_m_base FROM duplex.tombstone t
        WHERE t.rel = {rel} AND t.key = dx_k AND t.inc <> ALL (coalesce(dx_m_seen, '{{}}'))
        ORDER BY t.deleted_at DESC LIMIT 1;
       IF FOUND THEN
         -- This side deleted the key and the insert was made without seeing that delete:
-        -- the delete wins, and the incoming incarnation is dead here too.
+        -- the delete wins, and the incoming incarnation is dead here too. The entry is
+        -- named by the deleted incarnation, as the other side names it when the delete
+        -- reaches it.
         INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
         dx_typ := {deleted_here};
         PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, {versions_dead}, dx_pol, 'DELETED',
-          md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '')), dx_me);
+          md5(dx_typ || {rel} || dx_k || dx_l_inc || coalesce(dx_m_base, '')), dx_me);
         RETURN NULL;
       END IF;
     END IF;
