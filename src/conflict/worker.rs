@@ -30,7 +30,7 @@ use crate::config::Settings;
 use crate::model::{Role, Severity};
 use crate::notify::Notification;
 use crate::pg;
-use crate::store::sync_log::{self, Status, SyncType};
+use crate::store::sync_log;
 use crate::store::{change_meta, conflict_log, tombstone};
 
 /// The worker's name in the registry and in logs.
@@ -328,11 +328,11 @@ impl Housekeeper {
             self.book
                 .update(condition.into_iter().collect(), Utc::now(), &|_| unknown);
         for c in &started {
-            record_alert(local, c, false).await?;
+            sync_log::record_alert(local, NAME, c, false).await?;
             self.send(c, false);
         }
         for a in &cleared {
-            record_alert(local, &a.condition, true).await?;
+            sync_log::record_alert(local, NAME, &a.condition, true).await?;
             self.send(&a.condition, true);
         }
         Ok(())
@@ -442,65 +442,8 @@ async fn merge(
 /// A `clock_offset` alert still raised before a restart (its latest `sync_log` entry is
 /// not RESOLVED).
 async fn restore(local: &Client, book: &mut Book) -> Result<(), pg::Error> {
-    let mut restored = Vec::new();
-    for r in sync_log::latest_alerts(local).await? {
-        let Some(level) = Severity::alert_level(&r.status) else {
-            continue;
-        };
-        if r.kind != CLOCK_ALERT {
-            continue;
-        }
-        restored.push(Active {
-            condition: Condition {
-                kind: r.kind,
-                level,
-                title: r.details["title"].as_str().unwrap_or_default().to_string(),
-                message: r.message,
-                runbook: None,
-                details: r.details["facts"].clone(),
-            },
-            since: r.created_at,
-        });
-    }
-    book.restore(restored);
+    book.restore(sync_log::raised_alerts(local, |k| k == CLOCK_ALERT, |_| None).await?);
     Ok(())
-}
-
-/// Record a raise or clear in `sync_log`, in the shape the monitor uses (so `restore`
-/// and the API read both alike).
-async fn record_alert(local: &Client, c: &Condition, cleared: bool) -> Result<(), pg::Error> {
-    let message = if cleared {
-        format!("cleared: {}", c.title)
-    } else {
-        c.message.clone()
-    };
-    if cleared {
-        tracing::info!(worker = NAME, kind = %c.kind, "{message}");
-    } else {
-        tracing::warn!(worker = NAME, kind = %c.kind, level = c.level.as_str(), "{message}");
-    }
-    sync_log::insert(
-        local,
-        &sync_log::Entry {
-            sync_type: SyncType::Alert,
-            status: if cleared {
-                Status::Resolved
-            } else {
-                Status::Level(c.level)
-            },
-            records_synced: 0,
-            error_message: Some(&message),
-            details: serde_json::json!({
-                "kind": c.kind,
-                "title": c.title,
-                "level": c.level.as_str(),
-                "runbook": c.runbook,
-                "facts": c.details,
-            }),
-        },
-    )
-    .await
-    .map(|_| ())
 }
 
 #[cfg(test)]

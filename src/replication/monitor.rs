@@ -391,11 +391,11 @@ impl Monitor {
             instance: settings.instance_role,
         };
         for c in &started {
-            record_alert(local, c, false).await?;
+            sync_log::record_alert(local, NAME, c, false).await?;
             notify.send(c, false);
         }
         for a in &cleared {
-            record_alert(local, &a.condition, true).await?;
+            sync_log::record_alert(local, NAME, &a.condition, true).await?;
             notify.send(&a.condition, true);
         }
         // Offer every other raised alert again: the notifier's per-kind rate limit turns
@@ -593,27 +593,13 @@ impl Notify<'_> {
 /// Bring back what the previous run of this process knew: alerts still raised (their
 /// latest `sync_log` entry is not RESOLVED) and when the peer became unreachable.
 async fn restore(local: &Client, judge: &mut Judge) -> Result<(), pg::Error> {
-    let mut restored = Vec::new();
-    for r in sync_log::latest_alerts(local).await? {
-        let Some(level) = Severity::alert_level(&r.status) else {
-            continue;
-        };
-        // Other workers' alerts (`clock_offset`) are theirs to restore and clear.
-        if r.kind.parse::<rules::AlertKind>().is_err() {
-            continue;
-        }
-        restored.push(Active {
-            condition: Condition {
-                kind: r.kind,
-                level,
-                title: r.details["title"].as_str().unwrap_or_default().to_string(),
-                message: r.message,
-                runbook: r.details["runbook"].as_str().and_then(rules::runbook),
-                details: r.details["facts"].clone(),
-            },
-            since: r.created_at,
-        });
-    }
+    // Other workers' alerts (`clock_offset`) are theirs to restore and clear.
+    let restored = sync_log::raised_alerts(
+        local,
+        |k| k.parse::<rules::AlertKind>().is_ok(),
+        rules::runbook,
+    )
+    .await?;
     if !restored.is_empty() {
         tracing::info!(
             worker = NAME,
@@ -652,41 +638,6 @@ async fn record_transition(local: &Client, t: &Transition) -> Result<(), pg::Err
             records_synced: 0,
             error_message: Some(&message),
             details: serde_json::json!({ "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason }),
-        },
-    )
-    .await
-    .map(|_| ())
-}
-
-async fn record_alert(local: &Client, c: &Condition, cleared: bool) -> Result<(), pg::Error> {
-    let message = if cleared {
-        format!("cleared: {}", c.title)
-    } else {
-        c.message.clone()
-    };
-    if cleared {
-        tracing::info!(worker = NAME, kind = %c.kind, "{message}");
-    } else {
-        tracing::warn!(worker = NAME, kind = %c.kind, level = c.level.as_str(), "{message}");
-    }
-    sync_log::insert(
-        local,
-        &sync_log::Entry {
-            sync_type: SyncType::Alert,
-            status: if cleared {
-                Status::Resolved
-            } else {
-                Status::Level(c.level)
-            },
-            records_synced: 0,
-            error_message: Some(&message),
-            details: serde_json::json!({
-                "kind": c.kind,
-                "title": c.title,
-                "level": c.level.as_str(),
-                "runbook": c.runbook,
-                "facts": c.details,
-            }),
         },
     )
     .await

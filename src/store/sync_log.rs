@@ -226,3 +226,75 @@ pub async fn open_disconnection(client: &Client) -> Result<Option<DateTime<Utc>>
         .context("reading the last disconnection")?
         .map(|r| r.get(0)))
 }
+
+/// Record that alert `c` was raised (or `cleared`) by `worker`: one `alert` entry, logged
+/// once; `raised_alerts` reads them back after a restart.
+pub async fn record_alert(
+    client: &Client,
+    worker: &'static str,
+    c: &crate::alerts::Condition,
+    cleared: bool,
+) -> Result<(), Error> {
+    let message = if cleared {
+        format!("cleared: {}", c.title)
+    } else {
+        c.message.clone()
+    };
+    if cleared {
+        tracing::info!(worker, kind = %c.kind, "{message}");
+    } else {
+        tracing::warn!(worker, kind = %c.kind, level = c.level.as_str(), "{message}");
+    }
+    insert(
+        client,
+        &Entry {
+            sync_type: SyncType::Alert,
+            status: if cleared {
+                Status::Resolved
+            } else {
+                Status::Level(c.level)
+            },
+            records_synced: 0,
+            error_message: Some(&message),
+            details: serde_json::json!({
+                "kind": c.kind,
+                "title": c.title,
+                "level": c.level.as_str(),
+                "runbook": c.runbook,
+                "facts": c.details,
+            }),
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Alerts still raised before a restart (their latest entry is not RESOLVED) whose kind
+/// `owns` accepts; `runbook` maps a stored runbook path back to the known one.
+pub async fn raised_alerts(
+    client: &Client,
+    owns: impl Fn(&str) -> bool,
+    runbook: impl Fn(&str) -> Option<&'static str>,
+) -> Result<Vec<crate::alerts::Active>, Error> {
+    let mut restored = Vec::new();
+    for r in latest_alerts(client).await? {
+        let Some(level) = Severity::alert_level(&r.status) else {
+            continue;
+        };
+        if !owns(&r.kind) {
+            continue;
+        }
+        restored.push(crate::alerts::Active {
+            condition: crate::alerts::Condition {
+                kind: r.kind,
+                level,
+                title: r.details["title"].as_str().unwrap_or_default().to_string(),
+                message: r.message,
+                runbook: r.details["runbook"].as_str().and_then(&runbook),
+                details: r.details["facts"].clone(),
+            },
+            since: r.created_at,
+        });
+    }
+    Ok(restored)
+}
