@@ -212,7 +212,7 @@ async fn one_insert_on_each_side_does_not_loop() {
     }
     // Statistics are flushed about once a second: wait until they count both rows.
     for c in [&main, &cloud] {
-        wait_until("statistics flushed", Duration::from_secs(15), || async {
+        wait_until("statistics flushed", Duration::from_secs(30), || async {
             table_activity(c).await.1 >= 2
         })
         .await;

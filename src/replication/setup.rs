@@ -49,6 +49,9 @@ pub struct Step {
     sql: String,
     /// The SQL as printed: the password replaced by `********`.
     pub shown: String,
+    /// What undoes this step on the same instance if a later step fails (the slot setup
+    /// creates on the peer before subscribing).
+    pub undo: Option<String>,
 }
 
 impl Step {
@@ -307,6 +310,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 instance,
                 what,
                 shown: shown.unwrap_or_else(|| sql.clone()),
+                undo: None,
                 sql,
             })
         };
@@ -470,6 +474,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             instance: role,
             what,
             shown: sql.clone(),
+            undo: None,
             sql,
         });
     }
@@ -508,9 +513,28 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                     pw
                 )
             };
+            // The slot is created first, on the peer, from this side's own session: a
+            // CREATE SUBSCRIPTION that creates it holds a transaction here while the peer
+            // waits for every transaction running there to end, so two setups running at
+            // once on the two sides wait for each other.
+            let slot_sql = format!(
+                "SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
+                quote_literal(slot_name)
+            );
+            plan.steps.push(Step {
+                target: Target::Remote,
+                instance: peer,
+                what: format!("create replication slot {slot_name} for this side's subscription"),
+                shown: slot_sql.clone(),
+                undo: Some(format!(
+                    "SELECT pg_drop_replication_slot({})",
+                    quote_literal(slot_name)
+                )),
+                sql: slot_sql,
+            });
             let stmt = |conn: String| {
                 format!(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}, {} WITH (slot_name = {}, origin = none, copy_data = {copy_data}, disable_on_error = false, streaming = parallel)",
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}, {} WITH (slot_name = {}, create_slot = false, origin = none, copy_data = {copy_data}, disable_on_error = false, streaming = parallel)",
                     quote_ident(&sub_name),
                     quote_literal(&conn),
                     quote_ident(&sub_name),
@@ -531,6 +555,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 ),
                 sql: stmt(conninfo(&conninfo_value(password.expose()))),
                 shown: stmt(conninfo("********")),
+                undo: None,
             });
             plan.subscription_changes = true;
         }
@@ -558,6 +583,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                     instance: role,
                     what: format!("subscribe to {meta} as well"),
                     shown: sql.clone(),
+                    undo: None,
                     sql,
                 });
             }
@@ -578,6 +604,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                     instance: role,
                     what: "pick up the publication's new table list".into(),
                     shown: sql.clone(),
+                    undo: None,
                     sql,
                 });
                 plan.subscription_changes = true;
@@ -649,6 +676,7 @@ pub async fn removal_plan(local: &Client, role: Role) -> Result<Plan, Error> {
             instance: role,
             what: format!("remove in-stream conflict resolution from {table}"),
             shown: sql.clone(),
+            undo: None,
             sql,
         });
     }
@@ -747,7 +775,7 @@ fn column_differences(a: Role, here: &TableInfo, b: Role, there: &TableInfo) -> 
 }
 
 /// Session settings for setup's statements (see [`apply`]).
-const SETUP_TIMEOUTS: &str = "SET statement_timeout = '10min'";
+const SETUP_TIMEOUTS: &str = "SET statement_timeout = '10min'; SET lock_timeout = '10min'";
 
 /// What [`apply`] did.
 #[derive(Debug, Clone, Default)]
@@ -779,15 +807,28 @@ pub async fn apply(
     }
     sync_state::ensure_role(local, role, settings.sync_enabled).await?;
     let mut report = Report::default();
+    let mut undo: Vec<(&Client, &str)> = Vec::new();
     for step in &plan.steps {
         let client: &Client = match step.target {
             Target::Local => local,
             Target::Remote => remote,
         };
-        client
+        if let Err(e) = client
             .batch_execute(&step.sql)
             .await
-            .context(format!("on {}: {}", step.instance, step.what))?;
+            .context(format!("on {}: {}", step.instance, step.what))
+        {
+            // Leave no slot behind that the next run would refuse as a leftover.
+            for (c, sql) in undo.iter().rev() {
+                if let Err(u) = c.batch_execute(sql).await {
+                    tracing::warn!("could not undo a setup step ({sql}): {}", pg::describe(&u));
+                }
+            }
+            return Err(e.into());
+        }
+        if let Some(sql) = &step.undo {
+            undo.push((client, sql));
+        }
         progress(&format!("{}: {}", step.instance, step.what));
         report
             .done
