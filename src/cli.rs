@@ -306,10 +306,7 @@ async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> 
     )
     .await;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::to_value(&report)?)?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
     }
