@@ -252,6 +252,8 @@ struct Shape {
     key_types: Vec<String>,
     /// The row hash, a bigint.
     hash: String,
+    /// Whether `hash` is the binary one.
+    binary: bool,
     /// The updated-at column as timestamptz, or NULL.
     updated: String,
     key_columns: Vec<String>,
@@ -285,7 +287,7 @@ impl Shape {
                 )
             }
         } else {
-            "('x' || left(md5(to_jsonb(t)::text), 16))::bit(64)::bigint".to_string()
+            "('x' || left(md5(to_jsonb(t.*)::text), 16))::bit(64)::bigint".to_string()
         };
         let updated = match t.policy.as_ref().and_then(|p| p.updated_at.as_ref()) {
             Some(c) => format!("t.{}::timestamptz", quote_ident(c)),
@@ -298,6 +300,7 @@ impl Shape {
             key_json: format!("jsonb_build_array({})::text", cols.join(", ")),
             key_types,
             hash,
+            binary,
             updated,
             key_columns: t.key.clone(),
         }
@@ -406,7 +409,7 @@ impl Shape {
                     (SELECT array_agg(tb.inc) FROM duplex.tombstone tb
                       WHERE tb.rel = $2 AND tb.key = $1)
                FROM (SELECT 1) one
-               LEFT JOIN LATERAL (SELECT to_jsonb(t) AS v, {h} AS h, {u} AS u
+               LEFT JOIN LATERAL (SELECT to_jsonb(t.*) AS v, {h} AS h, {u} AS u
                                     FROM {tbl} t WHERE {kr} = {b}) r ON true
                LEFT JOIN duplex.row_incarnation ri ON ri.rel = $2 AND ri.key = $1",
             h = self.hash,
@@ -569,7 +572,7 @@ async fn compare_shaped(
         let _ = c.batch_execute("COMMIT").await;
     }
     let mut diff = result?;
-    diff.method = if shape.hash.starts_with("hash_record") {
+    diff.method = if shape.binary {
         "binary"
     } else {
         "text"
@@ -1284,6 +1287,6 @@ mod tests {
         let scaled = Shape::new(&t, vec!["text".into(), "text".into()], true, &cols);
         assert!(scaled.hash.contains(r#"hashtextextended(ROW(t."n")::text, 1)"#), "{}", scaled.hash);
         assert_eq!(single.in_range(true), r#"t."id" >= ((r.b->0)->>0)::bigint"#);
-        assert!(single.hash.contains("md5(to_jsonb(t)::text)"));
+        assert!(single.hash.contains("md5(to_jsonb(t.*)::text)"));
     }
 }
