@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 /// Run `sql` on `c` under a replication origin of the test's own, so it is not replicated
-/// (divergence behind replication's back), then leave the origin.
+/// (divergence behind replication's back), then leave and drop the origin.
 async fn behind(pair: &Pair, c: &Client, sql: &str) {
     let origin = format!("duplex_t_{}_behind", pair.id);
     c.batch_execute(&format!(
@@ -20,9 +20,12 @@ async fn behind(pair: &Pair, c: &Client, sql: &str) {
     .await
     .expect("using a replication origin");
     let result = c.batch_execute(sql).await;
-    c.batch_execute("SELECT pg_replication_origin_session_reset()")
-        .await
-        .expect("leaving the replication origin");
+    // An origin holds one of the cluster's few replication state slots until dropped.
+    c.batch_execute(&format!(
+        "SELECT pg_replication_origin_session_reset(); SELECT pg_replication_origin_drop('{origin}')"
+    ))
+    .await
+    .expect("leaving and dropping the replication origin");
     result.expect("writing behind replication's back");
 }
 

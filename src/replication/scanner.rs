@@ -34,6 +34,8 @@ pub const NAME: &str = "scanner";
 /// Longest a pass waits for replication to catch up before comparing.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
+static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Errors of a scan or an integrity check.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -144,6 +146,9 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
     if !req.dry_run && role != scanner {
         return Err(Error::NotScanner { role, scanner });
     }
+    // One pass at a time in this process (worker and API): both would use the one
+    // repair origin.
+    let _running = RUNNING.lock().await;
     let started = Instant::now();
     let started_at = Utc::now();
     let (main, cloud) = connect(settings).await?;
