@@ -583,7 +583,11 @@ async fn run_scan(
                     t.repaired,
                     t.logged,
                     t.skipped,
-                    if t.diff.more { "; more left for the next pass" } else { "" }
+                    if t.diff.more {
+                        "; more left for the next pass"
+                    } else {
+                        ""
+                    }
                 )
             };
             println!(

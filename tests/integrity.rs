@@ -25,11 +25,21 @@ async fn equal_tables_pass_and_one_changed_row_fails_naming_the_table_and_key_ra
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("integrity OK"), "{stdout}");
-    assert!(stdout.contains("public.User: main 2000 cloud 2000 delta +0, checksum match"), "{stdout}");
+    assert!(
+        stdout.contains("public.User: main 2000 cloud 2000 delta +0, checksum match"),
+        "{stdout}"
+    );
 
-    let first = pair.run("main", &["integrity", "--checksum", "--json"]).await;
-    let second = pair.run("cloud", &["integrity", "--checksum", "--json"]).await;
-    assert_eq!(first.stdout, second.stdout, "--json is stable and the same from either side");
+    let first = pair
+        .run("main", &["integrity", "--checksum", "--json"])
+        .await;
+    let second = pair
+        .run("cloud", &["integrity", "--checksum", "--json"])
+        .await;
+    assert_eq!(
+        first.stdout, second.stdout,
+        "--json is stable and the same from either side"
+    );
     let v: Value = serde_json::from_slice(&first.stdout).expect("JSON");
     assert_eq!(v["ok"], true);
     let names: Vec<&str> = v["tables"]
@@ -60,12 +70,24 @@ async fn equal_tables_pass_and_one_changed_row_fails_naming_the_table_and_key_ra
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("integrity FAILED: public.User"), "{stdout}");
     assert!(stdout.contains("checksum differ"), "{stdout}");
-    let out = pair.run("main", &["integrity", "--checksum", "--json", "--table", "User"]).await;
+    let out = pair
+        .run(
+            "main",
+            &["integrity", "--checksum", "--json", "--table", "User"],
+        )
+        .await;
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let t = &v["tables"][0];
     assert_eq!(t["table"], "public.User");
-    assert_eq!((t["main_count"].as_i64(), t["cloud_count"].as_i64(), t["delta"].as_i64()), (Some(2000), Some(2000), Some(0)));
+    assert_eq!(
+        (
+            t["main_count"].as_i64(),
+            t["cloud_count"].as_i64(),
+            t["delta"].as_i64()
+        ),
+        (Some(2000), Some(2000), Some(0))
+    );
     assert_eq!(t["checksum"], "differ");
     let ranges = t["differing_ranges"].as_array().expect("ranges");
     assert_eq!(ranges.len(), 1, "{v}");
@@ -73,7 +95,10 @@ async fn equal_tables_pass_and_one_changed_row_fails_naming_the_table_and_key_ra
         ranges[0]["from"].as_str().unwrap_or_default(),
         ranges[0]["to"].as_str().unwrap_or("[\"~\"]"),
     );
-    assert!(from <= "[\"u1500\"]" && "[\"u1500\"]" < to, "{from} .. {to}");
+    assert!(
+        from <= "[\"u1500\"]" && "[\"u1500\"]" < to,
+        "{from} .. {to}"
+    );
     assert!(ranges[0]["main_rows"].as_i64().unwrap_or(0) <= 256, "{v}");
 
     // Counts alone cannot see it; the FAILED entry is in sync_log.

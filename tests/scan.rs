@@ -30,9 +30,7 @@ async fn behind(pair: &Pair, c: &Client, sql: &str) {
 }
 
 /// Scanner entries: (table, key, type, winner, resolved_by).
-async fn scanner_log(
-    c: &Client,
-) -> Vec<(String, String, String, Option<String>, Option<String>)> {
+async fn scanner_log(c: &Client) -> Vec<(String, String, String, Option<String>, Option<String>)> {
     c.query(
         "SELECT table_name, record_id, conflict_type, winner, resolved_by
            FROM duplex.conflict_log WHERE detected_by = 'scanner' ORDER BY table_name, record_id",
@@ -96,7 +94,10 @@ async fn divergence_behind_replication_s_back_is_settled_by_policy_and_logged_on
 
     let dry = scan_json(&pair, &["--dry-run"]).await;
     assert_eq!(dry["differences"], 7, "{dry}");
-    assert!(scanner_log(&main).await.is_empty(), "a dry run logs nothing");
+    assert!(
+        scanner_log(&main).await.is_empty(),
+        "a dry run logs nothing"
+    );
 
     let v = scan_json(&pair, &[]).await;
     assert_eq!(v["differences"], 7, "{v}");
@@ -115,7 +116,10 @@ async fn divergence_behind_replication_s_back_is_settled_by_policy_and_logged_on
         assert!(name(c, "u7").await.is_some() && name(c, "u8").await.is_some());
     }
     let role: String = cloud
-        .query_one(r#"SELECT "role" FROM "GroupMember" WHERE "userId" = 'u2'"#, &[])
+        .query_one(
+            r#"SELECT "role" FROM "GroupMember" WHERE "userId" = 'u2'"#,
+            &[],
+        )
         .await
         .expect("reading GroupMember")
         .get(0);
@@ -129,7 +133,12 @@ async fn divergence_behind_replication_s_back_is_settled_by_policy_and_logged_on
     assert_eq!(
         short,
         vec![
-            ("public.GroupMember", r#"["g1", "u2"]"#, "update_update", Some("MAIN")),
+            (
+                "public.GroupMember",
+                r#"["g1", "u2"]"#,
+                "update_update",
+                Some("MAIN")
+            ),
             ("public.User", r#"["u1"]"#, "update_update", Some("MAIN")),
             ("public.User", r#"["u2"]"#, "update_update", Some("CLOUD")),
             ("public.User", r#"["u3"]"#, "delete_update", Some("DELETED")),
@@ -138,7 +147,10 @@ async fn divergence_behind_replication_s_back_is_settled_by_policy_and_logged_on
             ("public.User", r#"["u8"]"#, "missing_on_cloud", Some("MAIN")),
         ]
     );
-    assert!(log.iter().all(|e| e.4.is_some()), "resolved by policy: {log:?}");
+    assert!(
+        log.iter().all(|e| e.4.is_some()),
+        "resolved by policy: {log:?}"
+    );
 
     // Repairs were written under duplex_repair: nothing travels back, nothing new.
     pair.wait_caught_up(Duration::from_secs(20)).await;
@@ -212,7 +224,10 @@ async fn a_truncate_on_one_side_is_reported_once_and_not_auto_resolved() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(open, vec![("public.User".to_string(), "truncate".to_string())]);
+    assert_eq!(
+        open,
+        vec![("public.User".to_string(), "truncate".to_string())]
+    );
 
     let out = pair.run("main", &["integrity"]).await;
     let (stdout, _) = text(&out);
@@ -292,14 +307,19 @@ async fn null_empty_and_null_text_numeric_scale_differ_but_jsonb_order_and_time_
     let v = scan_json(&pair, &["--table", r#"Odd "Name""#]).await;
     assert_eq!(v["repaired"], 4, "{v}");
     for c in [&main, &cloud] {
-        c.batch_execute("SET TimeZone = 'UTC'").await.expect("session");
+        c.batch_execute("SET TimeZone = 'UTC'")
+            .await
+            .expect("session");
     }
     let whole = r#"SELECT array_agg(md5(to_jsonb(x.*)::text) ORDER BY 1) FROM "Odd ""Name""" x"#;
     let m: Vec<String> = main.query_one(whole, &[]).await.expect("hashing").get(0);
     let c: Vec<String> = cloud.query_one(whole, &[]).await.expect("hashing").get(0);
     assert_eq!(m, c);
     let n: String = cloud
-        .query_one(r#"SELECT "n"::text FROM "Odd ""Name""" WHERE "k1" = 'key 3'"#, &[])
+        .query_one(
+            r#"SELECT "n"::text FROM "Odd ""Name""" WHERE "k1" = 'key 3'"#,
+            &[],
+        )
         .await
         .expect("reading")
         .get(0);
@@ -312,7 +332,9 @@ async fn rows_in_flight_under_steady_writes_are_not_reported() {
     pair.setup_both().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
     for c in [&main, &cloud] {
-        c.batch_execute(r#"SET synchronous_commit = off"#).await.expect("session");
+        c.batch_execute(r#"SET synchronous_commit = off"#)
+            .await
+            .expect("session");
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let mut writers = Vec::new();
@@ -340,7 +362,9 @@ async fn rows_in_flight_under_steady_writes_are_not_reported() {
     let started = std::time::Instant::now();
     let mut passes = 0;
     while started.elapsed() < Duration::from_secs(15) {
-        let out = pair.run("main", &["scan", "--json", "--table", "User"]).await;
+        let out = pair
+            .run("main", &["scan", "--json", "--table", "User"])
+            .await;
         assert!(out.status.success(), "{:?}", text(&out));
         passes += 1;
     }

@@ -188,7 +188,8 @@ pub async fn wait_caught_up(main: &Client, cloud: &Client, timeout: Duration) ->
     const SLOT: &str = "SELECT subslotname::text FROM pg_subscription
       WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
     const LSN: &str = "SELECT pg_current_wal_lsn()::text";
-    const CONFIRMED: &str = "SELECT coalesce(bool_or(confirmed_flush_lsn >= $2::text::pg_lsn), false)
+    const CONFIRMED: &str =
+        "SELECT coalesce(bool_or(confirmed_flush_lsn >= $2::text::pg_lsn), false)
       FROM pg_replication_slots WHERE slot_name = $1";
     let deadline = Instant::now() + timeout;
     let mut targets = Vec::new();
@@ -262,8 +263,17 @@ struct Shape {
 impl Shape {
     /// `columns`: (name, `format_type`) of every column, for the binary hash's
     /// complement.
-    fn new(t: &Target, key_types: Vec<String>, binary: bool, columns: &[(String, String)]) -> Shape {
-        let cols: Vec<String> = t.key.iter().map(|c| format!("t.{}", quote_ident(c))).collect();
+    fn new(
+        t: &Target,
+        key_types: Vec<String>,
+        binary: bool,
+        columns: &[(String, String)],
+    ) -> Shape {
+        let cols: Vec<String> = t
+            .key
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(c)))
+            .collect();
         let key_row = if cols.len() == 1 {
             cols[0].clone()
         } else {
@@ -473,9 +483,16 @@ impl Shape {
 /// Types whose equality (and so their extended hash) ignores a difference in the stored
 /// value: numeric scale, jsonb numbers, signed zero, interval units; arrays of them too.
 fn equality_coarser_than_identity(type_name: &str) -> bool {
-    ["numeric", "json", "double precision", "real", "interval", "[]"]
-        .iter()
-        .any(|t| type_name.contains(t))
+    [
+        "numeric",
+        "json",
+        "double precision",
+        "real",
+        "interval",
+        "[]",
+    ]
+    .iter()
+    .any(|t| type_name.contains(t))
 }
 
 /// A range being narrowed down: `[from, to)` and each side's row count in it.
@@ -558,7 +575,9 @@ async fn compare_shaped(
     max_differences: usize,
 ) -> Result<TableDiff, Error> {
     let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    main.batch_execute(begin).await.context("main: starting the scan snapshot")?;
+    main.batch_execute(begin)
+        .await
+        .context("main: starting the scan snapshot")?;
     if let Err(e) = cloud.batch_execute(begin).await {
         let _ = main.batch_execute("ROLLBACK").await;
         return Err(pg::Error::Query {
@@ -572,11 +591,7 @@ async fn compare_shaped(
         let _ = c.batch_execute("COMMIT").await;
     }
     let mut diff = result?;
-    diff.method = if shape.binary {
-        "binary"
-    } else {
-        "text"
-    };
+    diff.method = if shape.binary { "binary" } else { "text" };
     Ok(diff)
 }
 
@@ -588,8 +603,17 @@ async fn compare_in_snapshot(
 ) -> Result<TableDiff, Error> {
     let total = s.total_sql();
     let (tm, tc) = tokio::try_join!(
-        async { main.query_one(&total, &[]).await.context("main: aggregating") },
-        async { cloud.query_one(&total, &[]).await.context("cloud: aggregating") }
+        async {
+            main.query_one(&total, &[])
+                .await
+                .context("main: aggregating")
+        },
+        async {
+            cloud
+                .query_one(&total, &[])
+                .await
+                .context("cloud: aggregating")
+        }
     )?;
     let (nm, xm): (i64, i64) = (tm.get(0), tm.get(1));
     let (nc, xc): (i64, i64) = (tc.get(0), tc.get(1));
@@ -687,13 +711,7 @@ async fn compare_in_snapshot(
 /// The JSON array text of ranges for a statement: `[[from, to|null, extra], ...]`.
 fn ranges_json<'a>(ranges: impl Iterator<Item = (&'a Range, i64)>) -> String {
     let items: Vec<String> = ranges
-        .map(|(r, extra)| {
-            format!(
-                "[{},{},{extra}]",
-                r.from,
-                r.to.as_deref().unwrap_or("null")
-            )
-        })
+        .map(|(r, extra)| format!("[{},{},{extra}]", r.from, r.to.as_deref().unwrap_or("null")))
         .collect();
     format!("[{}]", items.join(","))
 }
@@ -958,8 +976,14 @@ pub fn decide(policy: Policy, main: &Seen, cloud: &Seen) -> Option<Decision> {
     match (&main.row, &cloud.row) {
         (Some(_), Some(_)) => {
             let cloud_later = policy == Policy::LastWriteWins
-                && cloud.updated_at.map(|t| t.timestamp_micros()).unwrap_or(i64::MIN)
-                    > main.updated_at.map(|t| t.timestamp_micros()).unwrap_or(i64::MIN);
+                && cloud
+                    .updated_at
+                    .map(|t| t.timestamp_micros())
+                    .unwrap_or(i64::MIN)
+                    > main
+                        .updated_at
+                        .map(|t| t.timestamp_micros())
+                        .unwrap_or(i64::MIN);
             Some(if cloud_later {
                 copy("CLOUD", Role::Main, "update_update")
             } else {
@@ -1093,7 +1117,18 @@ pub async fn scan_table(
             conflict_key: &conflict_key(d.conflict_type, &rel, &key, m.hash, k.hash),
         };
         let log_in_txn = d.loser == opts.log_side;
-        match repair(loser, &shape, &rel, &key, &d, winner_seen, loser_seen, log_in_txn.then_some(&entry)).await {
+        match repair(
+            loser,
+            &shape,
+            &rel,
+            &key,
+            &d,
+            winner_seen,
+            loser_seen,
+            log_in_txn.then_some(&entry),
+        )
+        .await
+        {
             Ok(true) => {
                 report.repaired += 1;
                 if log_in_txn {
@@ -1109,11 +1144,16 @@ pub async fn scan_table(
             }
         }
     }
-    for (done, (side, c)) in origin_ready.iter().zip([(Role::Main, main), (Role::Cloud, cloud)]) {
+    for (done, (side, c)) in origin_ready
+        .iter()
+        .zip([(Role::Main, main), (Role::Cloud, cloud)])
+    {
         if *done {
             c.query("SELECT pg_replication_origin_session_reset()", &[])
                 .await
-                .context(format!("{side}: leaving replication origin {REPAIR_ORIGIN}"))?;
+                .context(format!(
+                    "{side}: leaving replication origin {REPAIR_ORIGIN}"
+                ))?;
         }
     }
     report.diff = diff;
@@ -1122,7 +1162,13 @@ pub async fn scan_table(
 }
 
 /// The conflict key of a scanner finding: the same difference found twice is logged once.
-pub fn conflict_key(t: &str, rel: &str, key: &str, main: Option<i64>, cloud: Option<i64>) -> String {
+pub fn conflict_key(
+    t: &str,
+    rel: &str,
+    key: &str,
+    main: Option<i64>,
+    cloud: Option<i64>,
+) -> String {
     use sha2::{Digest, Sha256};
     let text = format!("scanner|{t}|{rel}|{key}|{main:?}|{cloud:?}");
     Sha256::digest(text.as_bytes())
@@ -1138,10 +1184,15 @@ async fn use_repair_origin(c: &Client, side: Role) -> Result<(), Error> {
         &[&REPAIR_ORIGIN],
     )
     .await
-    .context(format!("{side}: creating replication origin {REPAIR_ORIGIN}"))?;
-    c.query("SELECT pg_replication_origin_session_setup($1)", &[&REPAIR_ORIGIN])
-        .await
-        .context(format!("{side}: using replication origin {REPAIR_ORIGIN}"))?;
+    .context(format!(
+        "{side}: creating replication origin {REPAIR_ORIGIN}"
+    ))?;
+    c.query(
+        "SELECT pg_replication_origin_session_setup($1)",
+        &[&REPAIR_ORIGIN],
+    )
+    .await
+    .context(format!("{side}: using replication origin {REPAIR_ORIGIN}"))?;
     Ok(())
 }
 
@@ -1159,7 +1210,9 @@ async fn repair(
     log: Option<&conflict_log::ScannerEntry<'_>>,
 ) -> Result<bool, Error> {
     let ctx = |what: &str| format!("{}: {what} {rel} {key}", d.loser);
-    c.batch_execute("BEGIN").await.context(ctx("starting a repair of"))?;
+    c.batch_execute("BEGIN")
+        .await
+        .context(ctx("starting a repair of"))?;
     let result = async {
         let now: Option<i64> = c
             .query_opt(&s.lock_sql(), &[&key])
@@ -1206,7 +1259,9 @@ async fn repair(
     .await;
     match result {
         Ok(true) => {
-            c.batch_execute("COMMIT").await.context(ctx("committing the repair of"))?;
+            c.batch_execute("COMMIT")
+                .await
+                .context(ctx("committing the repair of"))?;
             Ok(true)
         }
         other => {
@@ -1238,8 +1293,12 @@ mod tests {
         assert_eq!((d.winner, d.loser, d.delete), ("CLOUD", Role::Main, false));
         let d = decide(p, &seen(true, 20, "0", &[]), &seen(true, 20, "0", &[])).unwrap();
         assert_eq!((d.winner, d.loser), ("MAIN", Role::Cloud));
-        let d = decide(Policy::MainAuthoritative, &seen(true, 1, "0", &[]), &seen(true, 9, "0", &[]))
-            .unwrap();
+        let d = decide(
+            Policy::MainAuthoritative,
+            &seen(true, 1, "0", &[]),
+            &seen(true, 9, "0", &[]),
+        )
+        .unwrap();
         assert_eq!((d.winner, d.loser), ("MAIN", Role::Cloud));
     }
 
@@ -1248,18 +1307,30 @@ mod tests {
         let lww = Policy::LastWriteWins;
         let gone = seen(false, 0, "0", &["0"]);
         let d = decide(lww, &gone, &seen(true, 99, "0", &[])).unwrap();
-        assert_eq!((d.conflict_type, d.winner, d.loser, d.delete), ("delete_update", "DELETED", Role::Cloud, true));
+        assert_eq!(
+            (d.conflict_type, d.winner, d.loser, d.delete),
+            ("delete_update", "DELETED", Role::Cloud, true)
+        );
         let d = decide(lww, &seen(true, 99, "0", &[]), &gone).unwrap();
-        assert_eq!((d.conflict_type, d.loser, d.delete), ("update_delete", Role::Main, true));
+        assert_eq!(
+            (d.conflict_type, d.loser, d.delete),
+            ("update_delete", Role::Main, true)
+        );
         // main_authoritative: main's row comes back on cloud.
         let d = decide(Policy::MainAuthoritative, &seen(true, 1, "0", &[]), &gone).unwrap();
         assert_eq!((d.winner, d.loser, d.delete), ("MAIN", Role::Cloud, false));
         // A re-created incarnation was not deleted: copied.
         let d = decide(lww, &gone, &seen(true, 1, "abc", &[])).unwrap();
-        assert_eq!((d.conflict_type, d.loser, d.delete), ("missing_on_main", Role::Main, false));
+        assert_eq!(
+            (d.conflict_type, d.loser, d.delete),
+            ("missing_on_main", Role::Main, false)
+        );
         let never = seen(false, 0, "0", &[]);
         let d = decide(lww, &seen(true, 1, "0", &[]), &never).unwrap();
-        assert_eq!((d.conflict_type, d.loser), ("missing_on_cloud", Role::Cloud));
+        assert_eq!(
+            (d.conflict_type, d.loser),
+            ("missing_on_cloud", Role::Cloud)
+        );
         assert_eq!(decide(lww, &never, &never), None);
     }
 
@@ -1275,17 +1346,43 @@ mod tests {
     #[test]
     fn composite_keys_compare_as_row_constructors() {
         let t = Target {
-            table: TableName { schema: "public".into(), name: "GroupMember".into() },
+            table: TableName {
+                schema: "public".into(),
+                name: "GroupMember".into(),
+            },
             key: vec!["groupId".into(), "userId".into()],
             policy: None,
         };
         let s = Shape::new(&t, vec!["text".into(), "text".into()], true, &[]);
         assert_eq!(s.key_row, r#"(t."groupId", t."userId")"#);
-        assert!(s.in_range(false).contains(r#"(t."groupId", t."userId") < (((r.b->1)->>0)::text, ((r.b->1)->>1)::text)"#), "{}", s.in_range(false));
-        let single = Shape::new(&Target { key: vec!["id".into()], ..t.clone() }, vec!["bigint".into()], false, &[]);
-        let cols = [("id".to_string(), "bigint".to_string()), ("n".to_string(), "numeric(10,2)".to_string())];
+        assert!(
+            s.in_range(false).contains(
+                r#"(t."groupId", t."userId") < (((r.b->1)->>0)::text, ((r.b->1)->>1)::text)"#
+            ),
+            "{}",
+            s.in_range(false)
+        );
+        let single = Shape::new(
+            &Target {
+                key: vec!["id".into()],
+                ..t.clone()
+            },
+            vec!["bigint".into()],
+            false,
+            &[],
+        );
+        let cols = [
+            ("id".to_string(), "bigint".to_string()),
+            ("n".to_string(), "numeric(10,2)".to_string()),
+        ];
         let scaled = Shape::new(&t, vec!["text".into(), "text".into()], true, &cols);
-        assert!(scaled.hash.contains(r#"hashtextextended(ROW(t."n")::text, 1)"#), "{}", scaled.hash);
+        assert!(
+            scaled
+                .hash
+                .contains(r#"hashtextextended(ROW(t."n")::text, 1)"#),
+            "{}",
+            scaled.hash
+        );
         assert_eq!(single.in_range(true), r#"t."id" >= ((r.b->0)->>0)::bigint"#);
         assert!(single.hash.contains("md5(to_jsonb(t.*)::text)"));
     }

@@ -55,10 +55,7 @@ pub async fn scan(State(state): State<AppState>, p: Params) -> Result<Json<Value
 }
 
 /// `POST /api/sync/integrity-check?table=&checksum=` (checksum defaults to true).
-pub async fn integrity(
-    State(state): State<AppState>,
-    p: Params,
-) -> Result<Json<Value>, ApiError> {
+pub async fn integrity(State(state): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
     let q = params(p)?;
     let report = scanner::integrity(
         &state.settings,

@@ -118,7 +118,9 @@ pub async fn targets(
         });
     }
     for t in &tables {
-        if !out.iter().any(|o| &o.table == t) && !skipped.iter().any(|s| s.starts_with(&format!("{t}:"))) {
+        if !out.iter().any(|o| &o.table == t)
+            && !skipped.iter().any(|s| s.starts_with(&format!("{t}:")))
+        {
             skipped.push(format!("{t}: missing on main"));
         }
     }
@@ -309,11 +311,16 @@ impl IntegrityReport {
             }
         }
         if !self.caught_up {
-            out.push_str("warning: replication had not caught up; rows in flight may show as differences\n");
+            out.push_str(
+                "warning: replication had not caught up; rows in flight may show as differences\n",
+            );
         }
         let failing = self.failing();
         if failing.is_empty() {
-            out.push_str(&format!("integrity OK: {} table(s) match\n", self.tables.len()));
+            out.push_str(&format!(
+                "integrity OK: {} table(s) match\n",
+                self.tables.len()
+            ));
         } else {
             out.push_str(&format!(
                 "integrity FAILED: {}\n",
@@ -345,7 +352,13 @@ pub async fn integrity(
         let (main_count, cloud_count, sum, ranges, truncated) = if checksum {
             let d = scan::compare(&main, &cloud, t, 1000).await?;
             let sum = if d.equal { "match" } else { "differ" };
-            (d.main_count, d.cloud_count, Some(sum), d.ranges, d.truncated)
+            (
+                d.main_count,
+                d.cloud_count,
+                Some(sum),
+                d.ranges,
+                d.truncated,
+            )
         } else {
             let (m, c) = tokio::try_join!(count(&main, &t.table), count(&cloud, &t.table))?;
             (m, c, None, Vec::new(), scan::truncated_side(m, c))
@@ -370,10 +383,7 @@ pub async fn integrity(
             schema: schema.into(),
             name: n.into(),
         };
-        let (m, c) = match tokio::try_join!(count(&main, &tn), count(&cloud, &tn)) {
-            Ok(mc) => mc,
-            Err(_) => (0, 0),
-        };
+        let (m, c) = tokio::try_join!(count(&main, &tn), count(&cloud, &tn))?;
         tables.push(TableIntegrity {
             table: name.to_string(),
             main_count: m,
@@ -421,10 +431,12 @@ pub async fn integrity(
 }
 
 async fn count(c: &Client, t: &TableName) -> Result<i64, pg::Error> {
-    Ok(c.query_one(&format!("SELECT count(*) FROM {}", t.quoted()), &[])
-        .await
-        .context(format!("counting {t}"))?
-        .get(0))
+    Ok(
+        c.query_one(&format!("SELECT count(*) FROM {}", t.quoted()), &[])
+            .await
+            .context(format!("counting {t}"))?
+            .get(0),
+    )
 }
 
 /// The scanner worker of `duplex run`.
