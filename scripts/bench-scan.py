@@ -85,7 +85,10 @@ def sql(url: str, query: str, check: bool = True) -> str:
 
 
 def psql_file(url: str, path: Path) -> None:
-    subprocess.run([PSQL, url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)], check=True, capture_output=True)
+    out = subprocess.run([PSQL, url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        # The URL carries a password: never print it.
+        raise SystemExit(f"psql -f {path.name} failed: {out.stderr.strip()}")
 
 
 def admin(side: str) -> str:
@@ -102,11 +105,11 @@ CREATE TABLE app_event (
     payload jsonb NOT NULL, note text, created_at timestamptz NOT NULL
 );
 INSERT INTO app_event
-SELECT i, i % 5000, (ARRAY['jump', 'login', 'upload', 'sync'])[1 + i % 4], (i * 7919) % 1000,
+SELECT i, (i % 5000)::int, (ARRAY['jump', 'login', 'upload', 'sync'])[1 + i % 4], ((i * 7919) % 1000)::int,
        jsonb_build_object('device', 'd' || (i % 97), 'alt', 3000 + i % 1000, 'ok', i % 2 = 0),
        CASE WHEN i % 3 = 0 THEN 'note ' || i END,
        timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second'
-  FROM generate_series(1, {rows}) i;
+  FROM generate_series(1::bigint, {rows}) i;
 ANALYZE app_event;
 """
 

@@ -273,7 +273,7 @@ async fn null_empty_and_null_text_numeric_scale_differ_but_jsonb_order_and_time_
            UPDATE "Odd ""Name""" SET "n" = 1.00 WHERE "k1" = 'key 3';
            UPDATE "Odd ""Name""" SET "j" = '{"b": 2, "a": 1}' WHERE "k1" = 'key 4';
            UPDATE "Odd ""Name""" SET "ts" = '2030-01-02 01:00:00+13' WHERE "k1" = 'key 5';
-           UPDATE "Odd ""Name""" SET "j" = '{"b": 2, "a": 1.0}' WHERE "k1" = 'key 6';"#,
+           UPDATE "Odd ""Name""" SET "j" = '{"b": 2, "a": 1, "c": null}' WHERE "k1" = 'key 6';"#,
     )
     .await;
     behind(

@@ -480,19 +480,14 @@ impl Shape {
     }
 }
 
-/// Types whose equality (and so their extended hash) ignores a difference in the stored
-/// value: numeric scale, jsonb numbers, signed zero, interval units; arrays of them too.
+/// Column types whose equality (and so their extended hash) ignores a difference in the
+/// stored value: numeric scale, signed zero, interval units; arrays of them too. Numbers
+/// inside jsonb are left to jsonb's own hash (by value): hashing every document's text
+/// would double the cost of an identical table for a difference JSON does not make.
 fn equality_coarser_than_identity(type_name: &str) -> bool {
-    [
-        "numeric",
-        "json",
-        "double precision",
-        "real",
-        "interval",
-        "[]",
-    ]
-    .iter()
-    .any(|t| type_name.contains(t))
+    ["numeric", "double precision", "real", "interval"]
+        .iter()
+        .any(|t| type_name.contains(t))
 }
 
 /// A range being narrowed down: `[from, to)` and each side's row count in it.
@@ -1372,7 +1367,7 @@ mod tests {
             &[],
         );
         let cols = [
-            ("id".to_string(), "bigint".to_string()),
+            ("j".to_string(), "jsonb".to_string()),
             ("n".to_string(), "numeric(10,2)".to_string()),
         ];
         let scaled = Shape::new(&t, vec!["text".into(), "text".into()], true, &cols);
