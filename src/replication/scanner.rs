@@ -255,6 +255,8 @@ pub struct TableIntegrity {
     pub truncated: Option<Role>,
     /// Why the table could not be checked fully.
     pub note: Option<String>,
+    /// Bytes of hashes, keys and counts received from both servers (approximate).
+    pub bytes_read: u64,
 }
 
 /// `duplex integrity`: counts (and checksums) of every replicated table on both sides.
@@ -349,7 +351,7 @@ pub async fn integrity(
         .is_ok();
     let mut tables = Vec::new();
     for t in &targets {
-        let (main_count, cloud_count, sum, ranges, truncated) = if checksum {
+        let (main_count, cloud_count, sum, ranges, truncated, bytes_read) = if checksum {
             let d = scan::compare(&main, &cloud, t, 1000).await?;
             let sum = if d.equal { "match" } else { "differ" };
             (
@@ -358,10 +360,11 @@ pub async fn integrity(
                 Some(sum),
                 d.ranges,
                 d.truncated,
+                d.bytes_read,
             )
         } else {
             let (m, c) = tokio::try_join!(count(&main, &t.table), count(&cloud, &t.table))?;
-            (m, c, None, Vec::new(), scan::truncated_side(m, c))
+            (m, c, None, Vec::new(), scan::truncated_side(m, c), 16)
         };
         tables.push(TableIntegrity {
             table: t.table.to_string(),
@@ -372,6 +375,7 @@ pub async fn integrity(
             differing_ranges: ranges,
             truncated,
             note: None,
+            bytes_read,
         });
     }
     for s in skipped {
@@ -393,6 +397,7 @@ pub async fn integrity(
             differing_ranges: Vec::new(),
             truncated: scan::truncated_side(m, c),
             note: Some(format!("{why}: counts only")),
+            bytes_read: 16,
         });
     }
     tables.sort_by(|a, b| a.table.cmp(&b.table));
