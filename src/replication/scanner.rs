@@ -102,7 +102,9 @@ pub async fn targets(
             return Err(Error::UnknownTable(name.to_string()));
         }
     }
-    let inspected = super::resolution::inspect(settings, main, Role::Main, &tables).await?;
+    // Only the effective policies are used here; the hash mode shapes generated SQL alone.
+    let mode = crate::conflict::triggers::HashMode::Binary;
+    let inspected = super::resolution::inspect(settings, main, Role::Main, &tables, mode).await?;
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for r in inspected {
