@@ -384,3 +384,50 @@ async fn rows_in_flight_under_steady_writes_are_not_reported() {
     pair.wait_caught_up(Duration::from_secs(20)).await;
     users_equal(&pair).await;
 }
+
+#[tokio::test]
+async fn the_daemon_scans_on_its_own_and_answers_scan_and_integrity_over_the_api() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    behind(
+        &pair,
+        &cloud,
+        r#"INSERT INTO "User" ("id", "email") VALUES ('u9', 'u9@example.com')"#,
+    )
+    .await;
+    let d = pair.start_daemon("main", &[]).await;
+    // A pass at start-up, and one on every immediate-sync signal (`duplex trigger`).
+    let (code, _) = d.post("/api/sync/trigger").await;
+    assert_eq!(code, 200);
+    common::wait_until(
+        "the scanner copies u9 to main",
+        Duration::from_secs(60),
+        || common::user_exists(&main, "u9"),
+    )
+    .await;
+    let (code, v) = d.post("/api/sync/integrity-check").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["checksum"], true, "{v}");
+    let (code, v) = d.post("/api/sync/scan?table=User&dry_run=true").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["differences"], 0, "{v}");
+    let (code, _) = d.call("POST", "/api/sync/scan", "wrong").await;
+    assert_eq!(code, 401);
+
+    // Only main repairs: cloud's API refuses a repairing pass.
+    let c = pair.start_daemon("cloud", &[]).await;
+    let (code, v) = c.post("/api/sync/scan").await;
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("scanner_role"),
+        "{v}"
+    );
+    let log = scanner_log(&main).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].2, "missing_on_main");
+    let _ = cloud;
+    assert!(c.stop().await.0);
+    assert!(d.stop().await.0);
+}
