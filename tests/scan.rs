@@ -311,7 +311,7 @@ async fn null_empty_and_null_text_numeric_scale_differ_but_jsonb_order_and_time_
             .await
             .expect("session");
     }
-    let whole = r#"SELECT array_agg(md5(to_jsonb(x.*)::text) ORDER BY 1) FROM "Odd ""Name""" x"#;
+    let whole = r#"SELECT array_agg(h ORDER BY h) FROM (SELECT md5(to_jsonb(x.*)::text) AS h FROM "Odd ""Name""" x) s"#;
     let m: Vec<String> = main.query_one(whole, &[]).await.expect("hashing").get(0);
     let c: Vec<String> = cloud.query_one(whole, &[]).await.expect("hashing").get(0);
     assert_eq!(m, c);
