@@ -379,7 +379,8 @@ async fn rows_in_flight_under_steady_writes_are_not_reported() {
     assert_eq!(
         scanner_log(&main).await,
         vec![],
-        "{passes} scans during {writes} writes"
+        "{passes} scans during {writes} writes; every entry: {:?}",
+        Pair::conflicts(&main).await
     );
     pair.wait_caught_up(Duration::from_secs(20)).await;
     users_equal(&pair).await;

@@ -187,7 +187,9 @@ pub fn truncated_side(main: i64, cloud: i64) -> Option<Role> {
 pub async fn wait_caught_up(main: &Client, cloud: &Client, timeout: Duration) -> Result<(), Error> {
     const SLOT: &str = "SELECT subslotname::text FROM pg_subscription
       WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
-    const LSN: &str = "SELECT pg_current_wal_lsn()::text";
+    // The insert position, not pg_current_wal_lsn() (the write position): an asynchronous
+    // commit (synchronous_commit = off) may still sit in the WAL buffers, past the latter.
+    const LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
     const CONFIRMED: &str =
         "SELECT coalesce(bool_or(confirmed_flush_lsn >= $2::text::pg_lsn), false)
       FROM pg_replication_slots WHERE slot_name = $1";
