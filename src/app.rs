@@ -12,6 +12,7 @@ use crate::http::{self, AppState};
 use crate::notify::{self, Notifier};
 use crate::pg;
 use crate::replication::monitor::{self, Monitor};
+use crate::replication::scanner::{self, Scanner};
 use crate::shutdown::{cancel_on_signal, Workers};
 use crate::store::{self, sync_state};
 
@@ -118,6 +119,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         trigger_rx,
     );
     let connection = monitor.report().subscribe();
+    let scanner = Scanner::new(settings.clone(), monitor.immediate_sync());
     let housekeeper = Housekeeper::new(
         settings.clone(),
         std::sync::Arc::new(move || {
@@ -140,6 +142,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     };
     workers.spawn(monitor::NAME, monitor.run(cancel.clone()));
     workers.spawn(housekeeping::NAME, housekeeper.run(cancel.clone()));
+    workers.spawn(scanner::NAME, scanner.run(cancel.clone()));
     let app = http::router(state);
     let http_cancel = cancel.clone();
     workers.spawn("http", async move {

@@ -14,11 +14,13 @@ const TABLES: Key = Key::file("conflicts.tables");
 const TOMBSTONE_RETENTION: Key = Key::file("conflicts.tombstone_retention_secs");
 const LOG_RETENTION_DAYS: Key = Key::file("conflicts.log_retention_days");
 const CLOCK_OFFSET_WARNING: Key = Key::file("conflicts.clock_offset_warning_ms");
+const SCANNER_ROLE: Key = Key::file("conflicts.scanner_role");
 const KEYS: &[Key] = &[
     TABLES,
     TOMBSTONE_RETENTION,
     LOG_RETENTION_DAYS,
     CLOCK_OFFSET_WARNING,
+    SCANNER_ROLE,
 ];
 const TABLE_KEYS: &[&str] = &["policy", "updated_at"];
 
@@ -40,6 +42,9 @@ pub struct ConflictSettings {
     /// `clock_offset_warning_ms`: offset between the two servers' clocks that raises a
     /// WARNING (last_write_wins trusts them). Default 500.
     pub clock_offset_warning_ms: u64,
+    /// `scanner_role`: the one side whose controller runs the verifying scanner and
+    /// repairs (`main` or `cloud`); the other side's scanner does nothing. Default main.
+    pub scanner_role: crate::model::Role,
 }
 
 impl ConflictSettings {
@@ -93,6 +98,16 @@ impl ConflictSettings {
             tombstone_retention: s.secs(&TOMBSTONE_RETENTION, 7 * 86_400),
             log_retention_days: s.positive(&LOG_RETENTION_DAYS, 90),
             clock_offset_warning_ms: s.positive(&CLOCK_OFFSET_WARNING, 500),
+            scanner_role: match s.string(&SCANNER_ROLE).as_deref() {
+                None | Some("main") => crate::model::Role::Main,
+                Some("cloud") => crate::model::Role::Cloud,
+                Some(other) => {
+                    s.problems.push(format!(
+                        "conflicts.scanner_role is `{other}`: use main or cloud"
+                    ));
+                    crate::model::Role::Main
+                }
+            },
         }
     }
 }

@@ -4,6 +4,7 @@
 mod conflicts;
 mod error;
 mod metrics;
+mod scan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sync/conflicts", get(conflicts::list))
         .route("/api/sync/conflicts/{id}", get(conflicts::show))
         .route("/api/sync/conflicts/{id}/resolve", post(conflicts::resolve))
+        .route("/api/sync/scan", post(scan::scan))
+        .route("/api/sync/integrity-check", post(scan::integrity))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/sync", get(health))

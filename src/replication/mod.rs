@@ -7,6 +7,7 @@ pub mod health;
 pub mod monitor;
 pub mod resolution;
 pub mod rules;
+pub mod scanner;
 pub mod setup;
 pub mod state;
 pub mod status;

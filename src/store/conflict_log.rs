@@ -294,3 +294,85 @@ pub async fn prune_resolved(local: &Client, days: i32, batch: i64) -> Result<u64
         .await
         .context("pruning resolved entries of duplex.conflict_log")
 }
+
+// The scanner's statements: one entry per difference it settled (deduplicated by
+// `conflict_key`), and one open `truncate` entry per table while one is open.
+
+/// `$1..$10`: see [`ScannerEntry`]; resolved now unless `resolved_by` is NULL (manual).
+const INSERT_SCANNER: &str = "INSERT INTO duplex.conflict_log
+    (table_name, record_id, conflict_type, main_version, cloud_version, policy, winner,
+     resolved_by, resolved_at, detected_by, detected_on, conflict_key)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $8::text IS NULL THEN NULL ELSE now() END,
+          'scanner', $9, $10)
+  ON CONFLICT (conflict_key) DO NOTHING";
+
+/// An open `truncate` entry for table `$1`, unless one is open already.
+const INSERT_TRUNCATE: &str = "INSERT INTO duplex.conflict_log
+    (table_name, record_id, conflict_type, policy, detected_by, detected_on, conflict_key,
+     resolution_details)
+  SELECT $1, '[]', 'truncate', $2, 'scanner', $3,
+         md5('scanner truncate ' || $1 || clock_timestamp()::text), $4
+   WHERE NOT EXISTS (SELECT 1 FROM duplex.conflict_log
+                      WHERE table_name = $1 AND conflict_type = 'truncate'
+                        AND resolved_at IS NULL)";
+
+/// One difference the scanner found and settled.
+#[derive(Debug, Clone)]
+pub struct ScannerEntry<'a> {
+    /// `schema.table`.
+    pub table_name: &'a str,
+    /// The key as a JSON array.
+    pub record_id: &'a str,
+    /// Conflict type.
+    pub conflict_type: &'a str,
+    /// Main's version (NULL: no row).
+    pub main_version: Option<&'a Value>,
+    /// Cloud's version (NULL: no row).
+    pub cloud_version: Option<&'a Value>,
+    /// The table's policy.
+    pub policy: &'a str,
+    /// MAIN, CLOUD or DELETED.
+    pub winner: &'a str,
+    /// `LAST_WRITE_WINS`, `MAIN_AUTHORITATIVE`, or `None` (manual: stays open).
+    pub resolved_by: Option<&'a str>,
+    /// The side that found it.
+    pub detected_on: &'a str,
+    /// Derived from the table, key and both versions.
+    pub conflict_key: &'a str,
+}
+
+/// Log a scanner finding; returns 1 when new, 0 when logged before.
+pub async fn insert_scanner(client: &Client, e: &ScannerEntry<'_>) -> Result<u64, Error> {
+    client
+        .execute(
+            INSERT_SCANNER,
+            &[
+                &e.table_name,
+                &e.record_id,
+                &e.conflict_type,
+                &e.main_version,
+                &e.cloud_version,
+                &e.policy,
+                &e.winner,
+                &e.resolved_by,
+                &e.detected_on,
+                &e.conflict_key,
+            ],
+        )
+        .await
+        .context(format!("logging a scanner conflict on {}", e.table_name))
+}
+
+/// Log an open `truncate` conflict for `table` unless one is open; returns 1 when new.
+pub async fn insert_truncate(
+    client: &Client,
+    table: &str,
+    policy: Option<&str>,
+    detected_on: &str,
+    details: &Value,
+) -> Result<u64, Error> {
+    client
+        .execute(INSERT_TRUNCATE, &[&table, &policy, &detected_on, details])
+        .await
+        .context(format!("logging a truncate conflict on {table}"))
+}

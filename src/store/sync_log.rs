@@ -46,6 +46,10 @@ pub enum SyncType {
     Alert,
     /// An operator paused or resumed sync.
     Control,
+    /// A scanner pass compared and settled the tables.
+    Scan,
+    /// An integrity check (counts, checksums) for a cutover.
+    Integrity,
 }
 
 impl SyncType {
@@ -56,6 +60,8 @@ impl SyncType {
             SyncType::Connection => "connection",
             SyncType::Alert => "alert",
             SyncType::Control => "control",
+            SyncType::Scan => "scan",
+            SyncType::Integrity => "integrity",
         }
     }
 }

@@ -1,0 +1,1386 @@
+//! The verifying scanner's engine: find every row that differs between main and cloud and
+//! settle it with the table's policy (docs/conflicts.md, "The scanner").
+//!
+//! Hashing happens inside PostgreSQL and only hashes travel: per table, a whole-table
+//! aggregate (row count and `bit_xor` of a 64-bit row hash) on both sides; when they
+//! differ, primary-key ranges whose boundaries come from one side's index order, measured
+//! the same way on both sides, and only ranges that differ are subdivided, until they are
+//! small enough to fetch their keys and row hashes. Ranges are compared with row
+//! constructors (`(k1, k2) >= (…)`), so composite and text keys work.
+//!
+//! The row hash is `hash_record_extended(t.*, 0)` when both servers run the same major
+//! version with the same column layout (and every column type has an extended hash
+//! function); otherwise the md5 of the row's jsonb text under pinned settings. Both are
+//! NULL-safe, independent of the session's `TimeZone`/`DateStyle`, keep numeric scale and
+//! ignore jsonb key order.
+//!
+//! Rows in flight are not differences: before comparing, each side's WAL position is taken
+//! and the scan waits (bounded) until the peer's subscription has confirmed it, both ways;
+//! each candidate is then read again on both sides, the wait repeated, and only a
+//! difference that stayed put is settled. A repair writes only the losing side, under the
+//! replication origin `duplex_repair` (not sent back), in a transaction that first checks
+//! the row still has the version that was compared.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::policy::{Effective, Policy};
+use super::resolve::REPAIR_ORIGIN;
+use crate::model::{quote_ident, Role, TableName};
+use crate::pg::{self, Context};
+use crate::store::conflict_log;
+
+/// Settings pinned in every scanner session, so key and row text are the same on both
+/// servers (the in-stream triggers pin the same ones).
+const PIN: &str = "SET \"TimeZone\" = 'UTC'; SET \"DateStyle\" = 'ISO, YMD';
+  SET \"IntervalStyle\" = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'";
+/// A scan statement may read a whole large table.
+const SCAN_STATEMENT_TIMEOUT: &str = "SET statement_timeout = '300s'";
+/// Ranges with at most this many rows (on the larger side) are fetched row by row.
+pub const LEAF_ROWS: i64 = 256;
+/// At most this many sub-ranges per split.
+const MAX_PARTS: i64 = 4096;
+/// Ranges per statement.
+const RANGE_BATCH: usize = 2048;
+/// Differing key ranges kept for a report.
+const MAX_REPORTED_RANGES: usize = 100;
+
+/// Errors of a scan.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A statement failed or a connection broke. Usually transient: the next scan retries.
+    #[error(transparent)]
+    Pg(#[from] pg::Error),
+    /// Replication did not apply what was committed before the scan in time; comparing
+    /// now would report rows in flight. Transient.
+    #[error("replication {direction} has not applied everything committed before the scan within {timeout:?}: not comparing rows still in flight (check `duplex status`)")]
+    NotCaughtUp {
+        /// `main -> cloud` or `cloud -> main`.
+        direction: String,
+        /// How long the scan waited.
+        timeout: Duration,
+    },
+}
+
+/// One table to compare.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The table.
+    pub table: TableName,
+    /// Primary-key columns in key order.
+    pub key: Vec<String>,
+    /// Its effective policy; `None` compares only (no repair).
+    pub policy: Option<Effective>,
+}
+
+/// How a scan runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Settle differences (false: report only).
+    pub repair: bool,
+    /// Longest wait for replication to catch up before comparing.
+    pub catch_up_timeout: Duration,
+    /// Stop collecting a table's differences after this many (the rest next scan).
+    pub max_differences: usize,
+    /// The side whose `duplex.conflict_log` receives entries (the repairing controller).
+    pub log_side: Role,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            repair: true,
+            catch_up_timeout: Duration::from_secs(30),
+            max_differences: 10_000,
+            log_side: Role::Main,
+        }
+    }
+}
+
+/// A key range `[from, to)` (`to` open-ended when `None`) whose contents differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RangeDiff {
+    /// First key of the range (inclusive), as a JSON array.
+    pub from: String,
+    /// End of the range (exclusive), `None` up to the last key.
+    pub to: Option<String>,
+    /// Rows on main in the range.
+    pub main_rows: i64,
+    /// Rows on cloud in the range.
+    pub cloud_rows: i64,
+}
+
+/// One row that differs: its key and each side's row hash (`None`: no row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// The primary key as a JSON array (as in `conflict_log.record_id`).
+    pub key: String,
+    /// Main's row hash.
+    pub main: Option<i64>,
+    /// Cloud's row hash.
+    pub cloud: Option<i64>,
+}
+
+/// What comparing one table found (in one snapshot per side).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableDiff {
+    /// Rows on main.
+    pub main_count: i64,
+    /// Rows on cloud.
+    pub cloud_count: i64,
+    /// `binary` (hash_record_extended) or `text` (md5 of the normalised jsonb text).
+    pub method: &'static str,
+    /// Whether contents match.
+    pub equal: bool,
+    /// One side empty or nearly: not settled row by row.
+    pub truncated: Option<Role>,
+    /// Smallest differing key ranges (at most 100).
+    pub ranges: Vec<RangeDiff>,
+    /// Differing rows (at most `max_differences`).
+    pub candidates: Vec<Candidate>,
+    /// More differences exist than were collected.
+    pub more: bool,
+    /// Bytes of hashes, keys and counts received from both servers (approximate).
+    pub bytes_read: u64,
+}
+
+/// What a scan did to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableReport {
+    /// `schema.table`.
+    pub table: String,
+    /// The comparison.
+    #[serde(flatten)]
+    pub diff: TableDiff,
+    /// Differences still there after the re-check.
+    pub confirmed: usize,
+    /// Repairs written.
+    pub repaired: usize,
+    /// New conflict-log entries.
+    pub logged: u64,
+    /// Candidates that changed meanwhile (left for the next scan).
+    pub skipped: usize,
+    /// Why the table was not compared or a repair failed.
+    pub errors: Vec<String>,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// Is one side empty or nearly (more than half its rows missing and at least 100)?
+/// Returns the emptied side.
+pub fn truncated_side(main: i64, cloud: i64) -> Option<Role> {
+    let (small, big, side) = if main < cloud {
+        (main, cloud, Role::Main)
+    } else {
+        (cloud, main, Role::Cloud)
+    };
+    (big - small >= 100 && small * 2 < big).then_some(side)
+}
+
+/// Wait until each side's WAL position at the call is confirmed by the peer's
+/// subscription, both ways. A direction without a subscription carries nothing.
+pub async fn wait_caught_up(main: &Client, cloud: &Client, timeout: Duration) -> Result<(), Error> {
+    const SLOT: &str = "SELECT subslotname::text FROM pg_subscription
+      WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    // The insert position, not pg_current_wal_lsn() (the write position): an asynchronous
+    // commit (synchronous_commit = off) may still sit in the WAL buffers, past the latter.
+    const LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
+    const CONFIRMED: &str =
+        "SELECT coalesce(bool_or(confirmed_flush_lsn >= $2::text::pg_lsn), false)
+      FROM pg_replication_slots WHERE slot_name = $1";
+    let deadline = Instant::now() + timeout;
+    let mut targets = Vec::new();
+    for (publisher, subscriber, from, to) in [
+        (main, cloud, Role::Main, Role::Cloud),
+        (cloud, main, Role::Cloud, Role::Main),
+    ] {
+        let name = format!("duplex_{from}_to_{to}");
+        let slot: Option<Option<String>> = subscriber
+            .query_opt(SLOT, &[&name])
+            .await
+            .context(format!("{to}: reading subscription {name}"))?
+            .map(|r| r.get(0));
+        let Some(Some(slot)) = slot else { continue };
+        let lsn: String = publisher
+            .query_one(LSN, &[])
+            .await
+            .context(format!("{from}: reading the WAL position"))?
+            .get(0);
+        targets.push((publisher, slot, lsn, format!("{from} -> {to}")));
+    }
+    for (publisher, slot, lsn, direction) in targets {
+        loop {
+            let done: bool = publisher
+                .query_one(CONFIRMED, &[&slot, &lsn])
+                .await
+                .context(format!("reading slot {slot}"))?
+                .get(0);
+            if done {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotCaughtUp { direction, timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Pin the scanner's session settings on a connection (once per connection).
+pub async fn prepare(client: &Client, side: Role) -> Result<(), Error> {
+    client
+        .batch_execute(&format!("{PIN}; {SCAN_STATEMENT_TIMEOUT}"))
+        .await
+        .context(format!("{side}: preparing the scanner session"))?;
+    Ok(())
+}
+
+/// The SQL fragments for one table.
+#[derive(Debug, Clone)]
+struct Shape {
+    tbl: String,
+    /// `t."a"` or `(t."a", t."b")`.
+    key_row: String,
+    /// `t."a", t."b"`, for ORDER BY.
+    key_order: String,
+    /// The key as JSON array text, like the in-stream triggers write it.
+    key_json: String,
+    /// Key column types (`format_type`).
+    key_types: Vec<String>,
+    /// The row hash, a bigint.
+    hash: String,
+    /// Whether `hash` is the binary one.
+    binary: bool,
+    /// The updated-at column as timestamptz, or NULL.
+    updated: String,
+    key_columns: Vec<String>,
+}
+
+impl Shape {
+    /// `columns`: (name, `format_type`) of every column, for the binary hash's
+    /// complement.
+    fn new(
+        t: &Target,
+        key_types: Vec<String>,
+        binary: bool,
+        columns: &[(String, String)],
+    ) -> Shape {
+        let cols: Vec<String> = t
+            .key
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(c)))
+            .collect();
+        let key_row = if cols.len() == 1 {
+            cols[0].clone()
+        } else {
+            format!("({})", cols.join(", "))
+        };
+        let hash = if binary {
+            // hash_record_extended hashes by equality: numeric 1.0 and 1.00, jsonb numbers
+            // likewise, -0 and 0, '1 day' and '24 hours' hash the same. Their text tells
+            // them apart.
+            let coarse: Vec<String> = columns
+                .iter()
+                .filter(|(_, ty)| equality_coarser_than_identity(ty))
+                .map(|(c, _)| format!("t.{}", quote_ident(c)))
+                .collect();
+            if coarse.is_empty() {
+                "hash_record_extended(t.*, 0)".to_string()
+            } else {
+                format!(
+                    "(hash_record_extended(t.*, 0) # coalesce(hashtextextended(ROW({})::text, 1), 0))",
+                    coarse.join(", ")
+                )
+            }
+        } else {
+            "('x' || left(md5(to_jsonb(t.*)::text), 16))::bit(64)::bigint".to_string()
+        };
+        let updated = match t.policy.as_ref().and_then(|p| p.updated_at.as_ref()) {
+            Some(c) => format!("t.{}::timestamptz", quote_ident(c)),
+            None => "NULL::timestamptz".into(),
+        };
+        Shape {
+            tbl: t.table.quoted(),
+            key_row,
+            key_order: cols.join(", "),
+            key_json: format!("jsonb_build_array({})::text", cols.join(", ")),
+            key_types,
+            hash,
+            binary,
+            updated,
+            key_columns: t.key.clone(),
+        }
+    }
+
+    /// A key (jsonb expression holding a JSON array) as a value comparable with `key_row`.
+    fn bound(&self, expr: &str) -> String {
+        let parts: Vec<String> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| format!("(({expr})->>{i})::{ty}"))
+            .collect();
+        if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("({})", parts.join(", "))
+        }
+    }
+
+    /// Rows of the range `r.b` = `[from, to]` (`to` JSON null: open-ended).
+    fn in_range(&self, open: bool) -> String {
+        let lo = format!("{} >= {}", self.key_row, self.bound("r.b->0"));
+        if open {
+            lo
+        } else {
+            format!("{lo} AND {} < {}", self.key_row, self.bound("r.b->1"))
+        }
+    }
+
+    fn ranges_from(&self) -> &'static str {
+        "jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS r(b, ord)"
+    }
+
+    fn total_sql(&self) -> String {
+        format!(
+            "SELECT count(*), coalesce(bit_xor({h}), 0)::int8 FROM {tbl} t",
+            h = self.hash,
+            tbl = self.tbl
+        )
+    }
+
+    fn min_key_sql(&self) -> String {
+        format!(
+            "SELECT {k} FROM {tbl} t ORDER BY {o} LIMIT 1",
+            k = self.key_json,
+            tbl = self.tbl,
+            o = self.key_order
+        )
+    }
+
+    fn less_sql(&self) -> String {
+        format!(
+            "SELECT {} < {}",
+            self.bound("$1::text::jsonb"),
+            self.bound("$2::text::jsonb")
+        )
+    }
+
+    fn agg_sql(&self, open: bool) -> String {
+        format!(
+            "SELECT r.ord::int8, a.n, a.x FROM {from}
+             CROSS JOIN LATERAL (SELECT count(*) AS n, coalesce(bit_xor({h}), 0)::int8 AS x
+                                   FROM {tbl} t WHERE {cond}) a",
+            from = self.ranges_from(),
+            h = self.hash,
+            tbl = self.tbl,
+            cond = self.in_range(open)
+        )
+    }
+
+    /// Every `r.b->>2`-th key of each range, after its first.
+    fn split_sql(&self, open: bool) -> String {
+        format!(
+            "SELECT r.ord::int8, q.k FROM {from}
+             CROSS JOIN LATERAL (SELECT s.k, s.rn FROM
+                 (SELECT {k} AS k, row_number() OVER (ORDER BY {o}) AS rn
+                    FROM {tbl} t WHERE {cond}) s
+               WHERE s.rn > 1 AND (s.rn - 1) % ((r.b->>2)::int8) = 0) q
+             ORDER BY r.ord, q.rn",
+            from = self.ranges_from(),
+            k = self.key_json,
+            o = self.key_order,
+            tbl = self.tbl,
+            cond = self.in_range(open)
+        )
+    }
+
+    fn rows_sql(&self, open: bool) -> String {
+        format!(
+            "SELECT r.ord::int8, q.k, q.h FROM {from}
+             CROSS JOIN LATERAL (SELECT {k} AS k, {h} AS h FROM {tbl} t WHERE {cond}) q",
+            from = self.ranges_from(),
+            k = self.key_json,
+            h = self.hash,
+            tbl = self.tbl,
+            cond = self.in_range(open)
+        )
+    }
+
+    /// `$1` key text, `$2` rel: the row (jsonb), its hash, updated-at, incarnation, the
+    /// incarnations seen at its creation, and the key's tombstoned incarnations.
+    fn read_sql(&self) -> String {
+        format!(
+            "SELECT r.v, r.h, r.u, coalesce(ri.inc, '0'), ri.seen,
+                    (SELECT array_agg(tb.inc) FROM duplex.tombstone tb
+                      WHERE tb.rel = $2 AND tb.key = $1)
+               FROM (SELECT 1) one
+               LEFT JOIN LATERAL (SELECT to_jsonb(t.*) AS v, {h} AS h, {u} AS u
+                                    FROM {tbl} t WHERE {kr} = {b}) r ON true
+               LEFT JOIN duplex.row_incarnation ri ON ri.rel = $2 AND ri.key = $1",
+            h = self.hash,
+            u = self.updated,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("$1::text::jsonb")
+        )
+    }
+
+    fn lock_sql(&self) -> String {
+        format!(
+            "SELECT {h} FROM {tbl} t WHERE {kr} = {b} FOR UPDATE",
+            h = self.hash,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("$1::text::jsonb")
+        )
+    }
+
+    fn delete_sql(&self) -> String {
+        format!(
+            "DELETE FROM {tbl} t WHERE {kr} = {b}",
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("$1::text::jsonb")
+        )
+    }
+
+    /// `$1` the row as jsonb; `update` false inserts only when the key is free.
+    fn write_sql(&self, row: &Value, update: bool) -> String {
+        let keys = self
+            .key_columns
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let set = row
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter(|c| !self.key_columns.contains(c))
+                    .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let action = if !update || set.is_empty() {
+            "NOTHING".to_string()
+        } else {
+            format!("UPDATE SET {set}")
+        };
+        format!(
+            "INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1::jsonb)
+             ON CONFLICT ({keys}) DO {action}",
+            tbl = self.tbl
+        )
+    }
+}
+
+/// Column types whose equality (and so their extended hash) ignores a difference in the
+/// stored value: numeric scale, signed zero, interval units; arrays of them too. Numbers
+/// inside jsonb are left to jsonb's own hash (by value): hashing every document's text
+/// would double the cost of an identical table for a difference JSON does not make.
+fn equality_coarser_than_identity(type_name: &str) -> bool {
+    ["numeric", "double precision", "real", "interval"]
+        .iter()
+        .any(|t| type_name.contains(t))
+}
+
+/// A range being narrowed down: `[from, to)` and each side's row count in it.
+#[derive(Debug, Clone)]
+struct Range {
+    from: String,
+    to: Option<String>,
+    main: i64,
+    cloud: i64,
+}
+
+/// Column layout (name, type) and the server's major version.
+async fn layout(c: &Client, t: &TableName) -> Result<(Vec<(String, String)>, i32), pg::Error> {
+    let rows = c
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    current_setting('server_version_num')::int / 10000
+               FROM pg_attribute a
+              WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass
+                AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&t.schema, &t.name],
+        )
+        .await
+        .context(format!("reading the columns of {t}"))?;
+    let major = rows.first().map(|r| r.get(2)).unwrap_or(0);
+    Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), major))
+}
+
+/// Whether `hash_record_extended` works for every column type of `t` on `c`.
+async fn binary_hash_works(c: &Client, t: &TableName) -> bool {
+    c.query(
+        &format!(
+            "SELECT hash_record_extended(t.*, 0) FROM {} t LIMIT 1",
+            t.quoted()
+        ),
+        &[],
+    )
+    .await
+    .is_ok()
+}
+
+/// Choose the hash and build the table's SQL: binary only when both servers have the same
+/// major version and column layout and every column type can be hashed.
+async fn shape(main: &Client, cloud: &Client, t: &Target) -> Result<Shape, Error> {
+    let ((lm, vm), (lc, vc)) = tokio::try_join!(layout(main, &t.table), layout(cloud, &t.table))?;
+    let binary = vm == vc
+        && lm == lc
+        && binary_hash_works(main, &t.table).await
+        && binary_hash_works(cloud, &t.table).await;
+    let key_types = t
+        .key
+        .iter()
+        .map(|k| {
+            lm.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, ty)| ty.clone())
+                .unwrap_or_else(|| "text".into())
+        })
+        .collect();
+    Ok(Shape::new(t, key_types, binary, &lm))
+}
+
+/// Compare one table, each side in one REPEATABLE READ snapshot. `main`/`cloud` must have
+/// been [`prepare`]d and be outside a transaction.
+pub async fn compare(
+    main: &Client,
+    cloud: &Client,
+    target: &Target,
+    max_differences: usize,
+) -> Result<TableDiff, Error> {
+    let shape = shape(main, cloud, target).await?;
+    compare_shaped(main, cloud, &shape, max_differences).await
+}
+
+async fn compare_shaped(
+    main: &Client,
+    cloud: &Client,
+    shape: &Shape,
+    max_differences: usize,
+) -> Result<TableDiff, Error> {
+    let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    main.batch_execute(begin)
+        .await
+        .context("main: starting the scan snapshot")?;
+    if let Err(e) = cloud.batch_execute(begin).await {
+        let _ = main.batch_execute("ROLLBACK").await;
+        return Err(pg::Error::Query {
+            context: "cloud: starting the scan snapshot".into(),
+            source: e,
+        }
+        .into());
+    }
+    let result = compare_in_snapshot(main, cloud, shape, max_differences).await;
+    for c in [main, cloud] {
+        let _ = c.batch_execute("COMMIT").await;
+    }
+    let mut diff = result?;
+    diff.method = if shape.binary { "binary" } else { "text" };
+    Ok(diff)
+}
+
+async fn compare_in_snapshot(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    max_differences: usize,
+) -> Result<TableDiff, Error> {
+    let total = s.total_sql();
+    let (tm, tc) = tokio::try_join!(
+        async {
+            main.query_one(&total, &[])
+                .await
+                .context("main: aggregating")
+        },
+        async {
+            cloud
+                .query_one(&total, &[])
+                .await
+                .context("cloud: aggregating")
+        }
+    )?;
+    let (nm, xm): (i64, i64) = (tm.get(0), tm.get(1));
+    let (nc, xc): (i64, i64) = (tc.get(0), tc.get(1));
+    let mut diff = TableDiff {
+        main_count: nm,
+        cloud_count: nc,
+        equal: nm == nc && xm == xc,
+        bytes_read: 32,
+        ..TableDiff::default()
+    };
+    if diff.equal {
+        return Ok(diff);
+    }
+    diff.truncated = truncated_side(nm, nc);
+    // The first key of either side starts the first range.
+    let min = s.min_key_sql();
+    let first_m: Option<String> = main
+        .query_opt(&min, &[])
+        .await
+        .context("main: first key")?
+        .map(|r| r.get(0));
+    let first_c: Option<String> = cloud
+        .query_opt(&min, &[])
+        .await
+        .context("cloud: first key")?
+        .map(|r| r.get(0));
+    let from = match (first_m, first_c) {
+        (Some(m), Some(c)) => {
+            let c_first: bool = main
+                .query_one(&s.less_sql(), &[&c, &m])
+                .await
+                .context("main: comparing keys")?
+                .get(0);
+            if c_first {
+                c
+            } else {
+                m
+            }
+        }
+        (Some(k), None) | (None, Some(k)) => k,
+        (None, None) => return Ok(diff),
+    };
+    let mut to_split = vec![Range {
+        from,
+        to: None,
+        main: nm,
+        cloud: nc,
+    }];
+    while !to_split.is_empty() && diff.candidates.len() < max_differences {
+        let parts = split(main, cloud, s, &to_split, &mut diff.bytes_read).await?;
+        let measured = measure(main, cloud, s, parts, &mut diff.bytes_read).await?;
+        let mut leaves = Vec::new();
+        to_split = Vec::new();
+        for r in measured {
+            if r.main.max(r.cloud) <= LEAF_ROWS {
+                leaves.push(r);
+            } else {
+                to_split.push(r);
+            }
+        }
+        for chunk in leaves.chunks(RANGE_BATCH) {
+            if diff.candidates.len() >= max_differences {
+                diff.more = true;
+                break;
+            }
+            let found = rows(main, cloud, s, chunk, &mut diff.bytes_read).await?;
+            for (r, cands) in chunk.iter().zip(found) {
+                if cands.is_empty() {
+                    continue;
+                }
+                if diff.ranges.len() < MAX_REPORTED_RANGES {
+                    diff.ranges.push(RangeDiff {
+                        from: r.from.clone(),
+                        to: r.to.clone(),
+                        main_rows: r.main,
+                        cloud_rows: r.cloud,
+                    });
+                }
+                for c in cands {
+                    if diff.candidates.len() >= max_differences {
+                        diff.more = true;
+                        break;
+                    }
+                    diff.candidates.push(c);
+                }
+            }
+        }
+    }
+    if !to_split.is_empty() {
+        diff.more = true;
+    }
+    Ok(diff)
+}
+
+/// The JSON array text of ranges for a statement: `[[from, to|null, extra], ...]`.
+fn ranges_json<'a>(ranges: impl Iterator<Item = (&'a Range, i64)>) -> String {
+    let items: Vec<String> = ranges
+        .map(|(r, extra)| format!("[{},{},{extra}]", r.from, r.to.as_deref().unwrap_or("null")))
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Split each range at every n-th key of the side with more rows in it, so that each
+/// part holds about [`LEAF_ROWS`] rows (at most [`MAX_PARTS`] parts).
+async fn split(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    ranges: &[Range],
+    bytes: &mut u64,
+) -> Result<Vec<Range>, Error> {
+    let mut out = Vec::new();
+    for chunk in ranges.chunks(RANGE_BATCH) {
+        let mut points: Vec<Vec<String>> = vec![Vec::new(); chunk.len()];
+        for (side, client) in [(Role::Main, main), (Role::Cloud, cloud)] {
+            for open in [false, true] {
+                let picked: Vec<(usize, &Range)> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.to.is_none() == open)
+                    .filter(|(_, r)| (r.main >= r.cloud) == (side == Role::Main))
+                    .collect();
+                if picked.is_empty() {
+                    continue;
+                }
+                let param = ranges_json(picked.iter().map(|(_, r)| {
+                    let n = r.main.max(r.cloud);
+                    let parts = (n / LEAF_ROWS).clamp(2, MAX_PARTS);
+                    (*r, (n + parts - 1) / parts)
+                }));
+                let rows = client
+                    .query(&s.split_sql(open), &[&param])
+                    .await
+                    .context(format!("{side}: splitting key ranges"))?;
+                for row in rows {
+                    let ord: i64 = row.get(0);
+                    let key: String = row.get(1);
+                    *bytes += key.len() as u64 + 8;
+                    if let Some((i, _)) = usize::try_from(ord - 1).ok().and_then(|o| picked.get(o))
+                    {
+                        points[*i].push(key);
+                    }
+                }
+            }
+        }
+        for (r, cuts) in chunk.iter().zip(points) {
+            let mut from = r.from.clone();
+            for cut in cuts {
+                out.push(Range {
+                    from: std::mem::replace(&mut from, cut.clone()),
+                    to: Some(cut),
+                    main: 0,
+                    cloud: 0,
+                });
+            }
+            out.push(Range {
+                from,
+                to: r.to.clone(),
+                main: 0,
+                cloud: 0,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Count and hash each range on both sides; keep those that differ.
+async fn measure(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    mut ranges: Vec<Range>,
+    bytes: &mut u64,
+) -> Result<Vec<Range>, Error> {
+    let mut differing = Vec::new();
+    let mut start = 0;
+    while start < ranges.len() {
+        let end = (start + RANGE_BATCH).min(ranges.len());
+        let chunk = &mut ranges[start..end];
+        let mut agg: Vec<[(i64, i64); 2]> = vec![[(0, 0); 2]; chunk.len()];
+        for open in [false, true] {
+            let idx: Vec<usize> = (0..chunk.len())
+                .filter(|&i| chunk[i].to.is_none() == open)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let param = ranges_json(idx.iter().map(|&i| (&chunk[i], 0)));
+            let sql = s.agg_sql(open);
+            let (rm, rc) = tokio::try_join!(
+                async {
+                    main.query(&sql, &[&param])
+                        .await
+                        .context("main: measuring key ranges")
+                },
+                async {
+                    cloud
+                        .query(&sql, &[&param])
+                        .await
+                        .context("cloud: measuring key ranges")
+                }
+            )?;
+            for (side, rows) in [(0, rm), (1, rc)] {
+                *bytes += rows.len() as u64 * 24;
+                for row in rows {
+                    let ord: i64 = row.get(0);
+                    if let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
+                        agg[i][side] = (row.get(1), row.get(2));
+                    }
+                }
+            }
+        }
+        for (r, [m, c]) in chunk.iter_mut().zip(agg) {
+            if m != c {
+                r.main = m.0;
+                r.cloud = c.0;
+                differing.push(r.clone());
+            }
+        }
+        start = end;
+    }
+    Ok(differing)
+}
+
+/// Fetch keys and row hashes of small ranges on both sides; the differing rows of each.
+async fn rows(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    ranges: &[Range],
+    bytes: &mut u64,
+) -> Result<Vec<Vec<Candidate>>, Error> {
+    let mut per_range: Vec<[HashMap<String, i64>; 2]> =
+        (0..ranges.len()).map(|_| Default::default()).collect();
+    for open in [false, true] {
+        let idx: Vec<usize> = (0..ranges.len())
+            .filter(|&i| ranges[i].to.is_none() == open)
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let param = ranges_json(idx.iter().map(|&i| (&ranges[i], 0)));
+        let sql = s.rows_sql(open);
+        let (rm, rc) = tokio::try_join!(
+            async {
+                main.query(&sql, &[&param])
+                    .await
+                    .context("main: reading row hashes")
+            },
+            async {
+                cloud
+                    .query(&sql, &[&param])
+                    .await
+                    .context("cloud: reading row hashes")
+            }
+        )?;
+        for (side, rows) in [(0, rm), (1, rc)] {
+            for row in rows {
+                let ord: i64 = row.get(0);
+                let key: String = row.get(1);
+                *bytes += key.len() as u64 + 16;
+                if let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
+                    per_range[i][side].insert(key, row.get(2));
+                }
+            }
+        }
+    }
+    Ok(per_range
+        .into_iter()
+        .map(|[m, c]| {
+            let mut out: Vec<Candidate> = m
+                .iter()
+                .filter(|(k, h)| c.get(*k) != Some(h))
+                .map(|(k, h)| Candidate {
+                    key: k.clone(),
+                    main: Some(*h),
+                    cloud: c.get(k).copied(),
+                })
+                .collect();
+            out.extend(
+                c.iter()
+                    .filter(|(k, _)| !m.contains_key(*k))
+                    .map(|(k, h)| Candidate {
+                        key: k.clone(),
+                        main: None,
+                        cloud: Some(*h),
+                    }),
+            );
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        })
+        .collect())
+}
+
+/// One side's current version of a row, read outside any snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    /// The row as jsonb; `None` when absent.
+    pub row: Option<Value>,
+    /// Its hash.
+    pub hash: Option<i64>,
+    /// Its updated-at value (last_write_wins tables).
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Its incarnation (`'0'` unless re-created after a delete).
+    pub inc: String,
+    /// Incarnations it was created after seeing deleted.
+    pub seen: Option<Vec<String>>,
+    /// Incarnations of this key deleted on this side.
+    pub tombstones: Vec<String>,
+}
+
+impl Seen {
+    /// Whether this side deleted the incarnation `other` has.
+    fn deleted(&self, other: &Seen) -> bool {
+        other.row.is_some() && self.tombstones.contains(&other.inc)
+    }
+}
+
+async fn read(c: &Client, s: &Shape, rel: &str, key: &str, side: Role) -> Result<Seen, Error> {
+    let r = c
+        .query_one(&s.read_sql(), &[&key, &rel])
+        .await
+        .context(format!("{side}: re-reading {rel} {key}"))?;
+    Ok(Seen {
+        row: r.get(0),
+        hash: r.get(1),
+        updated_at: r.get(2),
+        inc: r.get(3),
+        seen: r.get(4),
+        tombstones: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
+    })
+}
+
+/// What to do about one difference (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Conflict type, named from main's side: `update_update`, `update_delete`,
+    /// `delete_update`, `missing_on_main`, `missing_on_cloud`.
+    pub conflict_type: &'static str,
+    /// MAIN, CLOUD or DELETED.
+    pub winner: &'static str,
+    /// The side that is written.
+    pub loser: Role,
+    /// Delete the loser's row (else copy the winner's version over it).
+    pub delete: bool,
+}
+
+/// Settle one difference by `policy`, as docs/conflicts.md says: last_write_wins takes the
+/// later updated-at value (ties to main); main_authoritative and manual take main's
+/// version; a row on one side only loses to a delete of that very incarnation on the
+/// other side (except that main's row wins on main_authoritative and manual) and is
+/// otherwise copied over.
+pub fn decide(policy: Policy, main: &Seen, cloud: &Seen) -> Option<Decision> {
+    let copy = |winner, loser, t| Decision {
+        conflict_type: t,
+        winner,
+        loser,
+        delete: false,
+    };
+    match (&main.row, &cloud.row) {
+        (Some(_), Some(_)) => {
+            let cloud_later = policy == Policy::LastWriteWins
+                && cloud
+                    .updated_at
+                    .map(|t| t.timestamp_micros())
+                    .unwrap_or(i64::MIN)
+                    > main
+                        .updated_at
+                        .map(|t| t.timestamp_micros())
+                        .unwrap_or(i64::MIN);
+            Some(if cloud_later {
+                copy("CLOUD", Role::Main, "update_update")
+            } else {
+                copy("MAIN", Role::Cloud, "update_update")
+            })
+        }
+        (Some(_), None) if cloud.deleted(main) => Some(if policy.main_wins() {
+            copy("MAIN", Role::Cloud, "update_delete")
+        } else {
+            Decision {
+                conflict_type: "update_delete",
+                winner: "DELETED",
+                loser: Role::Main,
+                delete: true,
+            }
+        }),
+        (Some(_), None) => Some(copy("MAIN", Role::Cloud, "missing_on_cloud")),
+        (None, Some(_)) if main.deleted(cloud) => Some(Decision {
+            conflict_type: "delete_update",
+            winner: "DELETED",
+            loser: Role::Cloud,
+            delete: true,
+        }),
+        (None, Some(_)) => Some(copy("CLOUD", Role::Main, "missing_on_main")),
+        (None, None) => None,
+    }
+}
+
+/// `resolved_by` for a policy; `None` keeps the entry open (manual).
+pub fn resolved_by(policy: Policy) -> Option<&'static str> {
+    match policy {
+        Policy::LastWriteWins => Some("LAST_WRITE_WINS"),
+        Policy::MainAuthoritative => Some("MAIN_AUTHORITATIVE"),
+        Policy::Manual => None,
+    }
+}
+
+/// Compare `target` and, with `opts.repair`, settle what differs. `main`/`cloud` must have
+/// been [`prepare`]d; the caller waited for replication to catch up before.
+pub async fn scan_table(
+    main: &Client,
+    cloud: &Client,
+    target: &Target,
+    opts: &Options,
+) -> Result<TableReport, Error> {
+    let started = Instant::now();
+    let rel = target.table.to_string();
+    let mut report = TableReport {
+        table: rel.clone(),
+        ..TableReport::default()
+    };
+    let shape = shape(main, cloud, target).await?;
+    let diff = compare_shaped(main, cloud, &shape, opts.max_differences).await?;
+    let local = match opts.log_side {
+        Role::Main => main,
+        Role::Cloud => cloud,
+    };
+    if let Some(emptied) = diff.truncated {
+        if opts.repair {
+            report.logged += conflict_log::insert_truncate(
+                local,
+                &rel,
+                target.policy.as_ref().map(|p| p.policy.as_str()),
+                opts.log_side.as_str(),
+                &serde_json::json!({
+                    "emptied_side": emptied.as_str(),
+                    "main_count": diff.main_count,
+                    "cloud_count": diff.cloud_count,
+                    "runbook": "runbooks/table-truncated.md",
+                }),
+            )
+            .await?;
+        }
+        report.diff = diff;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let Some(policy) = target.policy.clone() else {
+        report.diff = diff;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    };
+    // First re-read: still different outside the snapshots?
+    let mut first = Vec::new();
+    for c in &diff.candidates {
+        let m = read(main, &shape, &rel, &c.key, Role::Main).await?;
+        let k = read(cloud, &shape, &rel, &c.key, Role::Cloud).await?;
+        if m.hash != k.hash {
+            first.push((c.key.clone(), m, k));
+        }
+    }
+    if !first.is_empty() {
+        // Anything committed meanwhile is applied before the second read: a difference
+        // that survives it unchanged is not in flight.
+        wait_caught_up(main, cloud, opts.catch_up_timeout).await?;
+    }
+    let mut origin_ready = [false, false];
+    for (key, m1, c1) in first {
+        let m = read(main, &shape, &rel, &key, Role::Main).await?;
+        let k = read(cloud, &shape, &rel, &key, Role::Cloud).await?;
+        if m.hash != m1.hash || k.hash != c1.hash {
+            report.skipped += 1;
+            continue;
+        }
+        let Some(d) = decide(policy.policy, &m, &k) else {
+            continue;
+        };
+        report.confirmed += 1;
+        if !opts.repair {
+            continue;
+        }
+        let (loser, winner_seen, loser_seen) = match d.loser {
+            Role::Main => (main, &k, &m),
+            Role::Cloud => (cloud, &m, &k),
+        };
+        let slot = usize::from(d.loser == Role::Cloud);
+        if !origin_ready[slot] {
+            use_repair_origin(loser, d.loser).await?;
+            origin_ready[slot] = true;
+        }
+        let entry = conflict_log::ScannerEntry {
+            table_name: &rel,
+            record_id: &key,
+            conflict_type: d.conflict_type,
+            main_version: m.row.as_ref(),
+            cloud_version: k.row.as_ref(),
+            policy: policy.policy.as_str(),
+            winner: d.winner,
+            resolved_by: resolved_by(policy.policy),
+            detected_on: opts.log_side.as_str(),
+            conflict_key: &conflict_key(d.conflict_type, &rel, &key, m.hash, k.hash),
+        };
+        let log_in_txn = d.loser == opts.log_side;
+        match repair(
+            loser,
+            &shape,
+            &rel,
+            &key,
+            &d,
+            winner_seen,
+            loser_seen,
+            log_in_txn.then_some(&entry),
+        )
+        .await
+        {
+            Ok(true) => {
+                report.repaired += 1;
+                if log_in_txn {
+                    report.logged += 1;
+                } else {
+                    report.logged += conflict_log::insert_scanner(local, &entry).await?;
+                }
+            }
+            Ok(false) => report.skipped += 1,
+            Err(e) => {
+                tracing::warn!(table = %rel, key = %key, "repair failed: {e:#}");
+                report.errors.push(format!("{key}: {e}"));
+            }
+        }
+    }
+    for (done, (side, c)) in origin_ready
+        .iter()
+        .zip([(Role::Main, main), (Role::Cloud, cloud)])
+    {
+        if *done {
+            c.query("SELECT pg_replication_origin_session_reset()", &[])
+                .await
+                .context(format!(
+                    "{side}: leaving replication origin {REPAIR_ORIGIN}"
+                ))?;
+        }
+    }
+    report.diff = diff;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The conflict key of a scanner finding: the same difference found twice is logged once.
+pub fn conflict_key(
+    t: &str,
+    rel: &str,
+    key: &str,
+    main: Option<i64>,
+    cloud: Option<i64>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let text = format!("scanner|{t}|{rel}|{key}|{main:?}|{cloud:?}");
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn use_repair_origin(c: &Client, side: Role) -> Result<(), Error> {
+    c.query(
+        "SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL",
+        &[&REPAIR_ORIGIN],
+    )
+    .await
+    .context(format!(
+        "{side}: creating replication origin {REPAIR_ORIGIN}"
+    ))?;
+    c.query(
+        "SELECT pg_replication_origin_session_setup($1)",
+        &[&REPAIR_ORIGIN],
+    )
+    .await
+    .context(format!("{side}: using replication origin {REPAIR_ORIGIN}"))?;
+    Ok(())
+}
+
+/// Write the decision on the losing side in one transaction that first checks the row
+/// still has the compared version. `Ok(false)`: it changed, nothing was written.
+#[allow(clippy::too_many_arguments)]
+async fn repair(
+    c: &Client,
+    s: &Shape,
+    rel: &str,
+    key: &str,
+    d: &Decision,
+    winner: &Seen,
+    loser: &Seen,
+    log: Option<&conflict_log::ScannerEntry<'_>>,
+) -> Result<bool, Error> {
+    let ctx = |what: &str| format!("{}: {what} {rel} {key}", d.loser);
+    c.batch_execute("BEGIN")
+        .await
+        .context(ctx("starting a repair of"))?;
+    let result = async {
+        let now: Option<i64> = c
+            .query_opt(&s.lock_sql(), &[&key])
+            .await
+            .context(ctx("locking"))?
+            .map(|r| r.get(0));
+        if now != loser.hash {
+            return Ok(false);
+        }
+        if d.delete {
+            c.execute(&s.delete_sql(), &[&key])
+                .await
+                .context(ctx("deleting"))?;
+        } else {
+            let Some(row) = winner.row.as_ref() else {
+                return Ok(false);
+            };
+            let n = c
+                .execute(&s.write_sql(row, loser.row.is_some()), &[row])
+                .await
+                .context(ctx("writing"))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            // The row is the winner's incarnation now, not a new one.
+            c.execute(
+                "SELECT duplex.set_incarnation($1, $2, $3, $4)",
+                &[&rel, &key, &winner.inc, &winner.seen],
+            )
+            .await
+            .context(ctx("recording the incarnation of"))?;
+            c.execute(
+                "DELETE FROM duplex.tombstone WHERE rel = $1 AND key = $2 AND inc = $3",
+                &[&rel, &key, &winner.inc],
+            )
+            .await
+            .context(ctx("clearing the tombstone of"))?;
+        }
+        if let Some(entry) = log {
+            conflict_log::insert_scanner(c, entry).await?;
+        }
+        Ok::<_, Error>(true)
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            c.batch_execute("COMMIT")
+                .await
+                .context(ctx("committing the repair of"))?;
+            Ok(true)
+        }
+        other => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            other
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(row: bool, at: i64, inc: &str, tombstones: &[&str]) -> Seen {
+        Seen {
+            row: row.then(|| serde_json::json!({"id": 1})),
+            hash: row.then_some(at),
+            updated_at: DateTime::<Utc>::from_timestamp(at, 0),
+            inc: inc.into(),
+            seen: None,
+            tombstones: tombstones.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn last_write_wins_takes_the_later_version_and_main_on_a_tie() {
+        let p = Policy::LastWriteWins;
+        let d = decide(p, &seen(true, 10, "0", &[]), &seen(true, 20, "0", &[])).unwrap();
+        assert_eq!((d.winner, d.loser, d.delete), ("CLOUD", Role::Main, false));
+        let d = decide(p, &seen(true, 20, "0", &[]), &seen(true, 20, "0", &[])).unwrap();
+        assert_eq!((d.winner, d.loser), ("MAIN", Role::Cloud));
+        let d = decide(
+            Policy::MainAuthoritative,
+            &seen(true, 1, "0", &[]),
+            &seen(true, 9, "0", &[]),
+        )
+        .unwrap();
+        assert_eq!((d.winner, d.loser), ("MAIN", Role::Cloud));
+    }
+
+    #[test]
+    fn a_row_on_one_side_loses_to_a_delete_of_its_incarnation_else_is_copied() {
+        let lww = Policy::LastWriteWins;
+        let gone = seen(false, 0, "0", &["0"]);
+        let d = decide(lww, &gone, &seen(true, 99, "0", &[])).unwrap();
+        assert_eq!(
+            (d.conflict_type, d.winner, d.loser, d.delete),
+            ("delete_update", "DELETED", Role::Cloud, true)
+        );
+        let d = decide(lww, &seen(true, 99, "0", &[]), &gone).unwrap();
+        assert_eq!(
+            (d.conflict_type, d.loser, d.delete),
+            ("update_delete", Role::Main, true)
+        );
+        // main_authoritative: main's row comes back on cloud.
+        let d = decide(Policy::MainAuthoritative, &seen(true, 1, "0", &[]), &gone).unwrap();
+        assert_eq!((d.winner, d.loser, d.delete), ("MAIN", Role::Cloud, false));
+        // A re-created incarnation was not deleted: copied.
+        let d = decide(lww, &gone, &seen(true, 1, "abc", &[])).unwrap();
+        assert_eq!(
+            (d.conflict_type, d.loser, d.delete),
+            ("missing_on_main", Role::Main, false)
+        );
+        let never = seen(false, 0, "0", &[]);
+        let d = decide(lww, &seen(true, 1, "0", &[]), &never).unwrap();
+        assert_eq!(
+            (d.conflict_type, d.loser),
+            ("missing_on_cloud", Role::Cloud)
+        );
+        assert_eq!(decide(lww, &never, &never), None);
+    }
+
+    #[test]
+    fn a_table_counts_as_truncated_when_most_rows_are_gone_on_one_side() {
+        assert_eq!(truncated_side(0, 1000), Some(Role::Main));
+        assert_eq!(truncated_side(400, 1000), Some(Role::Main));
+        assert_eq!(truncated_side(1000, 10), Some(Role::Cloud));
+        assert_eq!(truncated_side(600, 1000), None);
+        assert_eq!(truncated_side(0, 99), None);
+    }
+
+    #[test]
+    fn composite_keys_compare_as_row_constructors() {
+        let t = Target {
+            table: TableName {
+                schema: "public".into(),
+                name: "GroupMember".into(),
+            },
+            key: vec!["groupId".into(), "userId".into()],
+            policy: None,
+        };
+        let s = Shape::new(&t, vec!["text".into(), "text".into()], true, &[]);
+        assert_eq!(s.key_row, r#"(t."groupId", t."userId")"#);
+        assert!(
+            s.in_range(false).contains(
+                r#"(t."groupId", t."userId") < (((r.b->1)->>0)::text, ((r.b->1)->>1)::text)"#
+            ),
+            "{}",
+            s.in_range(false)
+        );
+        let single = Shape::new(
+            &Target {
+                key: vec!["id".into()],
+                ..t.clone()
+            },
+            vec!["bigint".into()],
+            false,
+            &[],
+        );
+        let cols = [
+            ("j".to_string(), "jsonb".to_string()),
+            ("n".to_string(), "numeric(10,2)".to_string()),
+        ];
+        let scaled = Shape::new(&t, vec!["text".into(), "text".into()], true, &cols);
+        assert!(
+            scaled
+                .hash
+                .contains(r#"hashtextextended(ROW(t."n")::text, 1)"#),
+            "{}",
+            scaled.hash
+        );
+        assert_eq!(single.in_range(true), r#"t."id" >= ((r.b->0)->>0)::bigint"#);
+        assert!(single.hash.contains("md5(to_jsonb(t.*)::text)"));
+    }
+}
