@@ -66,7 +66,9 @@ as_main() { env "${main_env[@]}" "$DUPLEX" --config "$config" "$@"; }
 as_cloud() { env "${cloud_env[@]}" "$DUPLEX" --config "$config" "$@"; }
 
 say "duplex setup --dry-run (cloud): the SQL it would run"
-as_cloud setup --dry-run | head -n 12
+# Captured first: `| head` would end duplex with SIGPIPE, a failure under pipefail.
+dry_run="$(as_cloud setup --dry-run)"
+sed -n '1,12p' <<<"$dry_run"
 echo "   ..."
 
 say "duplex setup (cloud): subscribe to main and copy its rows"
