@@ -16,3 +16,39 @@ pub mod resolve;
 pub mod scan;
 pub mod triggers;
 pub mod worker;
+
+/// `INSERT` of the row given as jsonb in `$1` into `tbl` (quoted); on a key already there, update
+/// its other columns (`update`) or leave it (a row that is only to be copied when missing).
+/// Shared by manual resolution and the scanner's repairs.
+pub fn write_row_sql(
+    tbl: &str,
+    key_columns: &[String],
+    row: &serde_json::Value,
+    update: bool,
+) -> String {
+    use crate::model::quote_ident;
+    let keys = key_columns
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let set = row
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .filter(|c| !key_columns.contains(c))
+                .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let action = if !update || set.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {set}")
+    };
+    format!(
+        "INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1::jsonb)
+             ON CONFLICT ({keys}) DO {action}"
+    )
+}

@@ -232,32 +232,7 @@ impl Plan {
     }
 
     fn upsert_sql(&self, row: &Value) -> String {
-        let tbl = self.table.quoted();
-        let keys = self
-            .key_columns
-            .iter()
-            .map(|k| quote_ident(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let set = row
-            .as_object()
-            .map(|o| {
-                o.keys()
-                    .filter(|c| !self.key_columns.contains(c))
-                    .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        let action = if set.is_empty() {
-            "NOTHING".to_string()
-        } else {
-            format!("UPDATE SET {set}")
-        };
-        format!(
-            "INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1)
-             ON CONFLICT ({keys}) DO {action}"
-        )
+        super::write_row_sql(&self.table.quoted(), &self.key_columns, row, true)
     }
 
     fn delete_sql(&self) -> String {
@@ -387,7 +362,7 @@ mod tests {
     #[test]
     fn the_upsert_sets_every_non_key_column_by_quoted_name() {
         let sql = plan().upsert_sql(&json!({"id": "u1", "na\"me": "x"}));
-        assert!(sql.contains(r#"jsonb_populate_record(NULL::"public"."User", $1)"#));
+        assert!(sql.contains(r#"jsonb_populate_record(NULL::"public"."User", $1::jsonb)"#));
         assert!(sql.contains(r#"ON CONFLICT ("id") DO UPDATE SET "na""me" = EXCLUDED."na""me""#));
         let only_key = plan().upsert_sql(&json!({"id": "u1"}));
         assert!(only_key.ends_with("DO NOTHING"), "{only_key}");

@@ -453,32 +453,7 @@ impl Shape {
 
     /// `$1` the row as jsonb; `update` false inserts only when the key is free.
     fn write_sql(&self, row: &Value, update: bool) -> String {
-        let keys = self
-            .key_columns
-            .iter()
-            .map(|k| quote_ident(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let set = row
-            .as_object()
-            .map(|o| {
-                o.keys()
-                    .filter(|c| !self.key_columns.contains(c))
-                    .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        let action = if !update || set.is_empty() {
-            "NOTHING".to_string()
-        } else {
-            format!("UPDATE SET {set}")
-        };
-        format!(
-            "INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1::jsonb)
-             ON CONFLICT ({keys}) DO {action}",
-            tbl = self.tbl
-        )
+        super::write_row_sql(&self.tbl, &self.key_columns, row, update)
     }
 }
 
