@@ -1210,18 +1210,7 @@ async fn repair(
                 return Ok(false);
             }
             // The row is the winner's incarnation now, not a new one.
-            c.execute(
-                "SELECT duplex.set_incarnation($1, $2, $3, $4)",
-                &[&rel, &key, &winner.inc, &winner.seen],
-            )
-            .await
-            .context(ctx("recording the incarnation of"))?;
-            c.execute(
-                "DELETE FROM duplex.tombstone WHERE rel = $1 AND key = $2 AND inc = $3",
-                &[&rel, &key, &winner.inc],
-            )
-            .await
-            .context(ctx("clearing the tombstone of"))?;
+            crate::store::tombstone::revive(c, rel, key, &winner.inc, &winner.seen).await?;
         }
         if let Some(entry) = log {
             conflict_log::insert_scanner(c, entry).await?;

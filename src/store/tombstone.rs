@@ -1,5 +1,6 @@
 //! `duplex.tombstone`: the deleted incarnations of a key, on both sides. Written by the
-//! in-stream triggers; the conflict worker removes those both directions have passed.
+//! in-stream triggers; the scanner clears one when it brings its row back; the conflict
+//! worker removes those both directions have passed.
 
 use std::time::Duration;
 
@@ -23,4 +24,27 @@ pub async fn delete_older_than(
         .execute(DELETE_OLDER_THAN, &[&retention.as_secs_f64(), &batch])
         .await
         .context("deleting old tombstones")
+}
+
+const SET_INCARNATION: &str = "SELECT duplex.set_incarnation($1, $2, $3, $4)";
+const CLEAR: &str = "DELETE FROM duplex.tombstone WHERE rel = $1 AND key = $2 AND inc = $3";
+
+/// A row of `rel`/`key` written as incarnation `inc` (which had seen `seen`) lives again
+/// on this side: record its incarnation and clear that incarnation's tombstone.
+pub async fn revive(
+    client: &Client,
+    rel: &str,
+    key: &str,
+    inc: &str,
+    seen: &Option<Vec<String>>,
+) -> Result<(), Error> {
+    client
+        .execute(SET_INCARNATION, &[&rel, &key, &inc, seen])
+        .await
+        .context("recording the incarnation of a repaired row")?;
+    client
+        .execute(CLEAR, &[&rel, &key, &inc])
+        .await
+        .context("clearing the tombstone of a repaired row")?;
+    Ok(())
 }
