@@ -2,26 +2,12 @@
 
 mod common;
 
+use common::{set_name, user_name};
+
 use std::time::Duration;
 
 use common::{insert_user, Pair};
 use tokio_postgres::Client;
-
-async fn user_name(c: &Client, id: &str) -> Option<Option<String>> {
-    c.query_opt(r#"SELECT "name" FROM "User" WHERE "id" = $1"#, &[&id])
-        .await
-        .expect("reading User")
-        .map(|r| r.get(0))
-}
-
-async fn set_name(c: &Client, id: &str, name: &str, at: &str) {
-    c.execute(
-        r#"UPDATE "User" SET "name" = $2, "updatedAt" = $3::text::timestamptz WHERE "id" = $1"#,
-        &[&id, &name, &at],
-    )
-    .await
-    .expect("updating User");
-}
 
 #[tokio::test]
 async fn concurrent_updates_converge_to_the_later_one_and_are_logged_once() {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{set_name, user_name};
+
 use std::time::Duration;
 
 use common::{insert_user, text, Pair, EXAMPLE_TABLES};
@@ -11,22 +13,6 @@ use tokio_postgres::Client;
 
 fn manual_config() -> String {
     format!("{EXAMPLE_TABLES}\n[conflicts.tables.\"User\"]\npolicy = \"manual\"\n")
-}
-
-async fn user_name(c: &Client, id: &str) -> Option<Option<String>> {
-    c.query_opt(r#"SELECT "name" FROM "User" WHERE "id" = $1"#, &[&id])
-        .await
-        .expect("reading User")
-        .map(|r| r.get(0))
-}
-
-async fn set_name(c: &Client, id: &str, name: &str, at: &str) {
-    c.execute(
-        r#"UPDATE "User" SET "name" = $2, "updatedAt" = $3::text::timestamptz WHERE "id" = $1"#,
-        &[&id, &name, &at],
-    )
-    .await
-    .expect("updating User");
 }
 
 /// (id, resolved_by, resolution) of the entries for user `id`, on one side.

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{insert_user, text, wait_until, Pair};
+use common::{insert_user, text, user_name, wait_until, Pair};
 use tokio_postgres::Client;
 
 const FIVE_SECONDS: Duration = Duration::from_secs(5);
@@ -14,13 +14,6 @@ const THIS_DB: &str = "WHERE subid IN (SELECT oid FROM pg_subscription WHERE sub
 
 async fn count(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
-async fn user_name(c: &Client, id: &str) -> Option<Option<String>> {
-    c.query_opt(r#"SELECT "name" FROM "User" WHERE "id" = $1"#, &[&id])
-        .await
-        .expect("reading User")
-        .map(|r| r.get(0))
 }
 
 #[tokio::test]

@@ -477,32 +477,26 @@ impl Pair {
     /// Cut the link both ways: disable both subscriptions (each side keeps taking writes;
     /// the slots keep every change).
     pub async fn partition(&self) {
-        self.main()
-            .await
-            .batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main DISABLE")
-            .await
-            .expect("disabling main's subscription");
-        self.cloud()
-            .await
-            .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud DISABLE")
-            .await
-            .expect("disabling cloud's subscription");
+        self.set_subscriptions("DISABLE").await;
     }
 
     /// Restore the link and wait until each side has applied everything the other
     /// committed: each slot's confirmed position reaches its publisher's current WAL.
     pub async fn heal(&self) {
-        self.main()
-            .await
-            .batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE")
-            .await
-            .expect("enabling main's subscription");
-        self.cloud()
-            .await
-            .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud ENABLE")
-            .await
-            .expect("enabling cloud's subscription");
+        self.set_subscriptions("ENABLE").await;
         self.wait_caught_up(Duration::from_secs(60)).await;
+    }
+
+    /// `ENABLE` or `DISABLE` both subscriptions.
+    async fn set_subscriptions(&self, action: &str) {
+        for (c, sub) in [
+            (self.main().await, "duplex_cloud_to_main"),
+            (self.cloud().await, "duplex_main_to_cloud"),
+        ] {
+            c.batch_execute(&format!("ALTER SUBSCRIPTION {sub} {action}"))
+                .await
+                .unwrap_or_else(|e| panic!("ALTER SUBSCRIPTION {sub} {action}: {e}"));
+        }
     }
 
     /// Wait until both directions have confirmed everything their publisher wrote so far.
@@ -773,4 +767,22 @@ impl Drop for AbortAll {
             }
         }
     }
+}
+
+/// The name of user `id`: `None` when the row is missing.
+pub async fn user_name(c: &Client, id: &str) -> Option<Option<String>> {
+    c.query_opt(r#"SELECT "name" FROM "User" WHERE "id" = $1"#, &[&id])
+        .await
+        .expect("reading User")
+        .map(|r| r.get(0))
+}
+
+/// Set user `id`'s name with an explicit `"updatedAt"` (`at`, timestamptz text).
+pub async fn set_name(c: &Client, id: &str, name: &str, at: &str) {
+    c.execute(
+        r#"UPDATE "User" SET "name" = $2, "updatedAt" = $3::text::timestamptz WHERE "id" = $1"#,
+        &[&id, &name, &at],
+    )
+    .await
+    .expect("updating User");
 }
