@@ -29,6 +29,27 @@ async fn behind(pair: &Pair, c: &Client, sql: &str) {
     result.expect("writing behind replication's back");
 }
 
+/// Make `c`'s session hold duplex's first repair origin, as a repair running elsewhere
+/// would. Another test may hold it for a moment: wait for it like duplex does.
+async fn hold_first_repair_origin(c: &Client) {
+    c.batch_execute(
+        "SELECT pg_replication_origin_create('duplex_repair')
+          WHERE pg_replication_origin_oid('duplex_repair') IS NULL",
+    )
+    .await
+    .expect("creating duplex_repair");
+    common::wait_until(
+        "duplex_repair to be free",
+        Duration::from_secs(30),
+        || async {
+            c.batch_execute("SELECT pg_replication_origin_session_setup('duplex_repair')")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+}
+
 /// Scanner entries: (table, key, type, winner, resolved_by).
 async fn scanner_log(c: &Client) -> Vec<(String, String, String, Option<String>, Option<String>)> {
     c.query(
@@ -99,7 +120,13 @@ async fn divergence_behind_replication_s_back_is_settled_by_policy_and_logged_on
         "a dry run logs nothing"
     );
 
+    // Another repair holds duplex's first origin on both sides: this one takes the next.
+    let busy = [pair.main().await, pair.cloud().await];
+    for c in &busy {
+        hold_first_repair_origin(c).await;
+    }
     let v = scan_json(&pair, &[]).await;
+    drop(busy);
     assert_eq!(v["differences"], 7, "{v}");
     assert_eq!(v["repaired"], 7, "{v}");
     assert_eq!(v["logged"], 7, "{v}");

@@ -1,6 +1,7 @@
 //! Conflicts: both sides take writes and always converge.
 //!
 //! - [`diff`]: field-level diff of a conflict's two versions (pure).
+//! - [`origin`]: duplex's replication origins, under which repairs are written (not sent back).
 //! - [`policy`]: the policies and how a table's effective policy is chosen (pure).
 //! - [`triggers`]: the in-stream resolution installed on every replicated table, generated
 //!   from the catalog (pure).
@@ -11,6 +12,7 @@
 //!   carrier, collect tombstones, prune the log, measure the clock offset.
 
 pub mod diff;
+pub mod origin;
 pub mod policy;
 pub mod resolve;
 pub mod scan;

@@ -1,7 +1,7 @@
 //! Manual resolution of a conflict on a `manual` table: confirm main's version (applied
 //! provisionally by the in-stream triggers) or write cloud's to both sides.
 //!
-//! Every write is made under duplex's own replication origin (`duplex_repair`), so with
+//! Every write is made under one of duplex's own replication origins ([`super::origin`]), so with
 //! `origin = none` it is not sent to the peer: each side gets its own write. Before writing,
 //! each side's row must still be the version that was applied when the conflict was logged;
 //! if someone changed it since, nothing is written and the caller is told so.
@@ -14,13 +14,6 @@ use crate::model::{quote_ident, Role, TableName};
 use crate::pg;
 use crate::store::conflict_log::{self, Conflict};
 
-/// The replication origin manual repairs are written under.
-pub const REPAIR_ORIGIN: &str = "duplex_repair";
-
-const CREATE_ORIGIN: &str = "SELECT pg_replication_origin_create($1)
-  WHERE pg_replication_origin_oid($1) IS NULL";
-const SETUP_ORIGIN: &str = "SELECT pg_replication_origin_session_setup($1)";
-const RESET_ORIGIN: &str = "SELECT pg_replication_origin_session_reset()";
 /// The settings the in-stream triggers pin, so a row's jsonb text here matches the logged one.
 const PIN: &str = "SET LOCAL \"TimeZone\" = 'UTC'; SET LOCAL \"DateStyle\" = 'ISO, YMD';
   SET LOCAL \"IntervalStyle\" = 'postgres'; SET LOCAL extra_float_digits = 1;
@@ -134,13 +127,13 @@ pub async fn resolve(settings: &Settings, id: i64, choice: Choice) -> Result<Res
     let sides = [(me.peer(), &remote), (me, &local)];
     let plan = Plan::new(&local, &entry, choice).await?;
     let result = apply(&plan, &entry, choice, &sides).await;
-    for (_, c) in sides {
+    for (side, c) in sides {
         // A failed attempt is rolled back; the session is ours alone anyway.
         if result.is_err() {
             let _ = c.batch_execute("ROLLBACK").await;
         }
         if plan.target_differs {
-            let _ = c.query(RESET_ORIGIN, &[]).await;
+            let _ = super::origin::leave(c, side).await;
         }
     }
     result
@@ -254,18 +247,7 @@ async fn apply(
     let mut to_write = Vec::new();
     for &(side, c) in sides {
         if plan.target_differs {
-            c.query(CREATE_ORIGIN, &[&REPAIR_ORIGIN])
-                .await
-                .map_err(|e| pg::Error::Query {
-                    context: ctx(side, "creating replication origin duplex_repair"),
-                    source: e,
-                })?;
-            c.query(SETUP_ORIGIN, &[&REPAIR_ORIGIN])
-                .await
-                .map_err(|e| pg::Error::Query {
-                    context: ctx(side, "using replication origin duplex_repair"),
-                    source: e,
-                })?;
+            super::origin::enter(c, side).await?;
         }
         c.batch_execute(&format!("BEGIN; {PIN}"))
             .await

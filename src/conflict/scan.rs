@@ -18,7 +18,7 @@
 //! and the scan waits (bounded) until the peer's subscription has confirmed it, both ways;
 //! each candidate is then read again on both sides, the wait repeated, and only a
 //! difference that stayed put is settled. A repair writes only the losing side, under the
-//! replication origin `duplex_repair` (not sent back), in a transaction that first checks
+//! replication origin of duplex's own (`conflict::origin`, not sent back), in a transaction that first checks
 //! the row still has the version that was compared.
 
 use std::collections::HashMap;
@@ -30,7 +30,6 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use super::policy::{Effective, Policy};
-use super::resolve::REPAIR_ORIGIN;
 use crate::model::{quote_ident, Role, TableName};
 use crate::pg::{self, Context};
 use crate::store::conflict_log;
@@ -1073,7 +1072,7 @@ pub async fn scan_table(
         };
         let slot = usize::from(d.loser == Role::Cloud);
         if !origin_ready[slot] {
-            use_repair_origin(loser, d.loser).await?;
+            super::origin::enter(loser, d.loser).await?;
             origin_ready[slot] = true;
         }
         let entry = conflict_log::ScannerEntry {
@@ -1121,11 +1120,7 @@ pub async fn scan_table(
         .zip([(Role::Main, main), (Role::Cloud, cloud)])
     {
         if *done {
-            c.query("SELECT pg_replication_origin_session_reset()", &[])
-                .await
-                .context(format!(
-                    "{side}: leaving replication origin {REPAIR_ORIGIN}"
-                ))?;
+            super::origin::leave(c, side).await?;
         }
     }
     report.diff = diff;
@@ -1148,24 +1143,6 @@ pub fn conflict_key(
         .take(16)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-async fn use_repair_origin(c: &Client, side: Role) -> Result<(), Error> {
-    c.query(
-        "SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL",
-        &[&REPAIR_ORIGIN],
-    )
-    .await
-    .context(format!(
-        "{side}: creating replication origin {REPAIR_ORIGIN}"
-    ))?;
-    c.query(
-        "SELECT pg_replication_origin_session_setup($1)",
-        &[&REPAIR_ORIGIN],
-    )
-    .await
-    .context(format!("{side}: using replication origin {REPAIR_ORIGIN}"))?;
-    Ok(())
 }
 
 /// Write the decision on the losing side in one transaction that first checks the row
