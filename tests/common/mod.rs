@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
 /// The lab's first port: `DUPLEX_LAB_PORT_BASE` as scripts/lab.sh reads it (`lab.sh env`
-/// exports it), default 55432. Main is on it, cloud +1, pg15 +2, replica +3.
+/// exports it), default 55432. Main is on it, cloud +1, pg15 +2, replica +3, small +4.
 pub fn port_base() -> u16 {
     match std::env::var("DUPLEX_LAB_PORT_BASE") {
         Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
@@ -37,6 +37,11 @@ pub fn pg15_port() -> u16 {
 /// The wal_level=replica fixture's port.
 pub fn replica_port() -> u16 {
     port_base() + 3
+}
+
+/// The fixture with PostgreSQL's default worker limits (4 logical replication workers).
+pub fn small_port() -> u16 {
+    port_base() + 4
 }
 
 /// The replication password tests give duplex: the lab's, so the demo and the tests agree.
