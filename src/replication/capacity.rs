@@ -383,7 +383,10 @@ mod tests {
             n.starts_with("cloud: no table sync worker has started for 15 s"),
             "{n}"
         );
-        assert!(n.contains("4 of max_logical_replication_workers = 4"), "{n}");
+        assert!(
+            n.contains("4 of max_logical_replication_workers = 4"),
+            "{n}"
+        );
         assert!(n.contains("`duplex check` shows the headroom"), "{n}");
     }
 
