@@ -13,6 +13,7 @@ use crate::notify::{self, Notifier};
 use crate::pg;
 use crate::replication::monitor::{self, Monitor};
 use crate::replication::scanner::{self, Scanner};
+use crate::retention::{self, Retention};
 use crate::shutdown::{cancel_on_signal, Workers};
 use crate::store::{self, sync_state};
 
@@ -143,6 +144,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     workers.spawn(monitor::NAME, monitor.run(cancel.clone()));
     workers.spawn(housekeeping::NAME, housekeeper.run(cancel.clone()));
     workers.spawn(scanner::NAME, scanner.run(cancel.clone()));
+    workers.spawn(
+        retention::NAME,
+        Retention::new(settings.clone()).run(cancel.clone()),
+    );
     let app = http::router(state);
     let http_cancel = cancel.clone();
     workers.spawn("http", async move {

@@ -14,6 +14,7 @@
 //! - [`alerts`]: the alert engine: raised once per incident, cleared once.
 //! - [`notify`]: webhook and e-mail notifications, rate-limited, and their worker.
 //! - [`http`]: health, status, control and metrics API.
+//! - [`retention`]: the worker that prunes `duplex.sync_log` past its retention.
 //! - [`app`]: `duplex run`: workers, HTTP server, shutdown.
 //! - [`shutdown`]: signals and the worker registry.
 //! - [`cli`]: the command-line interface.
@@ -29,6 +30,7 @@ pub mod model;
 pub mod notify;
 pub mod pg;
 pub mod replication;
+pub mod retention;
 pub mod secret;
 pub mod shutdown;
 pub mod store;

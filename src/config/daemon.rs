@@ -19,6 +19,7 @@ const DEGRADED_LAG: Key = Key::file("daemon.degraded_lag_secs");
 const RECONNECT_BACKOFF: Key = Key::file("daemon.reconnect_backoff_secs");
 const RECONNECT_MAX: Key = Key::file("daemon.reconnect_max_secs");
 const RECONNECT_JITTER: Key = Key::file("daemon.reconnect_jitter");
+const SYNC_LOG_RETENTION_DAYS: Key = Key::file("daemon.sync_log_retention_days");
 const KEYS: &[Key] = &[
     HTTP_ADDR,
     ADMIN_TOKEN,
@@ -27,6 +28,7 @@ const KEYS: &[Key] = &[
     RECONNECT_BACKOFF,
     RECONNECT_MAX,
     RECONNECT_JITTER,
+    SYNC_LOG_RETENTION_DAYS,
 ];
 
 /// `[daemon]`: the controller's timing and HTTP API.
@@ -52,6 +54,10 @@ pub struct DaemonSettings {
     pub reconnect_max: Duration,
     /// Random spread added to each delay, as a fraction (0.0-1.0). Default 0.1.
     pub reconnect_jitter: f64,
+    /// `sync_log_retention_days`: entries of `duplex.sync_log` older than this are pruned,
+    /// except the ones a restart reads back (the latest entry of each alert kind, the
+    /// latest connection transitions, the latest success of each kind of work). Default 30.
+    pub sync_log_retention_days: u64,
 }
 
 const DEFAULT_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8787);
@@ -117,6 +123,7 @@ impl DaemonSettings {
                 .collect(),
             reconnect_max: d.secs(&RECONNECT_MAX, 3600),
             reconnect_jitter,
+            sync_log_retention_days: d.positive(&SYNC_LOG_RETENTION_DAYS, 30),
         }
     }
 }

@@ -576,6 +576,44 @@ mod tests {
     }
 
     #[test]
+    fn sync_log_retention_defaults_to_30_days_and_a_bad_value_names_the_key() {
+        assert_eq!(
+            load_from(None, &env(OK))
+                .unwrap()
+                .daemon
+                .sync_log_retention_days,
+            30
+        );
+        let shown = view_from(None, &env(OK)).unwrap();
+        assert_eq!(shown["daemon"]["sync_log_retention_days"], 30, "{shown}");
+        for (raw, ok) in [
+            ("7", Some(7)),
+            ("0", None),
+            ("-1", None),
+            ("\"a month\"", None),
+        ] {
+            let path = std::env::temp_dir()
+                .join(format!("duplex-unit-retention-{}.toml", std::process::id()));
+            std::fs::write(
+                &path,
+                format!("[daemon]\nsync_log_retention_days = {raw}\n"),
+            )
+            .unwrap();
+            let loaded = load_from(Some(&path), &env(OK));
+            std::fs::remove_file(&path).unwrap();
+            match (loaded, ok) {
+                (Ok(s), Some(days)) => assert_eq!(s.daemon.sync_log_retention_days, days),
+                (Err(e), None) => assert!(
+                    e.to_string()
+                        .contains("daemon.sync_log_retention_days must be a positive whole number"),
+                    "{raw}: {e}"
+                ),
+                (r, _) => panic!("{raw}: unexpected {r:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn the_view_of_an_invalid_configuration_shows_what_was_read_redacted() {
         let path =
             file_with("max_transfer_rate = \"fast\"\n[daemon]\nadmin_token = \"tok-secret\"\n");

@@ -17,23 +17,59 @@ const RECENT: &str =
       WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR sync_type = $2)
       ORDER BY created_at DESC, id DESC LIMIT $3";
 
+/// The latest `SUCCESS` entry. [`PRUNE`] keeps it: change the two together.
 const LAST_SUCCESS: &str =
     "SELECT sync_type, created_at FROM duplex.sync_log WHERE status = 'SUCCESS'
       ORDER BY created_at DESC, id DESC LIMIT 1";
 
 /// The latest entry of every alert kind (raised while its status is not RESOLVED).
+/// [`PRUNE`] keeps these: change the two together.
 const LATEST_ALERTS: &str = "SELECT DISTINCT ON (details->>'kind')
         details->>'kind', status, coalesce(error_message, ''), details, created_at
    FROM duplex.sync_log WHERE sync_type = 'alert' AND details ? 'kind'
   ORDER BY details->>'kind', id DESC";
 
 /// The first DISCONNECTED transition after the latest CONNECTED or DEGRADED one.
+/// [`PRUNE`] keeps both of those: change the two together.
 const OPEN_DISCONNECTION: &str = "SELECT created_at FROM duplex.sync_log
   WHERE sync_type = 'connection' AND details->>'to' = 'DISCONNECTED'
     AND id > coalesce((SELECT max(id) FROM duplex.sync_log
                         WHERE sync_type = 'connection'
                           AND details->>'to' IN ('CONNECTED', 'DEGRADED')), 0)
   ORDER BY id LIMIT 1";
+
+/// Delete up to `$2` entries older than `$1` days, oldest first, except those the
+/// queries above read back after a restart (so pruning never changes what they return):
+/// the latest entry of every alert kind ([`LATEST_ALERTS`]), the latest `SUCCESS` of every
+/// `sync_type` ([`LAST_SUCCESS`] is the newest of them), the latest `connection` entry, the
+/// latest CONNECTED or DEGRADED transition and the first DISCONNECTED one after it
+/// ([`OPEN_DISCONNECTION`]). Entries newer than the cutoff are never candidates, so one
+/// logged while this runs cannot be lost.
+const PRUNE: &str = "WITH keep(id) AS (
+    (SELECT DISTINCT ON (details->>'kind') id FROM duplex.sync_log
+      WHERE sync_type = 'alert' AND details ? 'kind'
+      ORDER BY details->>'kind', id DESC)
+    UNION ALL
+    (SELECT DISTINCT ON (sync_type) id FROM duplex.sync_log
+      WHERE status = 'SUCCESS'
+      ORDER BY sync_type, created_at DESC, id DESC)
+    UNION ALL
+    (SELECT max(id) FROM duplex.sync_log WHERE sync_type = 'connection')
+    UNION ALL
+    (SELECT max(id) FROM duplex.sync_log
+      WHERE sync_type = 'connection' AND details->>'to' IN ('CONNECTED', 'DEGRADED'))
+    UNION ALL
+    (SELECT id FROM duplex.sync_log
+      WHERE sync_type = 'connection' AND details->>'to' = 'DISCONNECTED'
+        AND id > coalesce((SELECT max(id) FROM duplex.sync_log
+                            WHERE sync_type = 'connection'
+                              AND details->>'to' IN ('CONNECTED', 'DEGRADED')), 0)
+      ORDER BY id LIMIT 1))
+DELETE FROM duplex.sync_log
+ WHERE id IN (SELECT l.id FROM duplex.sync_log l
+               WHERE l.created_at < now() - make_interval(days => $1)
+                 AND NOT EXISTS (SELECT 1 FROM keep k WHERE k.id = l.id)
+               ORDER BY l.id LIMIT $2)";
 
 /// `sync_log.sync_type`: what kind of work an entry is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +267,15 @@ pub async fn open_disconnection(client: &Client) -> Result<Option<DateTime<Utc>>
         .await
         .context("reading the last disconnection")?
         .map(|r| r.get(0)))
+}
+
+/// Delete up to `batch` entries older than `days`, keeping what a restart reads back (see
+/// [`PRUNE`]); returns how many went. Callers repeat it until a batch comes back short.
+pub async fn prune_older_than(client: &Client, days: i32, batch: i64) -> Result<u64, Error> {
+    client
+        .execute(PRUNE, &[&days, &batch])
+        .await
+        .context("pruning old entries of duplex.sync_log")
 }
 
 /// Record that alert `c` was raised (or `cleared`) by `worker`: one `alert` entry, logged
