@@ -108,11 +108,15 @@ without_password() { sed -E 's#^([a-z]+://[^:/@]*):[^@/]*@#\1@#' <<<"$1"; }
 redact() { sed -E 's#^([a-z]+://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"; }
 
 # psql on a database URL; extra arguments are passed on (-v name=value, -f file).
-# The replication password is read from the environment by \getenv.
+# The replication password is read from the environment by \getenv. The statements of
+# this session carry it (CREATE ROLE, CREATE SUBSCRIPTION): the server must not log
+# them, not with log_statement = ddl, not as the statement of an error, not as a slow
+# one (superuser-only settings; this script needs a superuser anyway).
+QUIET_OPTIONS="-c lock_timeout=30s -c log_statement=none -c log_min_error_statement=panic -c log_min_duration_statement=-1"
 psql_on() {
   local url="$1"
   shift
-  PGPASSWORD="$(url_password "$url")" PGAPPNAME=duplex_setup PGOPTIONS="-c lock_timeout=30s" \
+  PGPASSWORD="$(url_password "$url")" PGAPPNAME=duplex_setup PGOPTIONS="$QUIET_OPTIONS" \
     "$PSQL" "$(without_password "$url")" -X -q -v ON_ERROR_STOP=1 \
     -c '\getenv repl_password DUPLEX_REPLICATION_PASSWORD' "$@"
 }
@@ -166,8 +170,10 @@ else
   MAIN_URL="$LOCAL_URL"
   CLOUD_URL="$REMOTE_URL"
 fi
+# Quoted for libpq like every other value: a value with spaces cannot add options.
+conninfo_quote() { local v="${1//\\/\\\\}"; v="${v//\'/\\\'}"; printf "'%s'" "$v"; }
 CONN_EXTRA=""
-[[ -n "$URL_SSLMODE" ]] && CONN_EXTRA="sslmode=$URL_SSLMODE"
+[[ -n "$URL_SSLMODE" ]] && CONN_EXTRA="sslmode=$(conninfo_quote "$URL_SSLMODE")"
 
 log "$ROLE: local $(redact "$LOCAL_URL"), remote ($PEER) $(redact "$REMOTE_URL"), slot $SLOT"
 

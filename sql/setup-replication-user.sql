@@ -30,8 +30,12 @@
 -- to sync it, and the re-run is the point where that decision is made.
 --
 -- The password appears in the CREATE ROLE statement sent to the server: a server that
--- logs DDL (log_statement = 'ddl' or 'all') writes it to its log. It is stored hashed
--- per password_encryption (scram-sha-256 by default).
+-- logs DDL (log_statement = 'ddl' or 'all'), or logs the statement of a failing one,
+-- would write it to its log. scripts/setup-replication.sh turns that logging off for its
+-- sessions; run by hand, do the same:
+--   PGOPTIONS='-c log_statement=none -c log_min_error_statement=panic' psql ...
+-- It is stored hashed per password_encryption (scram-sha-256 by default). `duplex setup`
+-- sends a SCRAM verifier instead, so the password itself never reaches the server.
 
 \set ON_ERROR_STOP on
 \if :{?repl_user}

@@ -397,7 +397,11 @@ async fn a_change_that_cannot_apply_fails_once_degrades_and_notifies() {
         },
     )
     .await;
-    assert_eq!(d.state().await, "DEGRADED");
+    // The alert is written during the cycle, the state published at its end.
+    wait_until("DEGRADED", TEN_SECONDS, || async {
+        d.state().await == "DEGRADED"
+    })
+    .await;
     main.batch_execute(from_runbook(
         &book,
         "ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE",

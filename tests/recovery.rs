@@ -51,7 +51,14 @@ async fn the_controller_reconnects_within_one_interval_once_the_peer_is_back() {
             .get::<_, bool>(0)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(INTERVAL_SECS + 1)).await;
+    // A whole cycle that saw it, and still DISCONNECTED: no false recovery.
+    let n = d.monitor_cycles().await;
+    wait_until(
+        "two more monitor cycles",
+        Duration::from_secs(3 * INTERVAL_SECS),
+        || async { d.monitor_cycles().await >= n + 2 },
+    )
+    .await;
     assert_eq!(d.state().await, "DISCONNECTED");
 
     // Cloud is back: the link and the path.

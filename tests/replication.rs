@@ -215,8 +215,11 @@ async fn one_insert_on_each_side_does_not_loop() {
     assert_eq!(before.1 .0, 2);
     assert_eq!(before.0 .2, 0, "apply errors on main");
     assert_eq!(before.1 .2, 0, "apply errors on cloud");
-    // A loop would keep re-applying the rows: watch the counters for three seconds.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A loop would keep re-applying the rows: let both directions deliver everything
+    // written so far (twice: an echo of an echo), then the counters must not have moved.
+    for _ in 0..2 {
+        pair.wait_caught_up(Duration::from_secs(20)).await;
+    }
     let after = (table_activity(&main).await, table_activity(&cloud).await);
     assert_eq!(before, after, "rows kept changing: replication loops");
 }

@@ -2,6 +2,7 @@
 //! Statements on duplex's own tables live in [`crate::store`].
 
 pub mod catalog;
+pub mod conninfo;
 
 use std::time::Duration;
 

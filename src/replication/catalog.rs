@@ -199,6 +199,41 @@ impl Subscription {
     }
 }
 
+/// The connection string of subscription `name` of the connected database; `None` when
+/// there is no such subscription or this login may not read it (superuser only).
+pub async fn subscription_conninfo(client: &Client, name: &str) -> Result<Option<String>, Error> {
+    match client
+        .query_opt(
+            "SELECT subconninfo FROM pg_subscription
+              WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+    {
+        Ok(row) => Ok(row.map(|r| r.get(0))),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Ok(None)
+        }
+        Err(e) => Err(e).context("reading a subscription's connection string"),
+    }
+}
+
+/// Login roles that can read `pg_subscription.subconninfo`: superusers, and the other
+/// members of `pg_read_all_data`, each as a comma-separated list.
+pub async fn conninfo_readers(client: &Client) -> Result<(String, String), Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(string_agg(rolname, ', ' ORDER BY rolname) FILTER (WHERE rolsuper), ''),
+                    coalesce(string_agg(rolname, ', ' ORDER BY rolname)
+                      FILTER (WHERE NOT rolsuper AND pg_has_role(oid, 'pg_read_all_data', 'MEMBER')), '')
+               FROM pg_roles WHERE rolcanlogin",
+            &[],
+        )
+        .await
+        .context("listing the roles that can read subscription connection strings")?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Read subscription `name` of the connected database, or `None`.
 pub async fn subscription(client: &Client, name: &str) -> Result<Option<Subscription>, Error> {
     let Some(row) = client

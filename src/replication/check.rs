@@ -312,7 +312,56 @@ pub async fn run(
             ),
         }
     }
+    for (side, c) in [(role, local_client), (peer, remote_client)] {
+        let Some(c) = c else { continue };
+        password_readers_finding(&mut report, side, c).await;
+    }
     report
+}
+
+/// Who can read the replication password that side's subscription keeps in its
+/// connection string (`pg_subscription.subconninfo`): superusers, and members of
+/// `pg_read_all_data`. The latter are worth a warning.
+async fn password_readers_finding(report: &mut Report, side: Role, client: &Client) {
+    let name = incoming(side);
+    let subject = format!("{side}: subscription {name} password");
+    let conninfo = match catalog::subscription_conninfo(client, &name).await {
+        Ok(Some(c)) => c,
+        // No subscription (reported above) or not readable by this login: nothing to say.
+        Ok(None) => return,
+        Err(e) => {
+            report.push(Severity::Warning, subject, e.to_string(), None);
+            return;
+        }
+    };
+    let has_password = crate::pg::conninfo::parse(&conninfo)
+        .is_none_or(|p| crate::pg::conninfo::get(&p, "password").is_some());
+    if !has_password {
+        report.push(
+            Severity::Ok,
+            subject,
+            "none in the connection string (password file or certificate)",
+            None,
+        );
+        return;
+    }
+    match catalog::conninfo_readers(client).await {
+        Ok((supers, readers)) if readers.is_empty() => report.push(
+            Severity::Ok,
+            subject,
+            format!("kept in the connection string, readable by superusers only ({supers})"),
+            None,
+        ),
+        Ok((supers, readers)) => report.push(
+            Severity::Warning,
+            subject,
+            format!(
+                "kept in the connection string, readable by superusers ({supers}) and by members of pg_read_all_data ({readers})"
+            ),
+            Some("revoke pg_read_all_data from those roles, or keep the password out of the catalog (docs/security.md)"),
+        ),
+        Err(e) => report.push(Severity::Warning, subject, e.to_string(), None),
+    }
 }
 
 /// Each table's effective conflict policy on `side`, and whether its in-stream resolution

@@ -25,7 +25,7 @@ use super::{incoming, meta_publication, outgoing, resolve_tables, Error};
 use crate::config::Settings;
 use crate::conflict::triggers::{self, HashMode};
 use crate::model::{Role, TableName};
-use crate::pg::{self, conninfo_value, quote_ident, quote_literal, Context};
+use crate::pg::{self, conninfo, conninfo_value, quote_ident, quote_literal, Context};
 use crate::store::{schema_migrations, sync_log, sync_state};
 
 /// Which connection a step runs on.
@@ -345,7 +345,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         match &existing_role {
             None => add(
                 format!("create replication role {user} (LOGIN REPLICATION, not superuser)"),
-                create_role_sql(user, &quote_literal(password.expose())),
+                create_role_sql(user, &quote_literal(&scram_verifier(password.expose()))),
                 Some(create_role_sql(user, "'********'")),
             ),
             Some(r) if !r.login || !r.replication => add(
@@ -362,11 +362,11 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 match login_works(url, user, password.expose()).await {
                     LoginProbe::Ok => {}
                     LoginProbe::WrongPassword => add(
-                        format!("set the password of {user} to DUPLEX_REPLICATION_PASSWORD (the old one did not log in)"),
+                        format!("set the password of {user} to DUPLEX_REPLICATION_PASSWORD (the old one did not log in; sent as a SCRAM verifier, never in clear)"),
                         format!(
                             "ALTER ROLE {} WITH PASSWORD {}",
                             quote_ident(user),
-                            quote_literal(password.expose())
+                            quote_literal(&scram_verifier(password.expose()))
                         ),
                         Some(format!("ALTER ROLE {} WITH PASSWORD '********'", quote_ident(user))),
                     ),
@@ -504,37 +504,41 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     plan.warnings.extend(warnings);
     let sub_name = incoming(role);
     let copy_data = role == Role::Cloud;
+    let host = settings
+        .replication
+        .peer_host
+        .clone()
+        .or_else(|| settings.remote_db_url.url().host_str().map(str::to_string))
+        .unwrap_or_else(|| "localhost".into());
+    let port = settings
+        .replication
+        .peer_port
+        .or_else(|| settings.remote_db_url.url().port())
+        .unwrap_or(5432);
+    // The peer's server connects with libpq: pass on the TLS mode the URL asks for
+    // (libpq's own default, prefer, when it names none).
+    let sslmode = settings
+        .remote_db_url
+        .url()
+        .query_pairs()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| format!(" sslmode={}", conninfo_value(&v)))
+        .unwrap_or_default();
+    let conninfo = |pw: &str| {
+        format!(
+            "host={} port={port} dbname={} user={} password={}{sslmode}",
+            conninfo_value(&host),
+            conninfo_value(&remote_info.database),
+            conninfo_value(user),
+            pw
+        )
+    };
+    let desired_conninfo = conninfo(&conninfo_value(password.expose()));
+    if let Some(step) = peer_subscription_password(remote, peer, password.expose()).await? {
+        plan.steps.push(step);
+    }
     match existing_sub {
         None => {
-            let host = settings
-                .replication
-                .peer_host
-                .clone()
-                .or_else(|| settings.remote_db_url.url().host_str().map(str::to_string))
-                .unwrap_or_else(|| "localhost".into());
-            let port = settings
-                .replication
-                .peer_port
-                .or_else(|| settings.remote_db_url.url().port())
-                .unwrap_or(5432);
-            // The peer's server connects with libpq: pass on the TLS mode the URL asks for
-            // (libpq's own default, prefer, when it names none).
-            let sslmode = settings
-                .remote_db_url
-                .url()
-                .query_pairs()
-                .find(|(k, _)| k == "sslmode")
-                .map(|(_, v)| format!(" sslmode={}", conninfo_value(&v)))
-                .unwrap_or_default();
-            let conninfo = |pw: &str| {
-                format!(
-                    "host={} port={port} dbname={} user={} password={}{sslmode}",
-                    conninfo_value(&host),
-                    conninfo_value(&remote_info.database),
-                    conninfo_value(user),
-                    pw
-                )
-            };
             // The slot is created first, on the peer, from this side's own session: a
             // CREATE SUBSCRIPTION that creates it holds a transaction here while the peer
             // waits for every transaction running there to end, so two setups running at
@@ -575,7 +579,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                         "no initial copy: cloud already copied main's rows"
                     }
                 ),
-                sql: stmt(conninfo(&conninfo_value(password.expose()))),
+                sql: stmt(desired_conninfo),
                 shown: stmt(conninfo("********")),
                 undo: None,
             });
@@ -592,6 +596,31 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 plan.warnings.push(format!(
                     "subscription {sub_name} is disabled: see runbooks/subscription-disabled.md"
                 ));
+            }
+            // A rotated password (or a new peer address) reaches the subscription too:
+            // without this it would fail at its next reconnect.
+            match catalog::subscription_conninfo(local, &sub_name).await? {
+                Some(current) if !conninfo::same(&current, &desired_conninfo) => {
+                    let sql = |c: &str| {
+                        format!(
+                            "ALTER SUBSCRIPTION {} CONNECTION {}",
+                            quote_ident(&sub_name),
+                            quote_literal(c)
+                        )
+                    };
+                    plan.steps.push(Step {
+                        target: Target::Local,
+                        instance: role,
+                        what: format!("update subscription {sub_name}'s connection to {peer} (password or address changed)"),
+                        sql: sql(&desired_conninfo),
+                        shown: sql(&conninfo("********")),
+                        undo: None,
+                    });
+                }
+                Some(_) => {}
+                None => plan.warnings.push(format!(
+                    "cannot read subscription {sub_name}'s connection string (superuser only): if the replication password changed, run setup as a superuser to update it"
+                )),
             }
             let meta = meta_publication(&sub_name);
             if !sub.publications.contains(&meta) {
@@ -731,6 +760,46 @@ async fn login_works(url: &crate::secret::SecretUrl, user: &str, password: &str)
 
 /// Create the role unless it exists: two setups started at once (one per side) may both
 /// try, and the loser must not fail.
+/// The SCRAM-SHA-256 verifier of `password`: what PostgreSQL stores, so the password itself
+/// never travels in a statement a server could log.
+fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// The step that gives the peer's subscription (which logs in to this side's replication
+/// role) the current password, when its stored connection string has another one.
+async fn peer_subscription_password(
+    remote: &Client,
+    peer: Role,
+    password: &str,
+) -> Result<Option<Step>, Error> {
+    let name = incoming(peer);
+    let Some(current) = catalog::subscription_conninfo(remote, &name).await? else {
+        return Ok(None);
+    };
+    let Some(pairs) = conninfo::parse(&current) else {
+        return Ok(None);
+    };
+    if conninfo::get(&pairs, "password") == Some(password) {
+        return Ok(None);
+    }
+    let sql = |pw: &str| {
+        format!(
+            "ALTER SUBSCRIPTION {} CONNECTION {}",
+            quote_ident(&name),
+            quote_literal(&conninfo::render(&conninfo::set(&pairs, "password", pw)))
+        )
+    };
+    Ok(Some(Step {
+        target: Target::Remote,
+        instance: peer,
+        what: format!("give {peer}'s subscription {name} the current replication password"),
+        sql: sql(password),
+        shown: sql("********"),
+        undo: None,
+    }))
+}
+
 fn create_role_sql(user: &str, password_literal: &str) -> String {
     format!(
         "DO $duplex$ BEGIN CREATE ROLE {} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {password_literal}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $duplex$",
@@ -803,6 +872,11 @@ fn column_differences(a: Role, here: &TableInfo, b: Role, there: &TableInfo) -> 
 
 /// Session settings for setup's statements (see [`apply`]).
 const SETUP_TIMEOUTS: &str = "SET statement_timeout = '10min'; SET lock_timeout = '10min'";
+/// Setup's statements carry the replication password (a subscription's connection string):
+/// the servers must not log them, not with `log_statement = ddl`, not as the statement of
+/// an error, not as a slow statement. Superuser-only settings; setup runs as one.
+const QUIET_SESSION: &str = "SET log_statement = 'none'; SET log_min_error_statement = 'panic';
+  SET log_min_duration_statement = -1; SET log_min_duration_sample = -1";
 
 /// What [`apply`] did.
 #[derive(Debug, Clone, Default)]
@@ -831,6 +905,14 @@ pub async fn apply(
         c.batch_execute(SETUP_TIMEOUTS)
             .await
             .context("setting setup's statement timeout")?;
+    }
+    for (side, c) in [(role, &*local), (role.peer(), remote)] {
+        if let Err(e) = c.batch_execute(QUIET_SESSION).await {
+            progress(&format!(
+                "warning: {side}: could not turn statement logging off for setup's session ({}); the server may log the subscription's connection string with its password: run setup as a superuser",
+                pg::describe(&e)
+            ));
+        }
     }
     sync_state::ensure_role(local, role, settings.sync_enabled).await?;
     let mut report = Report::default();

@@ -44,6 +44,25 @@ pub fn small_port() -> u16 {
     port_base() + 4
 }
 
+/// Where the lab's clusters (and their server logs, `<side>.log`) live: `DUPLEX_LAB_DIR`,
+/// else scripts/lab.sh's default (/var/lib/duplex-lab as root, else
+/// ~/.local/share/duplex/lab).
+pub fn lab_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("DUPLEX_LAB_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    if unsafe { libc::geteuid() } == 0 {
+        return "/var/lib/duplex-lab".into();
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/share")
+        });
+    data.join("duplex/lab")
+}
+
 /// The replication password tests give duplex: the lab's, so the demo and the tests agree.
 pub const REPLICATION_PASSWORD: &str = "lab-replication-secret";
 
@@ -431,6 +450,18 @@ impl Daemon {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Monitor cycles completed so far (`duplex_monitor_cycles_total` on /metrics); reading
+    /// it does not start a cycle, unlike a trigger.
+    pub async fn monitor_cycles(&self) -> u64 {
+        let (_, body) = self.call("GET", "/metrics", "").await;
+        body.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("duplex_monitor_cycles_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
     }
 
     /// SIGTERM by PID; returns whether it exited 0 and how long it took.
