@@ -25,7 +25,8 @@
 #
 # Both roles: sql/setup-replication-user.sql on the local and the remote database, then
 # both publications (sql/create-main-publication.sql on main, sql/create-cloud-
-# publication.sql on cloud).
+# publication.sql on cloud); where duplex's schema exists, each also keeps
+# duplex.replicated_table (the tables duplex compares its configuration with) in step.
 # cloud: sql/create-cloud-subscription.sql on the local database (copy_data = true), then
 #   wait until its initial copy is done (every table of pg_subscription_rel in state 'r').
 # main: check that cloud's subscription exists and finished its copy (else exit 1: run

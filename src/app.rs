@@ -64,6 +64,18 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         tracing::info!("applied migrations {applied:?}");
     }
     sync_state::ensure_role(&local, role, settings.sync_enabled).await?;
+    // Said once at start: the scanner and `duplex check` go by the configuration, so a
+    // configuration that selects other tables than were set up should be noticed here.
+    match crate::replication::selection::compare(&settings, &local).await {
+        Ok(sel) => {
+            for s in sel.sentences(&settings.tables) {
+                tracing::warn!("{}; {}", s.message, s.hint);
+            }
+        }
+        Err(e) => {
+            tracing::warn!("could not compare the configured tables with what was set up: {e:#}")
+        }
+    }
     if !settings.sync_enabled {
         // SYNC_ENABLED=false forces a pause; otherwise the persisted pause state stands.
         sync_state::set_enabled(&local, false).await?;

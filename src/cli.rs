@@ -264,7 +264,7 @@ async fn run_setup(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCod
     }
     let role = settings.instance_role;
     if dry_run {
-        if plan.steps.is_empty() && plan.pending_migrations.is_empty() {
+        if plan.is_empty() {
             println!("-- nothing to do: replication into {role} is already set up");
         } else {
             println!(
@@ -474,6 +474,13 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
+    // The configured tables against what was set up (read on this side only).
+    let selection = match local.as_ref() {
+        Ok(c) => crate::replication::selection::compare(settings, c)
+            .await
+            .ok(),
+        Err(_) => None,
+    };
     if json {
         let mut v = serde_json::to_value(&st)?;
         v["healthy"] = verdict.healthy.into();
@@ -485,6 +492,7 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
         };
         v["clock"] = serde_json::to_value(clock)?;
         v["conflict_policies"] = serde_json::to_value(&policies)?;
+        v["selection"] = serde_json::to_value(&selection)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", status::render(&st));
@@ -514,6 +522,9 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
                         .unwrap_or_default()
                 );
             }
+        }
+        if let Some(sel) = &selection {
+            print!("{}", render_selection(sel, &settings.tables));
         }
         let addr = settings.daemon.http_addr;
         match controller {
@@ -553,6 +564,34 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The selection part of `duplex status`: one line when the configuration and what was
+/// set up agree, else each difference with what `duplex setup` would do about it.
+fn render_selection(
+    sel: &crate::replication::selection::Comparison,
+    tables: &config::TableSelection,
+) -> String {
+    let (Some(set_up), Some(source)) = (&sel.set_up, &sel.source) else {
+        return format!(
+            "\ntables: {} configured, none set up on this side yet\n",
+            sel.configured.len()
+        );
+    };
+    if !sel.differs() {
+        return format!(
+            "\ntables: {} replicated, as configured (compared with {})\n",
+            set_up.len(),
+            source.describe()
+        );
+    }
+    let mut out = String::from(
+        "\ntables: the configuration differs from what is set up (`duplex check` reports it as an error):\n",
+    );
+    for s in sel.sentences(tables) {
+        out.push_str(&format!("  {}\n    -> {}\n", s.message, s.hint));
+    }
+    out
 }
 
 async fn run_scan(

@@ -320,3 +320,199 @@ async fn status_and_check_report_both_directions_replicating() {
     let (stdout, _) = text(&out);
     assert_eq!(stdout.matches("state: replicating").count(), 2, "{stdout}");
 }
+
+/// The tables recorded in `duplex.replicated_table` on one side, as `schema.table`.
+async fn recorded(c: &Client) -> Vec<String> {
+    c.query(
+        "SELECT schema_name || '.' || table_name FROM duplex.replicated_table ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("reading duplex.replicated_table")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn check_without_the_setup_configuration_names_the_tables_setup_would_start_replicating() {
+    let pair = Pair::new().await;
+    pair.set_config("[tables]\ninclude = [\"User\", \"Group\", \"GroupMember\"]\n");
+    pair.setup_both().await;
+    let set_up = vec!["public.Group", "public.GroupMember", "public.User"];
+    assert_eq!(recorded(&pair.main().await).await, set_up);
+    assert_eq!(recorded(&pair.cloud().await).await, set_up);
+
+    // With the configuration setup used, check passes (once main's apply worker runs).
+    wait_until("check passes", Duration::from_secs(10), || async {
+        pair.run("main", &["check"]).await.status.success()
+    })
+    .await;
+    let out = pair.run("main", &["check"]).await;
+    assert!(
+        text(&out).0.contains(
+            "ok    tables: 3 table(s) configured, the same as the tables recorded at setup in duplex.replicated_table"
+        ),
+        "{}",
+        text(&out).0
+    );
+
+    // Without --config the selection is every table of schema public: wider than set up.
+    let out = pair
+        .duplex_without_config("main", &["check"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let extra = "public.Device, public.DeviceCommandQueue, public.DeviceFileIndex, public.FormationParticipant, public.FormationSkydive, public.JumpLog";
+    assert!(
+        stdout.contains(&format!(
+            "ERROR tables: configured but not replicated: {extra}\n      -> to start replicating them run `duplex setup` with this configuration (cloud first, then main): that widens replication"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("The configuration in use selects every table of schema public (the default when no --config file sets [tables]); it was compared with the tables recorded at setup in duplex.replicated_table."),
+        "{stdout}"
+    );
+    // Only that finding speaks of setup, and it says what setup would do: no generic advice,
+    // no per-table findings about the tables that do not replicate.
+    let advising: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("duplex setup`") && !l.contains("widens replication"))
+        .collect();
+    assert!(advising.is_empty(), "{advising:?}\n{stdout}");
+    assert!(!stdout.contains("conflicts on public.JumpLog"), "{stdout}");
+    assert!(
+        stdout.contains("ok    main: publication duplex_main_to_cloud: 3 table(s)"),
+        "{stdout}"
+    );
+    let out = pair
+        .duplex_without_config("main", &["check", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["subject"], "tables");
+
+    // status says the same, without making replication unhealthy.
+    let out = pair
+        .duplex_without_config("main", &["status"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains(&format!("  configured but not replicated: {extra}\n")),
+        "{stdout}"
+    );
+    // The scanner compares only what replicates: it never copies the other tables' rows.
+    let out = pair
+        .duplex_without_config("main", &["scan", "--dry-run", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let scan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let scanned: Vec<&str> = scan["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(scanned, set_up, "{stdout}");
+    assert!(
+        scan["skipped_tables"].as_array().unwrap().iter().any(|s| s
+            .as_str()
+            .unwrap()
+            .starts_with("public.DeviceFileIndex: configured but not replicated")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_with_a_narrower_configuration_names_the_tables_setup_would_stop_replicating() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    pair.set_config(
+        "[tables]\ninclude = [\"User\", \"Device\"]\n[conflicts.tables.\"Device\"]\npolicy = \"main_authoritative\"\n",
+    );
+    let dropped = "public.FormationParticipant, public.FormationSkydive, public.Group, public.GroupMember, public.JumpLog";
+    let out = pair.run("cloud", &["check"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "ERROR tables: replicated but not in the configuration: {dropped}\n      -> `duplex setup` with this configuration would stop replicating them"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("configured but not replicated"),
+        "{stdout}"
+    );
+
+    // Set up by an older duplex (nothing recorded): the publication is what replicates.
+    let main = pair.main().await;
+    main.batch_execute("DELETE FROM duplex.replicated_table")
+        .await
+        .unwrap();
+    let out = pair.run("main", &["check"]).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "ERROR tables: replicated but not in the configuration: {dropped}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("it was compared with publication duplex_main_to_cloud (no selection was recorded here by `duplex setup`)."),
+        "{stdout}"
+    );
+
+    // A publication changed by hand is named as such, table by table.
+    pair.set_config(common::EXAMPLE_TABLES);
+    pair.cloud()
+        .await
+        .batch_execute(r#"ALTER PUBLICATION duplex_cloud_to_main DROP TABLE "JumpLog""#)
+        .await
+        .unwrap();
+    let out = pair.run("main", &["check"]).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "ok    tables: 7 table(s) configured, the same as publication duplex_main_to_cloud"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ERROR cloud: publication duplex_cloud_to_main: differs from publication duplex_main_to_cloud (no selection was recorded here by `duplex setup`): does not publish public.JumpLog\n      -> it was changed outside `duplex setup`, or a setup did not finish: run `duplex setup` with INSTANCE_ROLE=main to set it to the configured tables again"),
+        "{stdout}"
+    );
+    // Setup restores it and records the selection again.
+    let out = pair.run("main", &["setup"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "main and cloud: record the 7 replicated table(s) in duplex.replicated_table"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(recorded(&main).await.len(), 7);
+    wait_until("check passes", Duration::from_secs(10), || async {
+        pair.run("main", &["check"]).await.status.success()
+    })
+    .await;
+}

@@ -90,7 +90,9 @@ async fn the_shell_wrapper_sets_up_both_directions_and_a_second_run_changes_noth
 }
 
 /// Every statement `duplex setup --dry-run` still plans after the psql route is part of the
-/// in-stream conflict resolution (docs/design.md: the psql route replicates, duplex resolves).
+/// in-stream conflict resolution (docs/design.md: the psql route replicates, duplex resolves)
+/// or duplex's own bookkeeping (its schema, its record of the replicated tables, which the
+/// scripts keep only where duplex's schema already exists).
 fn only_conflict_resolution_left(dry_run: &str) {
     let steps: Vec<&str> = dry_run
         .lines()
@@ -105,7 +107,8 @@ fn only_conflict_resolution_left(dry_run: &str) {
             step.contains("conflict resolution")
                 || step.contains("duplex.change_meta")
                 || step.contains("schema duplex")
-                || step.contains("_meta as well"),
+                || step.contains("_meta as well")
+                || step.contains("in duplex.replicated_table"),
             "the psql route left a replication step to duplex: {step}\n{dry_run}"
         );
     }
@@ -156,4 +159,53 @@ async fn after_a_new_table_the_psql_route_and_duplex_setup_agree() {
         },
     )
     .await;
+}
+
+/// `schema.table` rows of `duplex.replicated_table` with when each was recorded.
+async fn recorded(c: &tokio_postgres::Client) -> Vec<(String, String)> {
+    c.query(
+        "SELECT schema_name || '.' || table_name, recorded_at::text FROM duplex.replicated_table ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("reading duplex.replicated_table")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[tokio::test]
+async fn after_duplex_setup_the_psql_route_keeps_the_recorded_tables_in_step() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(r#"CREATE TABLE "Extra" ("id" text PRIMARY KEY)"#)
+            .await
+            .unwrap();
+    }
+    script_both(&pair).await;
+    let tables =
+        |rows: &[(String, String)]| rows.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>();
+    let on_main = recorded(&main).await;
+    assert_eq!(tables(&on_main).len(), 8, "{on_main:?}");
+    assert!(tables(&on_main).contains(&"public.Extra".to_string()));
+    assert_eq!(tables(&recorded(&cloud).await), tables(&on_main));
+    // A second run changes nothing, not even when the rows were recorded.
+    script_both(&pair).await;
+    assert_eq!(recorded(&main).await, on_main);
+
+    // duplex compares its configuration with what the scripts set up: the same tables.
+    let out = pair.run("main", &["check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "ok    tables: 8 table(s) configured, the same as the tables recorded at setup in duplex.replicated_table"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("configured but not replicated"),
+        "{stdout}"
+    );
 }

@@ -4,7 +4,8 @@
 --
 -- Creates the publication for the syncable tables, or brings an existing one to the
 -- wanted table list and publish option, each only when it differs (no ALTER at all on
--- a second run). The syncable tables are the ordinary and partitioned tables of
+-- a second run). When duplex's schema exists, also keeps duplex.replicated_table (what
+-- `duplex check` compares the configuration with) equal to that list. The syncable tables are the ordinary and partitioned tables of
 -- `schema` except `local_tables`; the same rule as sql/setup-replication-user.sql.
 
 \set ON_ERROR_STOP on
@@ -81,6 +82,23 @@ BEGIN
     IF v_bad IS NOT NULL THEN
         RAISE EXCEPTION 'tables without a primary key (replica identity): %', v_bad
             USING HINT = 'add a primary key, or list the tables in local_tables';
+    END IF;
+
+    -- Where duplex runs too (its schema exists), keep its record of the replicated tables
+    -- (duplex.replicated_table, written on both instances by `duplex setup`) equal to
+    -- what this publication is set to below, so `duplex check` does not compare the
+    -- configuration with a selection this script has since changed. Without duplex's
+    -- schema nothing is recorded: this script does not create duplex's tables (duplex's
+    -- migrations do), and duplex then compares with the publication itself.
+    IF to_regclass('duplex.replicated_table') IS NOT NULL THEN
+        LOCK TABLE duplex.replicated_table IN EXCLUSIVE MODE;
+        DELETE FROM duplex.replicated_table AS r
+         WHERE NOT EXISTS (SELECT FROM pg_class AS c
+                            WHERE c.oid = ANY (v_want)
+                              AND r.schema_name = v_schema AND r.table_name = c.relname);
+        INSERT INTO duplex.replicated_table (schema_name, table_name)
+        SELECT v_schema, c.relname FROM pg_class AS c WHERE c.oid = ANY (v_want)
+        ON CONFLICT (schema_name, table_name) DO NOTHING;
     END IF;
 
     SELECT * INTO v_row FROM pg_publication WHERE pubname = v_pub;

@@ -7,8 +7,9 @@ use tokio_postgres::Client;
 use super::capacity::{self, Capacity};
 use super::catalog::{self, ServerInfo};
 use super::resolution;
+use super::selection::{self, Comparison};
 use super::status::{self, Status};
-use super::{incoming, outgoing, resolve_tables};
+use super::{incoming, outgoing};
 use crate::config::Settings;
 use crate::conflict::triggers::HashMode;
 use crate::model::Role;
@@ -210,8 +211,15 @@ pub async fn run(
         }
     }
     if let Some(client) = local_client {
-        match resolve_tables(client, settings).await {
-            Ok(tables) => {
+        match selection::compare(settings, client).await {
+            Ok(sel) => {
+                selection_findings(&mut report, settings, &sel);
+                // What each publication should hold: what was set up (recorded, else this
+                // side's publication); before any setup, the configured tables.
+                let (expected, basis) = match (&sel.set_up, &sel.source) {
+                    (Some(t), Some(s)) => (t.clone(), s.describe()),
+                    _ => (sel.configured.clone(), "the configured tables".to_string()),
+                };
                 for (side, c, publication) in [
                     (role, local_client, outgoing(role)),
                     (peer, remote_client, incoming(role)),
@@ -223,24 +231,30 @@ pub async fn run(
                             Severity::Error,
                             subject,
                             "missing",
-                            Some(&format!("run `duplex setup` with INSTANCE_ROLE={role}")),
+                            Some(&format!(
+                                "run `duplex setup` with INSTANCE_ROLE={role} to replicate the {} configured table(s)",
+                                sel.configured.len()
+                            )),
                         ),
-                        Ok(Some(t)) if t == tables => report.push(
+                        Ok(Some(t)) if t == expected => report.push(
                             Severity::Ok,
                             subject,
                             format!("{} table(s)", t.len()),
                             None,
                         ),
-                        Ok(Some(t)) => report.push(
-                            Severity::Error,
-                            subject,
-                            format!(
-                                "publishes {} table(s), the configuration selects {}",
-                                t.len(),
-                                tables.len()
-                            ),
-                            Some("run `duplex setup` to update the table list"),
-                        ),
+                        Ok(Some(t)) => {
+                            let hint = if expected == sel.configured {
+                                format!("it was changed outside `duplex setup`, or a setup did not finish: run `duplex setup` with INSTANCE_ROLE={role} to set it to the configured tables again")
+                            } else {
+                                "it was changed outside `duplex setup`, or a setup did not finish; `duplex setup` would set it to the configured tables (the `tables` finding above says what that changes)".to_string()
+                            };
+                            report.push(
+                                Severity::Error,
+                                subject,
+                                publication_drift(&t, &expected, &basis),
+                                Some(&hint),
+                            );
+                        }
                         Err(e) => report.push(Severity::Error, subject, e.to_string(), None),
                     }
                 }
@@ -255,6 +269,10 @@ pub async fn run(
                     [a, b] => HashMode::for_versions(*a, *b),
                     _ => HashMode::Binary,
                 };
+                // Only tables that are configured and replicate: a table configured but
+                // not set up needs no resolution until setup replicates it (the `tables`
+                // finding names it), and advising setup for it would widen replication.
+                let tables = sel.in_both();
                 for (side, c) in [(role, local_client), (peer, remote_client)] {
                     let Some(c) = c else { continue };
                     resolution_findings(&mut report, settings, side, c, &tables, mode).await;
@@ -362,6 +380,58 @@ async fn password_readers_finding(report: &mut Report, side: Role, client: &Clie
         ),
         Err(e) => report.push(Severity::Warning, subject, e.to_string(), None),
     }
+}
+
+/// The configured tables against what was set up: one finding per direction of
+/// difference, naming the tables and what `duplex setup` would do; nothing before setup
+/// (the missing publications and subscriptions say that).
+fn selection_findings(report: &mut Report, settings: &Settings, sel: &Comparison) {
+    let Some(set_up) = &sel.set_up else { return };
+    let sentences = sel.sentences(&settings.tables);
+    if sentences.is_empty() {
+        report.push(
+            Severity::Ok,
+            "tables",
+            format!(
+                "{} table(s) configured, the same as {}",
+                set_up.len(),
+                sel.source
+                    .as_ref()
+                    .map(|s| s.describe())
+                    .unwrap_or_default()
+            ),
+            None,
+        );
+    }
+    for s in sentences {
+        report.push(Severity::Error, "tables", s.message, Some(&s.hint));
+    }
+}
+
+/// How a publication's tables differ from `expected` (read from `basis`), naming them.
+fn publication_drift(
+    published: &[crate::model::TableName],
+    expected: &[crate::model::TableName],
+    basis: &str,
+) -> String {
+    let extra: Vec<_> = published
+        .iter()
+        .filter(|t| !expected.contains(t))
+        .cloned()
+        .collect();
+    let lacking: Vec<_> = expected
+        .iter()
+        .filter(|t| !published.contains(t))
+        .cloned()
+        .collect();
+    let mut parts = Vec::new();
+    if !extra.is_empty() {
+        parts.push(format!("publishes also {}", selection::list(&extra)));
+    }
+    if !lacking.is_empty() {
+        parts.push(format!("does not publish {}", selection::list(&lacking)));
+    }
+    format!("differs from {basis}: {}", parts.join("; "))
 }
 
 /// Each table's effective conflict policy on `side`, and whether its in-stream resolution

@@ -1,5 +1,5 @@
 //! Replication between main and cloud: provisioning (`setup`), catalog queries,
-//! preflight checks and status.
+//! preflight checks, the table selection compared with what was set up, and status.
 
 pub mod capacity;
 pub mod catalog;
@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod resolution;
 pub mod rules;
 pub mod scanner;
+pub mod selection;
 pub mod setup;
 pub mod state;
 pub mod status;

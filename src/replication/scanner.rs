@@ -88,19 +88,47 @@ pub struct ScanReport {
     pub logged: u64,
 }
 
-/// The replicated tables with a primary key, their keys and effective policies; tables
-/// that cannot be compared come back in the second list with why.
+/// What a scan or an integrity check compares.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    /// The replicated tables with a primary key, their keys and effective policies.
+    pub targets: Vec<Target>,
+    /// Replicated tables that cannot be compared, each `schema.table: why`.
+    pub skipped: Vec<String>,
+    /// Configured tables that main's publication does not carry, each `schema.table:
+    /// why`: never compared, counted or repaired.
+    pub not_replicated: Vec<String>,
+}
+
+/// The configured tables that replicate (see [`Targets`]), or only `only`.
 pub async fn targets(
     settings: &Settings,
     main: &Client,
     only: Option<&str>,
-) -> Result<(Vec<Target>, Vec<String>), Error> {
+) -> Result<Targets, Error> {
     let mut tables = super::resolve_tables(main, settings).await?;
     if let Some(name) = only {
         tables.retain(|t| t.to_string() == name || t.name == name);
         if tables.is_empty() {
             return Err(Error::UnknownTable(name.to_string()));
         }
+    }
+    // Only what replicates: a table the configuration selects (the default selection is
+    // every table of schema public) that main's publication does not carry stays local,
+    // and repairing it would copy its rows to the other side, widening replication by
+    // accident. Before any setup there is no publication: the configuration alone decides.
+    let mut not_replicated = Vec::new();
+    let publication = super::outgoing(Role::Main);
+    if let Some(published) = super::catalog::publication_tables(main, &publication).await? {
+        tables.retain(|t| {
+            let replicates = published.contains(t);
+            if !replicates {
+                not_replicated.push(format!(
+                    "{t}: configured but not replicated (publication {publication} does not carry it): not compared; `duplex check` says more"
+                ));
+            }
+            replicates
+        });
     }
     // Only the effective policies are used here; the hash mode shapes generated SQL alone.
     let mode = crate::conflict::triggers::HashMode::Binary;
@@ -127,7 +155,11 @@ pub async fn targets(
         }
     }
     out.sort_by(|a, b| a.table.cmp(&b.table));
-    Ok((out, skipped))
+    Ok(Targets {
+        targets: out,
+        skipped,
+        not_replicated,
+    })
 }
 
 /// Connections for a pass: (main, cloud), each with the scanner's session settings.
@@ -156,7 +188,13 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
     let started = Instant::now();
     let started_at = Utc::now();
     let (main, cloud) = connect(settings).await?;
-    let (targets, skipped_tables) = targets(settings, &main, req.table.as_deref()).await?;
+    let Targets {
+        targets,
+        mut skipped,
+        not_replicated,
+    } = targets(settings, &main, req.table.as_deref()).await?;
+    skipped.extend(not_replicated);
+    let skipped_tables = skipped;
     scan::wait_caught_up(&main, &cloud, CATCH_UP_TIMEOUT).await?;
     let opts = Options {
         repair: !req.dry_run,
@@ -272,6 +310,9 @@ pub struct IntegrityReport {
     pub caught_up: bool,
     /// Per table, sorted by name.
     pub tables: Vec<TableIntegrity>,
+    /// Configured tables that do not replicate, each `schema.table: why`: not compared
+    /// (they are expected to differ).
+    pub not_replicated: Vec<String>,
 }
 
 impl IntegrityReport {
@@ -314,6 +355,9 @@ impl IntegrityReport {
                 out.push_str(&format!("  note: {n}\n"));
             }
         }
+        for n in &self.not_replicated {
+            out.push_str(&format!("skipped {n}\n"));
+        }
         if !self.caught_up {
             out.push_str(
                 "warning: replication had not caught up; rows in flight may show as differences\n",
@@ -347,7 +391,11 @@ pub async fn integrity(
     checksum: bool,
 ) -> Result<IntegrityReport, Error> {
     let (main, cloud) = connect(settings).await?;
-    let (targets, skipped) = targets(settings, &main, table).await?;
+    let Targets {
+        targets,
+        skipped,
+        not_replicated,
+    } = targets(settings, &main, table).await?;
     let caught_up = scan::wait_caught_up(&main, &cloud, CATCH_UP_TIMEOUT)
         .await
         .is_ok();
@@ -408,6 +456,7 @@ pub async fn integrity(
         checksum,
         caught_up,
         tables,
+        not_replicated,
     };
     report.ok = report.failing().is_empty();
     let local = match settings.instance_role {

@@ -11,6 +11,11 @@
 //! copy; main subscribes with `copy_data = false`, and only once cloud's copy finished, so
 //! no copied row is ever sent back. Every check runs before anything is changed: a refusal
 //! changes nothing.
+//!
+//! Once its statements ran, setup records the tables it set up in
+//! `duplex.replicated_table` on both instances (it set both publications), so `duplex
+//! check`, `status` and `run` compare the configuration with what was set up
+//! ([`super::selection`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,7 +31,7 @@ use crate::config::Settings;
 use crate::conflict::triggers::{self, HashMode};
 use crate::model::{Role, TableName};
 use crate::pg::{self, conninfo, conninfo_value, quote_ident, quote_literal, Context};
-use crate::store::{schema_migrations, sync_log, sync_state};
+use crate::store::{replicated_table, schema_migrations, sync_log, sync_state};
 
 /// Which connection a step runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +80,9 @@ pub struct Plan {
     pub subscription_changes: bool,
     /// duplex's own migrations not yet applied on the local instance (file names).
     pub pending_migrations: Vec<&'static str>,
+    /// `duplex.replicated_table` on either instance does not hold `tables` yet: setup
+    /// records them there once its statements ran.
+    pub record_selection: bool,
 }
 
 impl Plan {
@@ -101,7 +109,19 @@ impl Plan {
                 step.shown
             );
         }
+        if self.record_selection {
+            let _ = writeln!(
+                out,
+                "-- on both instances: record the {} replicated table(s) in duplex.replicated_table (what `duplex check` compares the configuration with), after the statements above\n",
+                self.tables.len()
+            );
+        }
         out
+    }
+
+    /// Nothing to execute, migrate or record.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.pending_migrations.is_empty() && !self.record_selection
     }
 }
 
@@ -318,6 +338,8 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             .filter(|m| !applied.contains(&m.version))
             .map(|m| m.name)
             .collect(),
+        record_selection: replicated_table::recorded(local).await?.as_ref() != Some(&tables)
+            || replicated_table::recorded(remote).await?.as_ref() != Some(&tables),
         ..Plan::default()
     };
     if local_info.track_commit_timestamp != "on" || remote_info.track_commit_timestamp != "on" {
@@ -897,11 +919,10 @@ pub async fn apply(
     crate::store::migrations::migrate(local).await?;
     // The peer's publication carries its duplex.change_meta, so its schema must exist too.
     crate::store::migrations::migrate(remote).await?;
-    let remote: &Client = remote;
     // Creating a subscription creates its slot on the peer, which waits for every
     // transaction running there to end: on a busy server that can outlast the session's
     // 30 s statement timeout. Setup is run by a person: give it time.
-    for c in [&*local, remote] {
+    for c in [&*local, &*remote] {
         c.batch_execute(SETUP_TIMEOUTS)
             .await
             .context("setting setup's statement timeout")?;
@@ -943,12 +964,26 @@ pub async fn apply(
             .done
             .push(format!("{}: {}", step.instance, step.what));
     }
+    // Both publications now carry the configured tables: record them on both instances,
+    // before waiting for the copy (which may time out while replication goes on).
+    if plan.record_selection {
+        for client in [&mut *local, &mut *remote] {
+            replicated_table::replace(client, &plan.tables).await?;
+        }
+        let line = format!(
+            "{role} and {}: record the {} replicated table(s) in duplex.replicated_table",
+            role.peer(),
+            plan.tables.len()
+        );
+        progress(&line);
+        report.done.push(line);
+    }
     let sub_name = incoming(role);
     if plan.subscription_changes && role == Role::Cloud {
         wait_for_initial_copy(settings, local, &sub_name, progress).await?;
     }
     let slot = &settings.replication.slot_name;
-    if catalog::slot(remote, slot).await?.is_none() {
+    if catalog::slot(&*remote, slot).await?.is_none() {
         return Err(Error::SlotMissing {
             slot: slot.clone(),
             peer: role.peer(),

@@ -198,6 +198,14 @@ impl Pair {
 
     /// A `duplex` command for `role` with this pair's environment.
     pub fn duplex(&self, role: &str, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.duplex_without_config(role, &[]);
+        cmd.arg("--config").arg(&self.config_path).args(args);
+        cmd
+    }
+
+    /// The same without `--config`: the default table selection (every table of schema
+    /// public) and no conflict policies.
+    pub fn duplex_without_config(&self, role: &str, args: &[&str]) -> tokio::process::Command {
         let (local, remote) = match role {
             "main" => (self.main_port, self.cloud_port),
             _ => (self.cloud_port, self.main_port),
@@ -212,8 +220,6 @@ impl Pair {
             .env("REMOTE_DB_URL", url(remote, &self.db))
             .env("REPLICATION_SLOT_NAME", self.slot(role))
             .env("DUPLEX_REPLICATION_PASSWORD", REPLICATION_PASSWORD)
-            .arg("--config")
-            .arg(&self.config_path)
             .args(args)
             .kill_on_drop(true);
         cmd
