@@ -183,6 +183,49 @@ pid_of() {
   echo "$pid"
 }
 
+# A throw-away CA and a server certificate for 127.0.0.1/localhost, made once per lab, so
+# the clusters speak TLS and tests can use sslmode=verify-full. A second, unrelated CA
+# (other-ca.crt) is there for the "wrong CA" test. `lab.sh env` exports DUPLEX_LAB_CA.
+TLS_DIR="$LAB_DIR/tls"
+ensure_tls() {
+  [ -f "$TLS_DIR/server.crt" ] && [ -f "$TLS_DIR/other-ca.crt" ] && return 0
+  command -v openssl >/dev/null || die "openssl is needed to make the lab's TLS certificates (apt-get install openssl)"
+  log "making the lab's TLS certificates in $TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  local ext
+  ext="$(mktemp)"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$ext"
+  (
+    cd "$TLS_DIR"
+    for ca in ca other-ca; do
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=duplex lab $ca" \
+        -keyout "$ca.key" -out "$ca.crt" 2>/dev/null
+    done
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key \
+      -out server.csr 2>/dev/null
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile "$ext" -out server.crt 2>/dev/null
+    rm -f server.csr ca.srl
+    chmod 0600 server.key ca.key other-ca.key
+    chmod 0644 ca.crt other-ca.crt server.crt
+  )
+  rm -f "$ext"
+  [ -n "$RUN_AS" ] && chown -R "$RUN_AS" "$TLS_DIR"
+  chmod 0755 "$TLS_DIR"
+}
+
+# TLS on for a cluster (also one made before the lab had TLS: `ssl` only needs a reload).
+enable_tls() {
+  local side="$1" bin="$2" dir
+  dir="$(data_dir "$side")"
+  grep -q '^ssl = on' "$dir/postgresql.conf" && return 0
+  printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" \
+    "$TLS_DIR/server.crt" "$TLS_DIR/server.key" >>"$dir/postgresql.conf"
+  if pid_of "$side" >/dev/null; then
+    as_lab "$bin/pg_ctl" --pgdata="$dir" reload >/dev/null
+  fi
+}
+
 init_side() {
   local side="$1" bin="$2" dir port pwfile
   dir="$(data_dir "$side")"; port="$(port_of "$side")"
@@ -299,6 +342,9 @@ export PG_BIN='$bin'
 export DUPLEX_LAB_DIR='$LAB_DIR'
 export DUPLEX_LAB_PORT_BASE='$PORT_BASE'
 export DUPLEX_LAB_PASSWORD='$LAB_PASSWORD'
+# TLS: main and cloud present a certificate for 127.0.0.1 signed by this CA
+# (append ?sslmode=verify-full&sslrootcert=\$DUPLEX_LAB_CA to a URL to verify it).
+export DUPLEX_LAB_CA='$TLS_DIR/ca.crt'
 export MAIN_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$MAIN_PORT/app'
 export CLOUD_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$CLOUD_PORT/app'
 # duplex beside main: INSTANCE_ROLE=main LOCAL_DB_URL=\$MAIN_DB_URL REMOTE_DB_URL=\$CLOUD_DB_URL
@@ -315,7 +361,10 @@ case "$cmd" in
     log "using PostgreSQL $("$bin/postgres" --version | awk '{print $NF}') from $bin"
     mkdir -p "$LAB_DIR"
     [ -n "$RUN_AS" ] && chown "$RUN_AS" "$LAB_DIR"
-    for side in main cloud; do init_side "$side" "$bin"; start_side "$side" "$bin"; done
+    ensure_tls
+    for side in main cloud; do
+      init_side "$side" "$bin"; enable_tls "$side" "$bin"; start_side "$side" "$bin"
+    done
     log "lab is up: main 127.0.0.1:$MAIN_PORT, cloud 127.0.0.1:$CLOUD_PORT (run: eval \"\$(scripts/lab.sh env)\")"
     ;;
   env)

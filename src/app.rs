@@ -105,7 +105,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let (notify_tx, notify_rx) = tokio::sync::mpsc::channel(64);
 
     let pool_cfg = pg::pg_config(&settings.local_db_url, "local", "api")?;
-    let mgr = deadpool_postgres::Manager::new(pool_cfg, tokio_postgres::NoTls);
+    let mgr = deadpool_postgres::Manager::new(
+        pool_cfg,
+        pg::tls_connector(&settings.local_db_url, "local")?,
+    );
     let pool = deadpool_postgres::Pool::builder(mgr)
         .max_size(2)
         .wait_timeout(Some(Duration::from_secs(5)))

@@ -3,10 +3,11 @@
 
 pub mod catalog;
 pub mod conninfo;
+pub mod tls;
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::secret::SecretUrl;
 
@@ -63,6 +64,9 @@ pub enum ConnectFailure {
     Refused,
     /// Nothing answered: connection refused, timeout, unknown host.
     NoAnswer,
+    /// The server answered but TLS failed: it does not offer TLS where the URL requires
+    /// it, or its certificate is not signed by `sslrootcert` or names another host.
+    Tls,
 }
 
 impl Error {
@@ -82,6 +86,7 @@ impl Error {
             Some(_) => ConnectFailure::Refused,
             // The driver asks for a password the URL does not hold: the server answered.
             None if source.to_string().contains("password missing") => ConnectFailure::Auth,
+            None if crate::text::chain(source).contains("TLS") => ConnectFailure::Tls,
             None => ConnectFailure::NoAnswer,
         })
     }
@@ -134,25 +139,32 @@ pub fn pg_config(
     target: &'static str,
     application: &str,
 ) -> Result<tokio_postgres::Config, Error> {
-    // The redacted URL has the password replaced; parse it, then put the real one back.
-    let mut cfg: tokio_postgres::Config =
-        url.redacted()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Error::BadUrl {
-                target,
-                url: url.redacted(),
-                reason: e.to_string(),
-            })?;
+    let bad = |reason: String| Error::BadUrl {
+        target,
+        url: url.redacted(),
+        reason,
+    };
+    let tls = tls_settings(url, target)?;
+    // The redacted URL has the password replaced; parse it without the TLS keys (the
+    // driver knows only some of them), then put the real password back.
+    let mut driver_url = url::Url::parse(&url.redacted()).map_err(|e| bad(e.to_string()))?;
+    let rest: Vec<(String, String)> = driver_url
+        .query_pairs()
+        .filter(|(k, _)| !tls::KEYS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    driver_url.set_query(None);
+    if !rest.is_empty() {
+        driver_url.query_pairs_mut().extend_pairs(rest);
+    }
+    let mut cfg: tokio_postgres::Config = driver_url
+        .as_str()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
     if let Some(password) = url.password() {
         cfg.password(password);
     }
-    if matches!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
-        return Err(Error::BadUrl {
-            target,
-            url: url.redacted(),
-            reason: "sslmode=require is not supported by this build yet; connect through a TLS tunnel (stunnel, ssh -L) or a private network and use sslmode=disable or prefer".into(),
-        });
-    }
+    cfg.ssl_mode(tls.mode.driver());
     cfg.application_name(format!("duplex_{application}"));
     cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.options(format!(
@@ -163,6 +175,29 @@ pub fn pg_config(
     Ok(cfg)
 }
 
+/// The TLS settings of `url` (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`).
+pub fn tls_settings(url: &SecretUrl, target: &'static str) -> Result<tls::Settings, Error> {
+    tls::Settings::from_query(url.url().query_pairs()).map_err(|reason| Error::BadUrl {
+        target,
+        url: url.redacted(),
+        reason,
+    })
+}
+
+/// The TLS connector for `url`, its certificate files read.
+pub fn tls_connector(
+    url: &SecretUrl,
+    target: &'static str,
+) -> Result<tls::MakeRustlsConnect, Error> {
+    tls_settings(url, target)?
+        .connector()
+        .map_err(|reason| Error::BadUrl {
+            target,
+            url: url.redacted(),
+            reason,
+        })
+}
+
 /// Open one connection to `url`; the connection task ends when the client is dropped.
 pub async fn connect(
     url: &SecretUrl,
@@ -170,7 +205,8 @@ pub async fn connect(
     application: &str,
 ) -> Result<Client, Error> {
     let cfg = pg_config(url, target, application)?;
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|source| Error::Connect {
+    let tls = tls_connector(url, target)?;
+    let (client, connection) = cfg.connect(tls).await.map_err(|source| Error::Connect {
         target,
         url: url.redacted(),
         source,

@@ -218,6 +218,24 @@ pub async fn subscription_conninfo(client: &Client, name: &str) -> Result<Option
     }
 }
 
+/// Whether the walsender streaming from slot `slot` uses TLS, with the protocol version;
+/// `None` when no walsender holds the slot.
+pub async fn stream_tls(
+    client: &Client,
+    slot: &str,
+) -> Result<Option<(bool, Option<String>)>, Error> {
+    Ok(client
+        .query_opt(
+            "SELECT s.ssl, s.version FROM pg_replication_slots r
+               JOIN pg_stat_ssl s ON s.pid = r.active_pid
+              WHERE r.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .context("reading pg_stat_ssl for the walsender")?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
 /// Login roles that can read `pg_subscription.subconninfo`: superusers, and the other
 /// members of `pg_read_all_data`, each as a comma-separated list.
 pub async fn conninfo_readers(client: &Client) -> Result<(String, String), Error> {

@@ -329,12 +329,42 @@ pub async fn run(
                 None,
             ),
         }
+        let publisher = if d.from == role {
+            local_client
+        } else {
+            remote_client
+        };
+        if let (Some(slot), Some(c)) = (d.slot.as_ref().filter(|s| s.active), publisher) {
+            stream_tls_finding(&mut report, &subject, c, &slot.name).await;
+        }
     }
     for (side, c) in [(role, local_client), (peer, remote_client)] {
         let Some(c) = c else { continue };
         password_readers_finding(&mut report, side, c).await;
     }
     report
+}
+
+/// Whether the replication stream of `slot` is encrypted: the walsender's `pg_stat_ssl`
+/// on the publisher. Unencrypted is a warning: the rows and the login travel in clear.
+async fn stream_tls_finding(report: &mut Report, subject: &str, publisher: &Client, slot: &str) {
+    let subject = format!("{subject}: stream");
+    match catalog::stream_tls(publisher, slot).await {
+        Ok(Some((true, version))) => report.push(
+            Severity::Ok,
+            subject,
+            format!("encrypted ({})", version.unwrap_or_default()),
+            None,
+        ),
+        Ok(Some((false, _))) => report.push(
+            Severity::Warning,
+            subject,
+            "not encrypted: rows and the replication login cross the network in clear",
+            Some("turn ssl on at the publisher and give the subscriber sslmode=verify-full with sslrootcert in REMOTE_DB_URL, then run `duplex setup` (docs/security.md)"),
+        ),
+        Ok(None) => {}
+        Err(e) => report.push(Severity::Warning, subject, e.to_string(), None),
+    }
 }
 
 /// Who can read the replication password that side's subscription keeps in its

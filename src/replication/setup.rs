@@ -537,15 +537,17 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         .peer_port
         .or_else(|| settings.remote_db_url.url().port())
         .unwrap_or(5432);
-    // The peer's server connects with libpq: pass on the TLS mode the URL asks for
-    // (libpq's own default, prefer, when it names none).
+    // The peer's server connects with libpq: pass on the TLS mode and CA file the URL asks
+    // for (libpq's own default, prefer, when it names none). The CA file's path must be
+    // readable by this side's PostgreSQL server too (docs/security.md). A client
+    // certificate in the URL is duplex's own login, not the replication role's: not passed.
     let sslmode = settings
         .remote_db_url
         .url()
         .query_pairs()
-        .find(|(k, _)| k == "sslmode")
-        .map(|(_, v)| format!(" sslmode={}", conninfo_value(&v)))
-        .unwrap_or_default();
+        .filter(|(k, _)| k == "sslmode" || k == "sslrootcert")
+        .map(|(k, v)| format!(" {k}={}", conninfo_value(&v)))
+        .collect::<String>();
     let conninfo = |pw: &str| {
         format!(
             "host={} port={port} dbname={} user={} password={}{sslmode}",
@@ -771,7 +773,11 @@ async fn login_works(url: &crate::secret::SecretUrl, user: &str, password: &str)
         Err(e) => return LoginProbe::Other(e.to_string()),
     };
     cfg.user(user).password(password);
-    match cfg.connect(tokio_postgres::NoTls).await {
+    let tls = match pg::tls_connector(url, "setup") {
+        Ok(t) => t,
+        Err(e) => return LoginProbe::Other(e.to_string()),
+    };
+    match cfg.connect(tls).await {
         Ok(_) => LoginProbe::Ok,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) => {
             LoginProbe::WrongPassword

@@ -165,6 +165,10 @@ pub fn unreachable(role: Role, var: &str, url: &SecretUrl, e: &pg::Error) -> Str
             "{role} does not answer at {at} ({}): start it, or fix the host and port in {var}",
             e.cause()
         ),
+        Some(ConnectFailure::Tls) => format!(
+            "{role} answers at {at} but the TLS connection failed ({}): the server must offer TLS, and its certificate must be signed by the CA in sslrootcert and, for sslmode=verify-full, name the host; fix {var} or the server's certificate",
+            e.cause()
+        ),
         Some(ConnectFailure::Refused) => format!(
             "{role} answers at {at} but refuses the connection ({}): fix {var}",
             e.cause()
