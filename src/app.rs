@@ -58,7 +58,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     cancel_on_signal(cancel.clone());
     let settings = Arc::new(settings);
     let role = settings.instance_role;
-    let mut local = pg::connect(&settings.local_db_url, "local", "run").await?;
+    let mut local = pg::connect(settings.local_monitor(), "local", "run").await?;
     let applied = store::migrations::migrate(&mut local).await?;
     if !applied.is_empty() {
         tracing::info!("applied migrations {applied:?}");
@@ -83,7 +83,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     drop(local);
     // One controller per instance: the lock lives as long as this session, which this
     // process keeps until it exits (PostgreSQL releases it if the process dies).
-    let controller = pg::connect(&settings.local_db_url, "local", "controller").await?;
+    let controller = pg::connect(settings.local_monitor(), "local", "controller").await?;
     if !store::controller::try_lock(&controller).await? {
         let holder = match store::controller::holder(&controller).await? {
             Some(h) => h.to_string(),
@@ -104,10 +104,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let notifier = notifier.is_configured().then_some(notifier);
     let (notify_tx, notify_rx) = tokio::sync::mpsc::channel(64);
 
-    let pool_cfg = pg::pg_config(&settings.local_db_url, "local", "api")?;
+    let pool_cfg = pg::pg_config(settings.local_monitor(), "local", "api")?;
     let mgr = deadpool_postgres::Manager::new(
         pool_cfg,
-        pg::tls_connector(&settings.local_db_url, "local")?,
+        pg::tls_connector(settings.local_monitor(), "local")?,
     );
     let pool = deadpool_postgres::Pool::builder(mgr)
         .max_size(2)

@@ -293,10 +293,10 @@ async fn run_setup(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCod
 }
 
 async fn run_check(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let local = pg::connect(&settings.local_db_url, "local", "check")
+    let local = pg::connect(settings.local_monitor(), "local", "check")
         .await
         .map_err(|e| e.to_string());
-    let remote = pg::connect(&settings.remote_db_url, "remote", "check")
+    let remote = pg::connect(settings.remote_monitor(), "remote", "check")
         .await
         .map_err(|e| e.to_string());
     let report = check::run(
@@ -417,22 +417,22 @@ pub async fn api_call(
 
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let role = settings.instance_role;
-    let local = pg::connect(&settings.local_db_url, "local", "status").await;
-    let remote = pg::connect(&settings.remote_db_url, "remote", "status").await;
+    let local = pg::connect(settings.local_monitor(), "local", "status").await;
+    let remote = pg::connect(settings.remote_monitor(), "remote", "status").await;
     let mut unreachable = Vec::new();
     if let Err(e) = &local {
         unreachable.push(status::unreachable(
             role,
-            "LOCAL_DB_URL",
-            &settings.local_db_url,
+            settings.local_monitor_var(),
+            settings.local_monitor(),
             e,
         ));
     }
     if let Err(e) = &remote {
         unreachable.push(status::unreachable(
             role.peer(),
-            "REMOTE_DB_URL",
-            &settings.remote_db_url,
+            settings.remote_monitor_var(),
+            settings.remote_monitor(),
             e,
         ));
     }
@@ -730,7 +730,7 @@ async fn run_conflicts(settings: &Settings, action: ConflictsAction) -> anyhow::
             limit,
             json,
         } => {
-            let local = pg::connect(&settings.local_db_url, "local", "conflicts").await?;
+            let local = pg::connect(settings.local_monitor(), "local", "conflicts").await?;
             let filter = conflict_log::Filter {
                 open: (open || resolved).then_some(open),
                 table,
@@ -747,7 +747,7 @@ async fn run_conflicts(settings: &Settings, action: ConflictsAction) -> anyhow::
             }
         }
         ConflictsAction::Show { id, json } => {
-            let local = pg::connect(&settings.local_db_url, "local", "conflicts").await?;
+            let local = pg::connect(settings.local_monitor(), "local", "conflicts").await?;
             let c = conflict_log::get(&local, id)
                 .await?
                 .ok_or(resolve::Error::NotFound(id))?;

@@ -89,7 +89,7 @@ impl Retention {
     pub async fn tick(&mut self, cancel: &CancellationToken) -> Result<u64, Error> {
         if self.local.as_ref().is_none_or(|c| c.is_closed()) {
             self.local = None;
-            self.local = Some(pg::connect(&self.settings.local_db_url, "local", NAME).await?);
+            self.local = Some(pg::connect(self.settings.local_monitor(), "local", NAME).await?);
         }
         let Some(local) = self.local.as_ref() else {
             return Ok(0);

@@ -52,38 +52,13 @@ async fn reconnect_walsenders(pair: &Pair) {
     }
 }
 
-/// Drops the test's replication role on both clusters when dropped (after the pair, whose
-/// databases hold its grants: declare it before the pair).
-struct DropRole(String);
-
-impl Drop for DropRole {
-    fn drop(&mut self) {
-        let user = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async {
-                for port in [common::main_port(), common::cloud_port()] {
-                    let _ = common::connect(port, "postgres")
-                        .await
-                        .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn the_password_stays_out_of_server_logs_and_a_rotation_reaches_both_subscriptions() {
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     // A replication role of this test's own: rotating the shared one would break the
     // other tests' subscriptions.
     let user = format!("duplex_t_{id}_repl");
-    let _role = DropRole(user.clone());
+    let _role = common::DropRole(user.clone());
     let pair = Pair::new().await;
     let config = format!("{EXAMPLE_TABLES}\n[replication]\nuser = \"{user}\"\n");
     let first = format!("first-secret-{}", pair.id);

@@ -9,6 +9,7 @@ mod alerts;
 mod conflicts;
 mod daemon;
 mod keys;
+mod monitor;
 mod notifications;
 mod replication;
 
@@ -23,6 +24,7 @@ pub use self::alerts::AlertSettings;
 pub use self::conflicts::ConflictSettings;
 pub use self::daemon::DaemonSettings;
 use self::keys::{Key, Problems, Section};
+pub use self::monitor::MonitorSettings;
 pub use self::notifications::NotificationSettings;
 pub use self::replication::{ReplicationSettings, TableSelection};
 use crate::model::Role;
@@ -31,6 +33,8 @@ use crate::secret::SecretUrl;
 const INSTANCE_ROLE: Key = Key::env("instance_role", "INSTANCE_ROLE");
 const LOCAL_DB_URL: Key = Key::env("local_db_url", "LOCAL_DB_URL");
 const REMOTE_DB_URL: Key = Key::env("remote_db_url", "REMOTE_DB_URL");
+const LOCAL_MONITOR_URL: Key = Key::env("local_monitor_url", "LOCAL_MONITOR_URL");
+const REMOTE_MONITOR_URL: Key = Key::env("remote_monitor_url", "REMOTE_MONITOR_URL");
 const LOCAL_STORAGE_URL: Key = Key::env("local_storage_url", "LOCAL_STORAGE_URL");
 const REMOTE_STORAGE_URL: Key = Key::env("remote_storage_url", "REMOTE_STORAGE_URL");
 const SYNC_ENABLED: Key = Key::env("sync_enabled", "SYNC_ENABLED");
@@ -45,6 +49,8 @@ const TOP_KEYS: &[&str] = &[
     INSTANCE_ROLE.path,
     LOCAL_DB_URL.path,
     REMOTE_DB_URL.path,
+    LOCAL_MONITOR_URL.path,
+    REMOTE_MONITOR_URL.path,
     LOCAL_STORAGE_URL.path,
     REMOTE_STORAGE_URL.path,
     SYNC_ENABLED.path,
@@ -57,6 +63,7 @@ const TOP_KEYS: &[&str] = &[
     "alerts",
     "notifications",
     "conflicts",
+    "monitor",
 ];
 
 /// The environment variables duplex reads, with the config key each overrides.
@@ -64,6 +71,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     INSTANCE_ROLE.env_pair(),
     LOCAL_DB_URL.env_pair(),
     REMOTE_DB_URL.env_pair(),
+    LOCAL_MONITOR_URL.env_pair(),
+    REMOTE_MONITOR_URL.env_pair(),
     LOCAL_STORAGE_URL.env_pair(),
     REMOTE_STORAGE_URL.env_pair(),
     SYNC_ENABLED.env_pair(),
@@ -72,6 +81,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     replication::SLOT_NAME.env_pair(),
     MAX_TRANSFER_RATE.env_pair(),
     replication::PASSWORD.env_pair(),
+    monitor::PASSWORD.env_pair(),
     daemon::HTTP_ADDR.env_pair(),
     daemon::ADMIN_TOKEN.env_pair(),
     daemon::MONITOR_INTERVAL.env_pair(),
@@ -91,6 +101,11 @@ pub struct Settings {
     pub local_db_url: SecretUrl,
     /// `REMOTE_DB_URL`: the peer instance. Required.
     pub remote_db_url: SecretUrl,
+    /// `LOCAL_MONITOR_URL`: the low-privilege login for everything but `duplex setup`.
+    /// Default: `LOCAL_DB_URL`.
+    pub local_monitor_url: Option<SecretUrl>,
+    /// `REMOTE_MONITOR_URL`: likewise for the peer. Default: `REMOTE_DB_URL`.
+    pub remote_monitor_url: Option<SecretUrl>,
     /// `LOCAL_STORAGE_URL`: this side's S3-compatible store (used by the storage mirror).
     pub local_storage_url: Option<SecretUrl>,
     /// `REMOTE_STORAGE_URL`: the peer's store.
@@ -118,6 +133,42 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     /// Conflict policies and housekeeping.
     pub conflicts: ConflictSettings,
+    /// The monitoring role setup creates.
+    pub monitor: MonitorSettings,
+}
+
+impl Settings {
+    /// The local login of everything but `duplex setup`: `LOCAL_MONITOR_URL`, else
+    /// `LOCAL_DB_URL`.
+    pub fn local_monitor(&self) -> &SecretUrl {
+        self.local_monitor_url
+            .as_ref()
+            .unwrap_or(&self.local_db_url)
+    }
+
+    /// The variable that holds [`Self::local_monitor`].
+    pub fn local_monitor_var(&self) -> &'static str {
+        match self.local_monitor_url {
+            Some(_) => "LOCAL_MONITOR_URL",
+            None => "LOCAL_DB_URL",
+        }
+    }
+
+    /// The variable that holds [`Self::remote_monitor`].
+    pub fn remote_monitor_var(&self) -> &'static str {
+        match self.remote_monitor_url {
+            Some(_) => "REMOTE_MONITOR_URL",
+            None => "REMOTE_DB_URL",
+        }
+    }
+
+    /// The peer login of everything but `duplex setup`: `REMOTE_MONITOR_URL`, else
+    /// `REMOTE_DB_URL`.
+    pub fn remote_monitor(&self) -> &SecretUrl {
+        self.remote_monitor_url
+            .as_ref()
+            .unwrap_or(&self.remote_db_url)
+    }
 }
 
 fn as_minutes<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -182,9 +233,12 @@ pub fn load_api(path: Option<&Path>) -> Result<ApiSettings, ConfigError> {
 const SECRET_PATHS: &[&str] = &[
     LOCAL_DB_URL.path,
     REMOTE_DB_URL.path,
+    LOCAL_MONITOR_URL.path,
+    REMOTE_MONITOR_URL.path,
     LOCAL_STORAGE_URL.path,
     REMOTE_STORAGE_URL.path,
     replication::PASSWORD.path,
+    monitor::PASSWORD.path,
     daemon::ADMIN_TOKEN.path,
     notifications::WEBHOOK_URL.path,
     notifications::SMTP_URL.path,
@@ -361,6 +415,8 @@ fn validate(
         t.problems
             .push("REMOTE_DB_URL is not set: set it to the peer instance's postgres:// URL");
     }
+    let local_monitor_url = t.url(&LOCAL_MONITOR_URL, pg);
+    let remote_monitor_url = t.url(&REMOTE_MONITOR_URL, pg);
     let s3 = &["http", "https", "s3"];
     let local_storage_url = t.url(&LOCAL_STORAGE_URL, s3);
     let remote_storage_url = t.url(&REMOTE_STORAGE_URL, s3);
@@ -374,12 +430,15 @@ fn validate(
     let alerts = AlertSettings::parse(&top, &mut problems);
     let notifications = NotificationSettings::parse(&top, &mut problems);
     let conflicts = ConflictSettings::parse(&top, &mut problems);
+    let monitor = MonitorSettings::parse(&top, &mut problems);
 
     match (role, local, remote, problems.list.is_empty()) {
         (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
             instance_role,
             local_db_url,
             remote_db_url,
+            local_monitor_url,
+            remote_monitor_url,
             local_storage_url,
             remote_storage_url,
             sync_enabled,
@@ -392,6 +451,7 @@ fn validate(
             alerts,
             notifications,
             conflicts,
+            monitor,
         }),
         _ => {
             if problems.list.is_empty() {

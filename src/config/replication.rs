@@ -174,7 +174,7 @@ impl TableSelection {
     }
 }
 
-fn valid_slot_name(name: &str) -> bool {
+pub(super) fn valid_slot_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name

@@ -104,7 +104,7 @@ pub struct Resolved {
 
 /// Resolve conflict `id` (an entry of this side's log) with `choice`, on both sides.
 pub async fn resolve(settings: &Settings, id: i64, choice: Choice) -> Result<Resolved, Error> {
-    let local = pg::connect(&settings.local_db_url, "local", "conflicts").await?;
+    let local = pg::connect(settings.local_monitor(), "local", "conflicts").await?;
     let entry = conflict_log::get(&local, id)
         .await?
         .ok_or(Error::NotFound(id))?;
@@ -120,7 +120,7 @@ pub async fn resolve(settings: &Settings, id: i64, choice: Choice) -> Result<Res
             at: at.to_rfc3339(),
         });
     }
-    let remote = pg::connect(&settings.remote_db_url, "remote", "conflicts").await?;
+    let remote = pg::connect(settings.remote_monitor(), "remote", "conflicts").await?;
     let me = settings.instance_role;
     // Commit order: the peer first, this side last, so a failure in between leaves this
     // side's entry open and a second attempt finishes the job.

@@ -359,7 +359,7 @@ impl Housekeeper {
     async fn connect_local(&mut self) -> Result<(), Error> {
         if self.local.as_ref().is_none_or(|c| c.is_closed()) {
             self.local = None;
-            self.local = Some(pg::connect(&self.settings.local_db_url, "local", NAME).await?);
+            self.local = Some(pg::connect(self.settings.local_monitor(), "local", NAME).await?);
         }
         Ok(())
     }
@@ -367,7 +367,7 @@ impl Housekeeper {
     async fn connect_remote(&mut self) -> Result<(), Error> {
         if self.remote.as_ref().is_none_or(|c| c.is_closed()) {
             self.remote = None;
-            self.remote = Some(pg::connect(&self.settings.remote_db_url, "remote", NAME).await?);
+            self.remote = Some(pg::connect(self.settings.remote_monitor(), "remote", NAME).await?);
         }
         Ok(())
     }

@@ -236,6 +236,52 @@ pub async fn stream_tls(
         .map(|r| (r.get(0), r.get(1))))
 }
 
+/// `pg_hba.conf` lines that let `user` in beyond one application database: to physical
+/// replication (`replication`) or to every database (`all`), as (line, type, databases,
+/// users, address). `None` when this login may not read `pg_hba_file_rules`.
+pub async fn broad_hba_lines(
+    client: &Client,
+    user: &str,
+) -> Result<Option<Vec<(i32, String, String, String, String)>>, Error> {
+    let rows = match client
+        .query(
+            "SELECT line_number, type, array_to_string(database, ','),
+                    array_to_string(user_name, ','), coalesce(address, '')
+               FROM pg_hba_file_rules
+              WHERE error IS NULL AND type <> 'local'
+                AND ('replication' = ANY(database) OR 'all' = ANY(database))
+                AND ('all' = ANY(user_name) OR $1 = ANY(user_name))
+                AND auth_method <> 'reject'
+              ORDER BY line_number",
+            &[&user],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).context("reading pg_hba_file_rules"),
+    };
+    Ok(Some(
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect(),
+    ))
+}
+
+/// The session's user and whether it is a superuser.
+pub async fn current_login(client: &Client) -> Result<(String, bool), Error> {
+    let r = client
+        .query_one(
+            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .context("reading the current login")?;
+    Ok((r.get(0), r.get(1)))
+}
+
 /// Login roles that can read `pg_subscription.subconninfo`: superusers, and the other
 /// members of `pg_read_all_data`, each as a comma-separated list.
 pub async fn conninfo_readers(client: &Client) -> Result<(String, String), Error> {

@@ -133,8 +133,8 @@ pub async fn run(
     }
     let mut clients = Vec::new();
     for (side, url, conn) in [
-        (role, &settings.local_db_url, &local),
-        (peer, &settings.remote_db_url, &remote),
+        (role, settings.local_monitor(), &local),
+        (peer, settings.remote_monitor(), &remote),
     ] {
         match conn {
             Ok(c) => {
@@ -338,9 +338,14 @@ pub async fn run(
             stream_tls_finding(&mut report, &subject, c, &slot.name).await;
         }
     }
-    for (side, c) in [(role, local_client), (peer, remote_client)] {
+    for (side, c, var) in [
+        (role, local_client, settings.local_monitor_var()),
+        (peer, remote_client, settings.remote_monitor_var()),
+    ] {
         let Some(c) = c else { continue };
         password_readers_finding(&mut report, side, c).await;
+        login_finding(&mut report, side, c, var).await;
+        hba_finding(&mut report, side, c, &settings.replication.user).await;
     }
     report
 }
@@ -363,6 +368,61 @@ async fn stream_tls_finding(report: &mut Report, subject: &str, publisher: &Clie
             Some("turn ssl on at the publisher and give the subscriber sslmode=verify-full with sslrootcert in REMOTE_DB_URL, then run `duplex setup` (docs/security.md)"),
         ),
         Ok(None) => {}
+        Err(e) => report.push(Severity::Warning, subject, e.to_string(), None),
+    }
+}
+
+/// Whether `pg_hba.conf` lets the replication role in further than the application
+/// database: with REPLICATION, a `replication` line gives it a base backup of the whole
+/// cluster (password hashes included), an `all` line logical decoding of every database.
+async fn hba_finding(report: &mut Report, side: Role, client: &Client, user: &str) {
+    let subject = format!("{side}: pg_hba.conf for {user}");
+    match catalog::broad_hba_lines(client, user).await {
+        Ok(Some(lines)) if lines.is_empty() => report.push(
+            Severity::Ok,
+            subject,
+            "no line lets it in for physical replication or into every database",
+            None,
+        ),
+        Ok(Some(lines)) => {
+            let described = lines
+                .iter()
+                .map(|(n, ty, db, users, addr)| format!("line {n}: {ty} {db} {users} {addr}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            report.push(
+                Severity::Warning,
+                subject,
+                format!("lets it in further than the application database ({described}); with REPLICATION it could take a base backup of the whole cluster or decode every database"),
+                Some(&format!("allow it only `hostssl <database> {user} <peer address>/32 scram-sha-256`, above any broader line (docs/security.md)")),
+            )
+        }
+        // Only a superuser may read pg_hba_file_rules.
+        Ok(None) => {}
+        Err(e) => report.push(Severity::Warning, subject, e.to_string(), None),
+    }
+}
+
+/// Whether the login `duplex run`, `status` and `check` use on `side` is a superuser:
+/// only `duplex setup` needs one (docs/security.md).
+async fn login_finding(report: &mut Report, side: Role, client: &Client, var: &str) {
+    let subject = format!("{side}: login");
+    match catalog::current_login(client).await {
+        Ok((user, false)) => report.push(
+            Severity::Ok,
+            subject,
+            format!("{user} (not a superuser)"),
+            None,
+        ),
+        Ok((user, true)) => report.push(
+            Severity::Warning,
+            subject,
+            format!("{user} is a superuser, and `duplex run` would hold its session ({var})"),
+            Some(&format!(
+                "set DUPLEX_MONITOR_PASSWORD and run `duplex setup` to create the monitoring role, then point {} at it (docs/security.md)",
+                var.replace("_DB_", "_MONITOR_")
+            )),
+        ),
         Err(e) => report.push(Severity::Warning, subject, e.to_string(), None),
     }
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod check;
 pub mod health;
 pub mod monitor;
+pub mod monitor_role;
 pub mod resolution;
 pub mod rules;
 pub mod scanner;

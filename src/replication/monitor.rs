@@ -527,7 +527,7 @@ impl Monitor {
     async fn connect_local(&mut self) -> Result<(), Error> {
         if self.local.as_ref().is_none_or(|c| c.is_closed()) {
             self.local = None;
-            let mut client = pg::connect(&self.settings.local_db_url, "local", "monitor").await?;
+            let mut client = pg::connect(self.settings.local_monitor(), "local", "monitor").await?;
             store::migrations::migrate(&mut client).await?;
             self.local = Some(client);
         }
@@ -547,7 +547,7 @@ impl Monitor {
             return Ok(());
         }
         self.remote = None;
-        let c = pg::connect(&self.settings.remote_db_url, "remote", "monitor")
+        let c = pg::connect(self.settings.remote_monitor(), "remote", "monitor")
             .await
             .map_err(|e| e.to_string())?;
         catalog::server_info(&c).await.map_err(|e| e.to_string())?;

@@ -164,8 +164,8 @@ pub async fn targets(
 
 /// Connections for a pass: (main, cloud), each with the scanner's session settings.
 async fn connect(settings: &Settings) -> Result<(Client, Client), Error> {
-    let local = pg::connect(&settings.local_db_url, "local", NAME).await?;
-    let remote = pg::connect(&settings.remote_db_url, "remote", NAME).await?;
+    let local = pg::connect(settings.local_monitor(), "local", NAME).await?;
+    let remote = pg::connect(settings.remote_monitor(), "remote", NAME).await?;
     let (main, cloud) = match settings.instance_role {
         Role::Main => (local, remote),
         Role::Cloud => (remote, local),
@@ -575,7 +575,7 @@ impl Scanner {
 
     /// One pass, unless sync is paused (`Ok(None)`).
     pub async fn tick(&mut self) -> Result<Option<ScanReport>, Error> {
-        let local = pg::connect(&self.settings.local_db_url, "local", NAME).await?;
+        let local = pg::connect(self.settings.local_monitor(), "local", NAME).await?;
         if !sync_state::read(&local).await?.sync_enabled {
             return Ok(None);
         }

@@ -25,6 +25,7 @@ use tokio_postgres::Client;
 
 use super::capacity;
 use super::catalog::{self, Column, TableInfo};
+use super::monitor_role;
 use super::resolution;
 use super::{incoming, meta_publication, outgoing, resolve_tables, Error};
 use crate::config::Settings;
@@ -509,6 +510,35 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 ),
                 None,
             );
+        }
+        if let Some(pw) = &settings.monitor.password {
+            let m = &settings.monitor.user;
+            let url = if target == Target::Local {
+                &settings.local_db_url
+            } else {
+                &settings.remote_db_url
+            };
+            let wrong = catalog::role(client, m).await?.is_some()
+                && matches!(
+                    login_works(url, m, pw.expose()).await,
+                    LoginProbe::WrongPassword
+                );
+            let done = schema_migrations::applied_if_any(client).await?;
+            let pending = crate::store::migrations::MIGRATIONS
+                .iter()
+                .any(|x| !done.contains(&x.version));
+            for st in monitor_role::steps(
+                client,
+                m,
+                &scram_verifier(pw.expose()),
+                wrong,
+                &tables,
+                pending,
+            )
+            .await?
+            {
+                add(st.what, st.sql, Some(st.shown));
+            }
         }
     }
     // Resolution before the subscription, so the first incoming change is already settled.

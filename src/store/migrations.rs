@@ -42,7 +42,14 @@ pub const MIGRATIONS: &[Migration] = &[
 const LOCK_KEY: i64 = 0x6475_706c_6578;
 
 /// Apply pending migrations; returns the versions applied now.
+///
+/// When nothing is pending nothing is created or locked, so the low-privilege monitoring
+/// login (which may not create schemas) runs the daemon on a schema `duplex setup` made.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
+    let done = schema_migrations::applied_if_any(client).await?;
+    if MIGRATIONS.iter().all(|m| done.contains(&m.version)) {
+        return Ok(Vec::new());
+    }
     let tx = client
         .transaction()
         .await
@@ -52,7 +59,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
         .context("taking the migration lock")?;
     tx.batch_execute(schema_migrations::CREATE)
         .await
-        .context("creating schema duplex")?;
+        .context("creating or migrating schema duplex (a login that may create it is needed: run `duplex setup`, which uses LOCAL_DB_URL, before `duplex run` with a monitoring login)")?;
     let applied = schema_migrations::applied(&tx).await?;
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {

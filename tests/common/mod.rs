@@ -78,6 +78,17 @@ pub fn url(port: u16, db: &str) -> String {
     )
 }
 
+/// Connect with a URL of the test's own (another user, say).
+pub async fn connect_url(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect ({e})"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
 /// Connect to `db` on the cluster at `port`.
 pub async fn connect(port: u16, db: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(&url(port, db), NoTls)
@@ -827,4 +838,29 @@ pub async fn set_name(c: &Client, id: &str, name: &str, at: &str) {
     )
     .await
     .expect("updating User");
+}
+
+/// Drops a role a test created on both lab clusters when dropped (after the pair, whose
+/// databases hold its grants: declare it before the pair).
+pub struct DropRole(pub String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        let user = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async {
+                for port in [main_port(), cloud_port()] {
+                    let _ = connect(port, "postgres")
+                        .await
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
