@@ -152,3 +152,56 @@ async fn the_password_stays_out_of_server_logs_and_a_rotation_reaches_both_subsc
         }
     }
 }
+
+/// Whether `user` logs in to the lab cluster at `port` with `password`.
+async fn logs_in(port: u16, db: &str, user: &str, password: &str) -> bool {
+    let url = format!("postgres://{user}:{password}@127.0.0.1:{port}/{db}");
+    tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn one_password_per_direction_opens_one_side_each() {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let user = format!("duplex_t_{id}_repl");
+    let _role = common::DropRole(user.clone());
+    let pair = Pair::new().await;
+    pair.set_config(&format!(
+        "{EXAMPLE_TABLES}\n[replication]\nuser = \"{user}\"\n"
+    ));
+    // Main's role has `to_main`, cloud's has `to_cloud`; each side names its own first.
+    let (to_main, to_cloud) = (format!("to-main-{id}"), format!("to-cloud-{id}"));
+    for (role, own, peer) in [
+        ("cloud", &to_cloud, &to_main),
+        ("main", &to_main, &to_cloud),
+    ] {
+        let out = pair
+            .duplex(role, &["setup"])
+            .env("DUPLEX_REPLICATION_PASSWORD", own)
+            .env("DUPLEX_PEER_REPLICATION_PASSWORD", peer)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{role}: {:?}", text(&out));
+    }
+    let (main_port, cloud_port) = (common::main_port(), common::cloud_port());
+    assert!(logs_in(main_port, &pair.db, &user, &to_main).await);
+    assert!(!logs_in(main_port, &pair.db, &user, &to_cloud).await);
+    assert!(logs_in(cloud_port, &pair.db, &user, &to_cloud).await);
+    assert!(!logs_in(cloud_port, &pair.db, &user, &to_main).await);
+
+    // Both subscriptions log in again, each with its direction's password, and replicate.
+    reconnect_walsenders(&pair).await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    common::insert_user(&main, "pd-main", Some("m")).await;
+    common::insert_user(&cloud, "pd-cloud", Some("c")).await;
+    for (c, id) in [(&cloud, "pd-main"), (&main, "pd-cloud")] {
+        common::wait_until(
+            &format!("{id} replicated"),
+            Duration::from_secs(30),
+            || async { common::user_name(c, id).await.is_some() },
+        )
+        .await;
+    }
+}

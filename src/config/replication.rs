@@ -10,6 +10,10 @@ use crate::secret::Secret;
 
 const USER: Key = Key::file("replication.user");
 pub(super) const PASSWORD: Key = Key::env("replication.password", "DUPLEX_REPLICATION_PASSWORD");
+pub(super) const PEER_PASSWORD: Key = Key::env(
+    "replication.peer_password",
+    "DUPLEX_PEER_REPLICATION_PASSWORD",
+);
 pub(super) const SLOT_NAME: Key = Key::env("replication.slot_name", "REPLICATION_SLOT_NAME");
 const PEER_HOST: Key = Key::file("replication.peer_host");
 const PEER_PORT: Key = Key::file("replication.peer_port");
@@ -17,6 +21,7 @@ const INITIAL_COPY_TIMEOUT: Key = Key::file("replication.initial_copy_timeout_se
 const KEYS: &[Key] = &[
     USER,
     PASSWORD,
+    PEER_PASSWORD,
     SLOT_NAME,
     PEER_HOST,
     PEER_PORT,
@@ -33,8 +38,13 @@ const TABLE_KEYS: &[Key] = &[INCLUDE, SCHEMA, EXCLUDE];
 pub struct ReplicationSettings {
     /// Role the peer's subscription logs in as. Default `duplex_replicator`.
     pub user: String,
-    /// Its password (`DUPLEX_REPLICATION_PASSWORD`). Required by `duplex setup`.
+    /// Its password on this side (`DUPLEX_REPLICATION_PASSWORD`), which the peer's
+    /// subscription uses. Required by `duplex setup`.
     pub password: Option<Secret>,
+    /// The password of the role on the peer (`DUPLEX_PEER_REPLICATION_PASSWORD`), which this
+    /// side's subscription uses. Default: the same as `password`. Set both sides crosswise
+    /// to have one password per direction.
+    pub peer_password: Option<Secret>,
     /// Slot on the peer that this side's subscription uses (`REPLICATION_SLOT_NAME`).
     /// Default `duplex_cloud_to_main` for main, `duplex_main_to_cloud` for cloud.
     pub slot_name: String,
@@ -69,6 +79,10 @@ impl ReplicationSettings {
             .string(&PASSWORD)
             .filter(|p| !p.is_empty())
             .map(Secret::new);
+        let peer_password = r
+            .string(&PEER_PASSWORD)
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
         let default_slot = match role {
             Some(Role::Main) | None => "duplex_cloud_to_main",
             Some(Role::Cloud) => "duplex_main_to_cloud",
@@ -96,6 +110,7 @@ impl ReplicationSettings {
         ReplicationSettings {
             user,
             password,
+            peer_password,
             slot_name,
             peer_host,
             peer_port,

@@ -330,6 +330,20 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
     let (Some(password), true) = (password, problems.is_empty()) else {
         return Err(Error::Refused(problems));
     };
+    // The role on this side has `password`; the peer's role has the peer password when one
+    // is set (one password per direction), else the same.
+    let peer_password = settings
+        .replication
+        .peer_password
+        .as_ref()
+        .unwrap_or(password);
+    let (password_var, peer_password_var) = match settings.replication.peer_password {
+        Some(_) => (
+            "DUPLEX_REPLICATION_PASSWORD",
+            "DUPLEX_PEER_REPLICATION_PASSWORD",
+        ),
+        None => ("DUPLEX_REPLICATION_PASSWORD", "DUPLEX_REPLICATION_PASSWORD"),
+    };
     let slot_name = &settings.replication.slot_name;
 
     let mut plan = Plan {
@@ -364,6 +378,11 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
         } else {
             &remote_info.database
         };
+        let (password, password_var) = if target == Target::Local {
+            (password, password_var)
+        } else {
+            (peer_password, peer_password_var)
+        };
         let existing_role = catalog::role(client, user).await?;
         match &existing_role {
             None => add(
@@ -385,7 +404,7 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
                 match login_works(url, user, password.expose()).await {
                     LoginProbe::Ok => {}
                     LoginProbe::WrongPassword => add(
-                        format!("set the password of {user} to DUPLEX_REPLICATION_PASSWORD (the old one did not log in; sent as a SCRAM verifier, never in clear)"),
+                        format!("set the password of {user} to {password_var} (the old one did not log in; sent as a SCRAM verifier, never in clear)"),
                         format!(
                             "ALTER ROLE {} WITH PASSWORD {}",
                             quote_ident(user),
@@ -587,7 +606,8 @@ pub async fn plan(settings: &Settings, local: &Client, remote: &Client) -> Resul
             pw
         )
     };
-    let desired_conninfo = conninfo(&conninfo_value(password.expose()));
+    // This side's subscription logs in to the peer's role.
+    let desired_conninfo = conninfo(&conninfo_value(peer_password.expose()));
     if let Some(step) = peer_subscription_password(remote, peer, password.expose()).await? {
         plan.steps.push(step);
     }
