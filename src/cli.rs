@@ -84,7 +84,9 @@ pub enum Command {
         /// Only this table (`schema.table` or the table's name).
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
-        /// A full pass (every pass is full for now; accepted for scripts).
+        /// Compare every row. Without it a table compared completely since its last full
+        /// pass (within `full_scan_interval_hours`) is compared incrementally: only the
+        /// rows committed or deleted since the last pass.
         #[arg(long)]
         full: bool,
         /// Report the differences; change and log nothing.
@@ -175,10 +177,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Conflicts { action } => run_conflicts(&settings, action).await,
         Command::Scan {
             table,
-            full: _,
+            full,
             dry_run,
             json,
-        } => run_scan(&settings, table, dry_run, json).await,
+        } => run_scan(&settings, table, full, dry_run, json).await,
         Command::Integrity {
             checksum,
             table,
@@ -597,11 +599,17 @@ fn render_selection(
 async fn run_scan(
     settings: &Settings,
     table: Option<String>,
+    full: bool,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::replication::scanner;
-    let report = scanner::scan(settings, &scanner::Request { table, dry_run }).await?;
+    let req = scanner::Request {
+        table,
+        dry_run,
+        full,
+    };
+    let report = scanner::scan(settings, &req).await?;
     if json {
         println!(
             "{}",
@@ -629,10 +637,17 @@ async fn run_scan(
                     }
                 )
             };
-            println!(
-                "{}: main {} cloud {} rows: {state} ({:.2} s)",
-                t.table, t.diff.main_count, t.diff.cloud_count, t.seconds
-            );
+            if t.diff.mode == "incremental" {
+                println!(
+                    "{}: incremental, {} key(s) changed since the last pass: {state} ({:.2} s)",
+                    t.table, t.diff.changed_keys, t.seconds
+                );
+            } else {
+                println!(
+                    "{}: main {} cloud {} rows: {state} ({:.2} s)",
+                    t.table, t.diff.main_count, t.diff.cloud_count, t.seconds
+                );
+            }
             for e in &t.errors {
                 println!("  error: {e}");
             }

@@ -459,3 +459,60 @@ async fn the_daemon_scans_on_its_own_and_answers_scan_and_integrity_over_the_api
     assert!(c.stop().await.0);
     assert!(d.stop().await.0);
 }
+
+#[tokio::test]
+async fn after_a_full_pass_later_passes_look_only_at_what_changed_and_still_repair_it() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for i in 1..=5 {
+        insert_user(&main, &format!("u{i}"), Some("first")).await;
+    }
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    let user = |v: &Value| {
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "public.User")
+            .cloned()
+            .unwrap()
+    };
+
+    let first = scan_json(&pair, &[]).await;
+    assert_eq!(user(&first)["mode"], "full", "{first}");
+    let second = scan_json(&pair, &[]).await;
+    let u = user(&second);
+    assert_eq!(u["mode"], "incremental", "{second}");
+    assert_eq!(u["equal"], true, "{second}");
+    assert!(u["changed_keys"].as_u64().unwrap() <= 5, "{u}");
+
+    // Divergence behind replication's back, after the last pass: an update on cloud, a
+    // row only on main, a delete on main.
+    behind(&pair, &cloud, r#"UPDATE "User" SET "name" = 'cloud later', "updatedAt" = '2030-01-01 10:00:09+00' WHERE "id" = 'u2';"#).await;
+    behind(
+        &pair,
+        &main,
+        r#"INSERT INTO "User" ("id", "email") VALUES ('u9', 'u9@example.com');
+                            DELETE FROM "User" WHERE "id" = 'u3';"#,
+    )
+    .await;
+    let third = scan_json(&pair, &[]).await;
+    let u = user(&third);
+    assert_eq!(u["mode"], "incremental", "{third}");
+    assert_eq!(u["confirmed"], 3, "{third}");
+    assert_eq!(u["repaired"], 3, "{third}");
+    users_equal(&pair).await;
+    for c in [&main, &cloud] {
+        assert_eq!(name(c, "u2").await, Some(Some("cloud later".into())));
+        assert!(name(c, "u9").await.is_some());
+        assert_eq!(name(c, "u3").await, None);
+    }
+
+    // On demand, every row again.
+    let full = scan_json(&pair, &["--full"]).await;
+    let u = user(&full);
+    assert_eq!(u["mode"], "full", "{full}");
+    assert_eq!(u["equal"], true, "{full}");
+    assert_eq!(u["main_count"], 5, "{full}");
+}

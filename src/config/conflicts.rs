@@ -15,12 +15,14 @@ const TOMBSTONE_RETENTION: Key = Key::file("conflicts.tombstone_retention_secs")
 const LOG_RETENTION_DAYS: Key = Key::file("conflicts.log_retention_days");
 const CLOCK_OFFSET_WARNING: Key = Key::file("conflicts.clock_offset_warning_ms");
 const SCANNER_ROLE: Key = Key::file("conflicts.scanner_role");
+const FULL_SCAN_INTERVAL: Key = Key::file("conflicts.full_scan_interval_hours");
 const KEYS: &[Key] = &[
     TABLES,
     TOMBSTONE_RETENTION,
     LOG_RETENTION_DAYS,
     CLOCK_OFFSET_WARNING,
     SCANNER_ROLE,
+    FULL_SCAN_INTERVAL,
 ];
 const TABLE_KEYS: &[&str] = &["policy", "updated_at"];
 
@@ -45,6 +47,15 @@ pub struct ConflictSettings {
     /// `scanner_role`: the one side whose controller runs the verifying scanner and
     /// repairs (`main` or `cloud`); the other side's scanner does nothing. Default main.
     pub scanner_role: crate::model::Role,
+    /// `full_scan_interval_hours`: a table is compared in full again when its last full
+    /// pass is this old; passes in between look only at rows committed since the last pass.
+    /// Default 24.
+    #[serde(rename = "full_scan_interval_hours", serialize_with = "as_hours")]
+    pub full_scan_interval: Duration,
+}
+
+fn as_hours<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs() / 3600)
 }
 
 impl ConflictSettings {
@@ -98,6 +109,9 @@ impl ConflictSettings {
             tombstone_retention: s.secs(&TOMBSTONE_RETENTION, 7 * 86_400),
             log_retention_days: s.positive(&LOG_RETENTION_DAYS, 90),
             clock_offset_warning_ms: s.positive(&CLOCK_OFFSET_WARNING, 500),
+            full_scan_interval: Duration::from_secs(
+                s.positive(&FULL_SCAN_INTERVAL, 24).min(24 * 365) * 3600,
+            ),
             scanner_role: match s.string(&SCANNER_ROLE).as_deref() {
                 None | Some("main") => crate::model::Role::Main,
                 Some("cloud") => crate::model::Role::Cloud,

@@ -88,6 +88,9 @@ pub struct Options {
     pub max_differences: usize,
     /// The side whose `duplex.conflict_log` receives entries (the repairing controller).
     pub log_side: Role,
+    /// Incremental: compare only rows committed (or deleted) at or after this time on
+    /// either side. `None`: a full comparison.
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl Default for Options {
@@ -97,6 +100,7 @@ impl Default for Options {
             catch_up_timeout: Duration::from_secs(30),
             max_differences: 10_000,
             log_side: Role::Main,
+            since: None,
         }
     }
 }
@@ -146,6 +150,11 @@ pub struct TableDiff {
     pub more: bool,
     /// Bytes of hashes, keys and counts received from both servers (approximate).
     pub bytes_read: u64,
+    /// `full` (every row, by key ranges) or `incremental` (only the keys changed since the
+    /// last pass; the row counts are then not taken and shown as -1).
+    pub mode: &'static str,
+    /// Incremental: the keys committed or deleted since the last pass, on either side.
+    pub changed_keys: usize,
 }
 
 /// What a scan did to one table.
@@ -412,6 +421,36 @@ impl Shape {
         )
     }
 
+    /// `SELECT true` when the table has a row.
+    fn any_row_sql(&self) -> String {
+        format!("SELECT EXISTS (SELECT FROM {} t)", self.tbl)
+    }
+
+    /// Keys (JSON array text) of rows whose version was committed at or after `$1`, and of
+    /// rows of rel `$2` deleted since then (tombstones).
+    fn changed_sql(&self) -> String {
+        format!(
+            "SELECT {k} FROM {tbl} t WHERE pg_xact_commit_timestamp(t.xmin) >= $1
+             UNION
+             SELECT tb.key FROM duplex.tombstone tb WHERE tb.rel = $2 AND tb.deleted_at >= $1",
+            k = self.key_json,
+            tbl = self.tbl
+        )
+    }
+
+    /// `$1` a JSON array of keys: each key (as JSON array text) with its row's hash (NULL:
+    /// no row).
+    fn keyed_hash_sql(&self) -> String {
+        format!(
+            "SELECT r.b::text, x.h FROM jsonb_array_elements($1::text::jsonb) AS r(b)
+             LEFT JOIN LATERAL (SELECT {h} AS h FROM {tbl} t WHERE {kr} = {b}) x ON true",
+            h = self.hash,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("r.b")
+        )
+    }
+
     /// `$1` key text, `$2` rel: the row (jsonb), its hash, updated-at, incarnation, the
     /// incarnations seen at its creation, and the key's tombstoned incarnations.
     fn read_sql(&self) -> String {
@@ -563,7 +602,148 @@ async fn compare_shaped(
     }
     let mut diff = result?;
     diff.method = if shape.binary { "binary" } else { "text" };
+    diff.mode = "full";
     Ok(diff)
+}
+
+/// Above this many changed keys an incremental pass is no cheaper: compare in full.
+const INCREMENTAL_MAX_KEYS: usize = 200_000;
+
+/// Compare only the keys committed or deleted at or after `since` on either side (commit
+/// timestamps and duplex's tombstones), in one snapshot per side. `None` when that cannot
+/// be trusted or is no cheaper, and the caller compares in full: a server without
+/// `track_commit_timestamp`, one side empty and the other not (a TRUNCATE leaves no trace
+/// in either), or too many changed keys.
+async fn compare_incremental(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    rel: &str,
+    since: DateTime<Utc>,
+    max_differences: usize,
+) -> Result<Option<TableDiff>, Error> {
+    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
+        let on: bool = c
+            .query_one(
+                "SELECT current_setting('track_commit_timestamp') = 'on'",
+                &[],
+            )
+            .await
+            .context(format!("{side}: reading track_commit_timestamp"))?
+            .get(0);
+        if !on {
+            return Ok(None);
+        }
+    }
+    let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    main.batch_execute(begin)
+        .await
+        .context("main: starting the scan snapshot")?;
+    if let Err(e) = cloud.batch_execute(begin).await {
+        let _ = main.batch_execute("ROLLBACK").await;
+        return Err(pg::Error::Query {
+            context: "cloud: starting the scan snapshot".into(),
+            source: e,
+        }
+        .into());
+    }
+    let result = incremental_in_snapshot(main, cloud, s, rel, since, max_differences).await;
+    for c in [main, cloud] {
+        let _ = c.batch_execute("COMMIT").await;
+    }
+    let Some(mut diff) = result? else {
+        return Ok(None);
+    };
+    diff.method = if s.binary { "binary" } else { "text" };
+    diff.mode = "incremental";
+    Ok(Some(diff))
+}
+
+async fn incremental_in_snapshot(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    rel: &str,
+    since: DateTime<Utc>,
+    max_differences: usize,
+) -> Result<Option<TableDiff>, Error> {
+    let any = s.any_row_sql();
+    let (am, ac): (bool, bool) = (
+        main.query_one(&any, &[])
+            .await
+            .context("main: looking for a row")?
+            .get(0),
+        cloud
+            .query_one(&any, &[])
+            .await
+            .context("cloud: looking for a row")?
+            .get(0),
+    );
+    if am != ac {
+        return Ok(None);
+    }
+    let changed = s.changed_sql();
+    let mut keys = std::collections::BTreeSet::new();
+    let mut bytes_read = 4;
+    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
+        for r in c.query(&changed, &[&since, &rel]).await.context(format!(
+            "{side}: listing the keys changed since the last pass"
+        ))? {
+            let k: String = r.get(0);
+            bytes_read += k.len() as u64;
+            keys.insert(k);
+        }
+        if keys.len() > INCREMENTAL_MAX_KEYS {
+            return Ok(None);
+        }
+    }
+    let mut diff = TableDiff {
+        main_count: -1,
+        cloud_count: -1,
+        changed_keys: keys.len(),
+        ..TableDiff::default()
+    };
+    let keys: Vec<String> = keys.into_iter().collect();
+    let hashes = s.keyed_hash_sql();
+    for chunk in keys.chunks(RANGE_BATCH) {
+        let list = format!("[{}]", chunk.join(","));
+        let (rm, rc) = tokio::try_join!(
+            async {
+                main.query(&hashes, &[&list])
+                    .await
+                    .context("main: hashing the changed rows")
+            },
+            async {
+                cloud
+                    .query(&hashes, &[&list])
+                    .await
+                    .context("cloud: hashing the changed rows")
+            }
+        )?;
+        bytes_read += 8 * (rm.len() + rc.len()) as u64;
+        let theirs: HashMap<String, Option<i64>> =
+            rc.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for r in rm {
+            let key: String = r.get(0);
+            let m: Option<i64> = r.get(1);
+            let c = theirs.get(&key).copied().flatten();
+            if m == c {
+                continue;
+            }
+            if diff.candidates.len() >= max_differences {
+                diff.more = true;
+                break;
+            }
+            diff.candidates.push(Candidate {
+                key,
+                main: m,
+                cloud: c,
+            });
+        }
+    }
+    diff.bytes_read = bytes_read;
+    diff.equal = diff.candidates.is_empty();
+    Ok(Some(diff))
 }
 
 async fn compare_in_snapshot(
@@ -1007,7 +1187,16 @@ pub async fn scan_table(
         ..TableReport::default()
     };
     let shape = shape(main, cloud, target).await?;
-    let diff = compare_shaped(main, cloud, &shape, opts.max_differences).await?;
+    let incremental = match opts.since {
+        Some(since) => {
+            compare_incremental(main, cloud, &shape, &rel, since, opts.max_differences).await?
+        }
+        None => None,
+    };
+    let diff = match incremental {
+        Some(d) => d,
+        None => compare_shaped(main, cloud, &shape, opts.max_differences).await?,
+    };
     let local = match opts.log_side {
         Role::Main => main,
         Role::Cloud => cloud,

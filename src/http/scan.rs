@@ -39,12 +39,13 @@ fn api_error(e: Error) -> ApiError {
     }
 }
 
-/// `POST /api/sync/scan?table=&dry_run=`: one scanner pass now.
+/// `POST /api/sync/scan?table=&dry_run=&full=`: one scanner pass now.
 pub async fn scan(State(state): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
     let q = params(p)?;
     let req = Request {
         table: q.get("table").cloned(),
         dry_run: flag(&q, "dry_run", false)?,
+        full: flag(&q, "full", false)?,
     };
     let report = scanner::scan(&state.settings, &req)
         .await

@@ -27,7 +27,7 @@ use crate::conflict::scan::{self, Options, RangeDiff, TableReport, Target};
 use crate::model::{Role, Severity, TableName};
 use crate::pg::{self, Context};
 use crate::store::sync_log::{self, Status, SyncType};
-use crate::store::sync_state;
+use crate::store::{scan_state, sync_state};
 
 /// The worker's name in the registry and in logs.
 pub const NAME: &str = "scanner";
@@ -65,7 +65,13 @@ pub struct Request {
     pub table: Option<String>,
     /// Report only; change nothing and log nothing.
     pub dry_run: bool,
+    /// Compare every row, even where an incremental pass would do.
+    pub full: bool,
 }
+
+/// How far before the last pass's start an incremental pass looks: commit timestamps
+/// come from the servers' clocks, the pass's start from this host's.
+const INCREMENTAL_MARGIN: Duration = Duration::from_secs(300);
 
 /// One pass over the tables.
 #[derive(Debug, Clone, Serialize)]
@@ -196,16 +202,44 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
     skipped.extend(not_replicated);
     let skipped_tables = skipped;
     scan::wait_caught_up(&main, &cloud, CATCH_UP_TIMEOUT).await?;
-    let opts = Options {
-        repair: !req.dry_run,
-        catch_up_timeout: CATCH_UP_TIMEOUT,
-        log_side: role,
-        ..Options::default()
+    let local = match role {
+        Role::Main => &main,
+        Role::Cloud => &cloud,
     };
     let mut tables = Vec::new();
     for t in &targets {
+        let rel = t.table.to_string();
+        // Incremental after a complete pass, unless a full one is asked for or due.
+        let since = match (req.full, scan_state::get(local, &rel).await?) {
+            (false, Some(st))
+                if st.last_full_at.is_some_and(|f| {
+                    (started_at - f).to_std().unwrap_or_default()
+                        < settings.conflicts.full_scan_interval
+                }) =>
+            {
+                Some(st.last_pass_at - INCREMENTAL_MARGIN)
+            }
+            _ => None,
+        };
+        let opts = Options {
+            repair: !req.dry_run,
+            catch_up_timeout: CATCH_UP_TIMEOUT,
+            log_side: role,
+            since,
+            ..Options::default()
+        };
         match scan::scan_table(&main, &cloud, t, &opts).await {
-            Ok(r) => tables.push(r),
+            Ok(r) => {
+                // A pass that saw everything: the next one may start from here.
+                let complete = r.errors.is_empty()
+                    && !r.diff.more
+                    && r.diff.truncated.is_none()
+                    && r.skipped == 0;
+                if complete && !req.dry_run {
+                    scan_state::record(local, &rel, started_at, r.diff.mode == "full").await?;
+                }
+                tables.push(r)
+            }
             Err(e) => {
                 tracing::warn!(worker = NAME, table = %t.table, "scan failed: {e:#}");
                 tables.push(TableReport {
@@ -227,10 +261,6 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
         skipped_tables,
     };
     if !req.dry_run {
-        let local = match role {
-            Role::Main => &main,
-            Role::Cloud => &cloud,
-        };
         let failed: Vec<&TableReport> = report
             .tables
             .iter()

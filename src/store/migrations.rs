@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_controller_and_selection.sql",
         sql: include_str!("../../sql/migrations/0003_controller_and_selection.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_scan_state.sql",
+        sql: include_str!("../../sql/migrations/0004_scan_state.sql"),
+    },
 ];
 
 /// Advisory lock key serialising migrations ("duplex" in ASCII).

@@ -7,6 +7,7 @@
 //! - [`migrations`]: the numbered migrations and their runner.
 //! - [`replicated_table`]: the tables `duplex setup` set up to replicate.
 //! - [`resolution`]: what `duplex setup` installed on each replicated table.
+//! - [`scan_state`]: the verifying scanner's progress per table (incremental passes).
 //! - [`schema_migrations`]: which migrations are applied.
 //! - [`sync_log`]: what duplex did, alerts and transitions.
 //! - [`sync_state`]: the single state row (role, heartbeat, pause).
@@ -18,6 +19,7 @@ pub mod controller;
 pub mod migrations;
 pub mod replicated_table;
 pub mod resolution;
+pub mod scan_state;
 pub mod schema_migrations;
 pub mod sync_log;
 pub mod sync_state;
