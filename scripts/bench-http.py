@@ -78,7 +78,8 @@ def psql(env: dict[str, str], url: str, sql: str) -> None:
     if not exe:
         sys.exit(f"{NAME}: psql not found: set PG_BIN (scripts/lab.sh env exports it)")
     subprocess.run([exe, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", with_db(url, "postgres"),
-                    "-c", sql], check=True, env=env, stdout=subprocess.DEVNULL)
+                    "-c", sql], check=True, stdout=subprocess.DEVNULL,
+                   env={**env, "PGOPTIONS": "--client-min-messages=warning"})
 
 
 def request(path: str, token: str | None = None, timeout: float = 10.0) -> int:
