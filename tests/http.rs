@@ -5,7 +5,7 @@
 //! attempts limited per client address, short tokens refused at start), 405 with `Allow`,
 //! bad input as 400, and settings too large to compute with refused at start.
 //!
-//! Loopback only and bounded: at most 1,000 connections at once. The tests of this file
+//! Loopback only and bounded: at most 1,100 connections at once. The tests of this file
 //! run one at a time (they measure latency on a shared machine); the figures they print
 //! are recorded in docs/benchmarks.md.
 
