@@ -257,7 +257,7 @@ class Bench:
                 raise Failed(f"something already listens on {ADDR[side]} (an earlier run's daemon?)")
         for side in SIDES:
             env = self.duplex_env(side, DUPLEX_MONITOR_INTERVAL_SECS=str(interval),
-                                  DUPLEX_ADMIN_TOKEN=f"benchd-{secrets.token_hex(8)}")
+                                  DUPLEX_ADMIN_TOKEN=f"benchd-{secrets.token_hex(16)}")
             with open(self.work / f"daemon-{side}-{interval}.log", "w") as err:
                 self.daemons[side] = subprocess.Popen(self.duplex(side, "run"), env=env, stdin=subprocess.DEVNULL,
                                                       stdout=subprocess.DEVNULL, stderr=err)

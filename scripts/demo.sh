@@ -103,7 +103,8 @@ say "duplex check (main)"
 as_main check
 
 say "starting the controllers (duplex run) beside main and cloud"
-TOKEN="${DUPLEX_ADMIN_TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}"
+# `duplex run` refuses admin tokens shorter than 32 characters.
+TOKEN="${DUPLEX_ADMIN_TOKEN:-demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 MAIN_API=127.0.0.1:8787
 CLOUD_API=127.0.0.1:8788
 logs="$(mktemp -d)"
@@ -186,6 +187,6 @@ cat <<EOF
 The lab keeps running. Try it yourself (\`cargo install --path .\` puts duplex on PATH):
   eval "\$(scripts/lab.sh env)"
   INSTANCE_ROLE=main LOCAL_DB_URL="\$MAIN_DB_URL" REMOTE_DB_URL="\$CLOUD_DB_URL" $DUPLEX --config config.example.toml status
-  DUPLEX_ADMIN_TOKEN=secret INSTANCE_ROLE=main LOCAL_DB_URL="\$MAIN_DB_URL" REMOTE_DB_URL="\$CLOUD_DB_URL" $DUPLEX --config config.example.toml run
+  DUPLEX_ADMIN_TOKEN=\$(openssl rand -hex 32) INSTANCE_ROLE=main LOCAL_DB_URL="\$MAIN_DB_URL" REMOTE_DB_URL="\$CLOUD_DB_URL" $DUPLEX --config config.example.toml run
 Stop it with scripts/lab.sh down (data kept) or scripts/lab.sh reset (data wiped).
 EOF

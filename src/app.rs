@@ -80,6 +80,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         // SYNC_ENABLED=false forces a pause; otherwise the persisted pause state stands.
         sync_state::set_enabled(&local, false).await?;
     }
+    // The status answers from memory from the first request on, before the first cycle.
+    let recorded = monitor::Recorded::read(&local).await?;
     drop(local);
     // One controller per instance: the lock lives as long as this session, which this
     // process keeps until it exits (PostgreSQL releases it if the process dies).
@@ -110,7 +112,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         pg::tls_connector(settings.local_monitor(), "local")?,
     );
     let pool = deadpool_postgres::Pool::builder(mgr)
-        .max_size(2)
+        .max_size(http::POOL_SIZE)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(pg::CONNECT_TIMEOUT))
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -126,6 +128,16 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     if settings.daemon.admin_token.is_none() {
         tracing::warn!("DUPLEX_ADMIN_TOKEN is not set: the admin API answers 401 to everything");
     }
+    let fd_limit = http::server::raise_fd_limit();
+    let max_connections =
+        http::server::connection_limit(settings.daemon.http_max_connections, fd_limit);
+    if (max_connections as u64) < settings.daemon.http_max_connections {
+        tracing::warn!(
+            "the HTTP API takes at most {max_connections} connections, not daemon.http_max_connections = {}: this process may open only {} files (raise its limit, e.g. LimitNOFILE in its systemd unit)",
+            settings.daemon.http_max_connections,
+            fd_limit.unwrap_or(0)
+        );
+    }
 
     let workers = Workers::new();
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(4);
@@ -134,6 +146,9 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         notifier.as_ref().map(|_| notify_tx.clone()),
         trigger_rx,
     );
+    monitor
+        .report()
+        .send_modify(|r| r.recorded = Some(recorded));
     let connection = monitor.report().subscribe();
     let scanner = Scanner::new(settings.clone(), monitor.immediate_sync());
     let housekeeper = Housekeeper::new(
@@ -149,13 +164,15 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
             notify::worker::run(notifier, notify_rx, cancel.clone()),
         );
     }
-    let state = AppState {
-        settings: settings.clone(),
-        report: monitor.report(),
-        conflicts: housekeeper.report(),
+    let state = AppState::new(
+        settings.clone(),
+        monitor.report(),
+        housekeeper.report(),
         pool,
-        trigger: trigger_tx,
-    };
+        trigger_tx,
+        Arc::new(http::server::Stats::default()),
+    );
+    let connections = state.connections.clone();
     workers.spawn(monitor::NAME, monitor.run(cancel.clone()));
     workers.spawn(housekeeping::NAME, housekeeper.run(cancel.clone()));
     workers.spawn(scanner::NAME, scanner.run(cancel.clone()));
@@ -164,15 +181,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         Retention::new(settings.clone()).run(cancel.clone()),
     );
     let app = http::router(state);
-    let http_cancel = cancel.clone();
-    workers.spawn("http", async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("HTTP server failed: {e}");
-        }
-    });
+    workers.spawn(
+        "http",
+        http::server::serve(listener, app, max_connections, connections, cancel.clone()),
+    );
     tracing::info!(
         role = %role,
         api = %settings.daemon.http_addr,

@@ -157,6 +157,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if matches!(cli.command, Command::Run) {
+        let problems = settings.daemon.serve_problems();
+        if !problems.is_empty() {
+            eprintln!("duplex: {}", config::ConfigError { problems });
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     if !settings.sync_enabled {
         tracing::warn!("SYNC_ENABLED=false: workers that move data will stay paused");
     }

@@ -37,7 +37,7 @@ fn bad_configuration_exits_2_naming_every_problem() {
         "INSTANCE_ROLE is `edge`: allowed values are `main` and `cloud`",
         "LOCAL_DB_URL is malformed",
         "REMOTE_DB_URL is malformed",
-        "SYNC_INTERVAL_MINUTES must be a positive whole number, got 0",
+        "SYNC_INTERVAL_MINUTES must be a positive whole number up to 1440 (1 day), got 0",
         "REPLICATION_SLOT_NAME `My-Slot` must start with `duplex_`",
     ] {
         assert!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::keys::{as_secs, Key, Problems, Section};
+use super::keys::{as_secs, Key, Problems, Section, DAY, MAX_COUNT};
 
 const LAG_WARNING: Key = Key::file("alerts.lag_warning_secs");
 const DISCONNECTED_CRITICAL: Key = Key::file("alerts.disconnected_critical_secs");
@@ -57,23 +57,19 @@ pub struct AlertSettings {
 impl AlertSettings {
     pub(super) fn parse(top: &config::Map<String, config::Value>, problems: &mut Problems) -> Self {
         let mut a = Section::table(top, "alerts", KEYS, problems);
-        let disk_free_min_percent = a.positive(&DISK_FREE_MIN, 20);
-        if disk_free_min_percent > 100 {
-            a.problems
-                .push("alerts.disk_free_min_percent must be at most 100");
-        }
+        let disk_free_min_percent = a.positive(&DISK_FREE_MIN, 20, 100);
         AlertSettings {
-            lag_warning: a.secs(&LAG_WARNING, 3600),
-            disconnected_critical: a.secs(&DISCONNECTED_CRITICAL, 86_400),
+            lag_warning: a.secs(&LAG_WARNING, 3600, 30 * DAY),
+            disconnected_critical: a.secs(&DISCONNECTED_CRITICAL, DAY, 30 * DAY),
             retained_wal_warning_bytes: a.bytes(&RETAINED_WAL_WARNING, 5_000_000_000),
             disk_path: a
                 .string(&DISK_PATH)
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             disk_free_min_percent,
-            disk_queue_min: a.positive(&DISK_QUEUE_MIN, 100),
-            queue_warning: a.positive(&QUEUE_WARNING, 500),
-            not_streaming_critical: a.secs(&NOT_STREAMING_CRITICAL, 300),
+            disk_queue_min: a.positive(&DISK_QUEUE_MIN, 100, MAX_COUNT),
+            queue_warning: a.positive(&QUEUE_WARNING, 500, MAX_COUNT),
+            not_streaming_critical: a.secs(&NOT_STREAMING_CRITICAL, 300, DAY),
         }
     }
 }

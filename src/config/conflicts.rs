@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::keys::{as_secs, Key, Problems, Section};
+use super::keys::{as_secs, Key, Problems, Section, DAY};
 use super::replication::parse_table;
 use crate::conflict::policy::{Configured, Policy};
 use crate::model::TableName;
@@ -106,11 +106,11 @@ impl ConflictSettings {
         }
         ConflictSettings {
             tables,
-            tombstone_retention: s.secs(&TOMBSTONE_RETENTION, 7 * 86_400),
-            log_retention_days: s.positive(&LOG_RETENTION_DAYS, 90),
-            clock_offset_warning_ms: s.positive(&CLOCK_OFFSET_WARNING, 500),
+            tombstone_retention: s.secs(&TOMBSTONE_RETENTION, 7 * DAY, 365 * DAY),
+            log_retention_days: s.positive(&LOG_RETENTION_DAYS, 90, 3650),
+            clock_offset_warning_ms: s.positive(&CLOCK_OFFSET_WARNING, 500, 3_600_000),
             full_scan_interval: Duration::from_secs(
-                s.positive(&FULL_SCAN_INTERVAL, 24).min(24 * 365) * 3600,
+                s.positive(&FULL_SCAN_INTERVAL, 24, 24 * 365) * 3600,
             ),
             scanner_role: match s.string(&SCANNER_ROLE).as_deref() {
                 None | Some("main") => crate::model::Role::Main,

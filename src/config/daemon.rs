@@ -6,7 +6,7 @@ use std::time::Duration;
 use config::ValueKind;
 use serde::Serialize;
 
-use super::keys::{as_secs, as_secs_list, Key, Problems, Section};
+use super::keys::{as_secs, as_secs_list, human_secs, Key, Problems, Section, DAY};
 use crate::secret::Secret;
 
 pub(super) const HTTP_ADDR: Key = Key::env("daemon.http_addr", "DUPLEX_HTTP_ADDR");
@@ -20,6 +20,7 @@ const RECONNECT_BACKOFF: Key = Key::file("daemon.reconnect_backoff_secs");
 const RECONNECT_MAX: Key = Key::file("daemon.reconnect_max_secs");
 const RECONNECT_JITTER: Key = Key::file("daemon.reconnect_jitter");
 const SYNC_LOG_RETENTION_DAYS: Key = Key::file("daemon.sync_log_retention_days");
+const HTTP_MAX_CONNECTIONS: Key = Key::file("daemon.http_max_connections");
 const KEYS: &[Key] = &[
     HTTP_ADDR,
     ADMIN_TOKEN,
@@ -29,7 +30,14 @@ const KEYS: &[Key] = &[
     RECONNECT_MAX,
     RECONNECT_JITTER,
     SYNC_LOG_RETENTION_DAYS,
+    HTTP_MAX_CONNECTIONS,
 ];
+
+/// Shortest admin token `duplex run` accepts: a guessable token would open pause, resume,
+/// scans and conflict resolution to anyone who can reach the API.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// Longest reconnect delay, in the list or as `reconnect_max_secs`.
+const MAX_RECONNECT_SECS: u64 = DAY;
 
 /// `[daemon]`: the controller's timing and HTTP API.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +66,13 @@ pub struct DaemonSettings {
     /// except the ones a restart reads back (the latest entry of each alert kind, the
     /// latest connection transitions, the latest success of each kind of work). Default 30.
     pub sync_log_retention_days: u64,
+    /// `http_max_connections`: open API connections at most; at the limit a new
+    /// connection closes the oldest one that is not in the middle of a request. Default
+    /// 1024 (lowered at start-up to fit the process's file descriptor limit).
+    pub http_max_connections: u64,
+    /// How problems name the admin token: its variable or its file key.
+    #[serde(skip)]
+    admin_token_label: &'static str,
 }
 
 const DEFAULT_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8787);
@@ -90,10 +105,10 @@ impl DaemonSettings {
                 let parsed: Vec<u64> = items
                     .iter()
                     .filter_map(|x| x.parse().ok())
-                    .filter(|n| *n > 0)
+                    .filter(|n| (1..=MAX_RECONNECT_SECS).contains(n))
                     .collect();
                 if parsed.len() != items.len() || parsed.is_empty() {
-                    d.problems.push("daemon.reconnect_backoff_secs must be a list of positive whole numbers of seconds, e.g. [30, 60, 120, 300, 600]");
+                    d.problems.push(format!("daemon.reconnect_backoff_secs must be a list of positive whole numbers of seconds up to {MAX_RECONNECT_SECS}{}, e.g. [30, 60, 120, 300, 600]", human_secs(MAX_RECONNECT_SECS)));
                     DEFAULT_BACKOFF.to_vec()
                 } else {
                     parsed
@@ -115,15 +130,32 @@ impl DaemonSettings {
         DaemonSettings {
             http_addr,
             admin_token: d.secret(&ADMIN_TOKEN),
-            monitor_interval: d.secs(&MONITOR_INTERVAL, 30),
-            degraded_lag: d.secs(&DEGRADED_LAG, 60),
+            admin_token_label: d.label(&ADMIN_TOKEN),
+            monitor_interval: d.secs(&MONITOR_INTERVAL, 30, 3600),
+            degraded_lag: d.secs(&DEGRADED_LAG, 60, 7 * DAY),
             reconnect_backoff: reconnect_backoff
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
-            reconnect_max: d.secs(&RECONNECT_MAX, 3600),
+            reconnect_max: d.secs(&RECONNECT_MAX, 3600, MAX_RECONNECT_SECS),
             reconnect_jitter,
-            sync_log_retention_days: d.positive(&SYNC_LOG_RETENTION_DAYS, 30),
+            sync_log_retention_days: d.positive(&SYNC_LOG_RETENTION_DAYS, 30, 3650),
+            http_max_connections: d.positive(&HTTP_MAX_CONNECTIONS, 1024, 65_536),
+        }
+    }
+
+    /// What stops `duplex run` from serving, beyond what every command checks: an admin
+    /// token shorter than [`MIN_ADMIN_TOKEN_CHARS`]. The commands that only present the
+    /// token to a daemon (`pause`, `status`, ...) do not need this. The token is never
+    /// shown, only its length.
+    pub fn serve_problems(&self) -> Vec<String> {
+        match &self.admin_token {
+            Some(t) if t.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS => vec![format!(
+                "{} is {} characters long: `duplex run` needs an admin token of at least {MIN_ADMIN_TOKEN_CHARS} characters (generate one with `openssl rand -hex 32`), or leave it unset to turn the admin API off",
+                self.admin_token_label,
+                t.expose().chars().count()
+            )],
+            _ => Vec::new(),
         }
     }
 }

@@ -9,6 +9,11 @@ use serde::Serializer;
 
 use crate::secret::{Secret, SecretUrl};
 
+/// Seconds in a day, for the bounds of `_secs` keys.
+pub const DAY: u64 = 86_400;
+/// Upper bound of counts compared with database figures (queue sizes).
+pub const MAX_COUNT: u64 = 1_000_000_000;
+
 /// One setting: its dotted path in the file and, if it has one, its environment variable.
 #[derive(Debug, Clone, Copy)]
 pub struct Key {
@@ -135,31 +140,31 @@ impl<'p> Section<'p> {
         }
     }
 
-    /// A positive whole number.
-    pub fn positive(&mut self, key: &Key, default: u64) -> u64 {
+    /// A whole number from 1 to `max`. Every number duplex reads has an upper bound, so
+    /// that no later arithmetic on it (seconds to milliseconds, a period times three) can
+    /// overflow; a value outside the range is a problem naming the key and the range.
+    pub fn positive(&mut self, key: &Key, default: u64, max: u64) -> u64 {
+        self.whole(key, default, max, "")
+    }
+
+    /// A whole number of seconds from 1 to `max_secs`.
+    pub fn secs(&mut self, key: &Key, default_secs: u64, max_secs: u64) -> Duration {
+        Duration::from_secs(self.whole(key, default_secs, max_secs, &human_secs(max_secs)))
+    }
+
+    /// A whole number from 1 to `max`; `note` follows the bound in a problem (` (1 day)`).
+    pub fn whole(&mut self, key: &Key, default: u64, max: u64, note: &str) -> u64 {
         let Some(value) = self.map.get(key.name()) else {
             return default;
         };
         let label = self.label(key);
-        match value.clone().into_int() {
-            Ok(n) if n > 0 => n as u64,
-            Ok(n) => {
-                self.problems
-                    .push(format!("{label} must be a positive whole number, got {n}"));
-                default
-            }
-            Err(_) => {
-                self.problems.push(format!(
-                    "{label} must be a positive whole number, got `{value}`"
-                ));
-                default
-            }
-        }
-    }
-
-    /// A positive whole number of seconds.
-    pub fn secs(&mut self, key: &Key, default_secs: u64) -> Duration {
-        Duration::from_secs(self.positive(key, default_secs))
+        let shown = match value.clone().into_int() {
+            Ok(n) if n > 0 && (n as u64) <= max => return n as u64,
+            Ok(n) => n.to_string(),
+            Err(_) => format!("`{value}`"),
+        };
+        self.problems.push(range_problem(label, max, note, &shown));
+        default
     }
 
     /// `true` or `false`.
@@ -268,6 +273,22 @@ pub fn string_list(value: &Value, label: &str, problems: &mut Problems) -> Vec<S
             Vec::new()
         }
     }
+}
+
+/// The sentence for a whole number outside 1..=`max`: names the key and the range.
+fn range_problem(label: &str, max: u64, note: &str, shown: &str) -> String {
+    format!("{label} must be a positive whole number up to {max}{note}, got {shown}")
+}
+
+/// ` (7 days)`: a bound in seconds as a person reads it, for problems.
+pub fn human_secs(secs: u64) -> String {
+    let (n, unit) = match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s >= 3600 && s % 3600 == 0 => (s / 3600, "hour"),
+        s if s >= 60 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!(" ({n} {unit}{})", if n == 1 { "" } else { "s" })
 }
 
 /// Parse a rate such as `10MB`, `512KiB`, `1048576` into bytes per second.

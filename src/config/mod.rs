@@ -423,8 +423,9 @@ fn validate(
     let local_storage_url = t.url(&LOCAL_STORAGE_URL, s3);
     let remote_storage_url = t.url(&REMOTE_STORAGE_URL, s3);
     let sync_enabled = t.bool(&SYNC_ENABLED, true);
-    let sync_interval = Duration::from_secs(t.positive(&SYNC_INTERVAL, 5) * 60);
-    let max_concurrent_transfers = t.positive(&MAX_CONCURRENT_TRANSFERS, 4);
+    // Bounded, so the minutes-to-seconds product cannot overflow.
+    let sync_interval = Duration::from_secs(t.whole(&SYNC_INTERVAL, 5, 1440, " (1 day)") * 60);
+    let max_concurrent_transfers = t.positive(&MAX_CONCURRENT_TRANSFERS, 4, 256);
     let max_transfer_rate_bytes = t.bytes(&MAX_TRANSFER_RATE, 0);
     let tables = TableSelection::parse(&top, &mut problems);
     let replication = ReplicationSettings::parse(&top, role, &mut problems);
@@ -673,6 +674,62 @@ mod tests {
                 (r, _) => panic!("{raw}: unexpected {r:?}"),
             }
         }
+    }
+
+    #[test]
+    fn numbers_too_large_to_compute_with_are_refused_naming_the_key_and_range() {
+        let path = file_with(
+            "[daemon]\ndegraded_lag_secs = 9223372036854775807\nmonitor_interval_secs = 3601\nreconnect_backoff_secs = [30, 86401]\n\n[alerts]\nlag_warning_secs = 9223372036854775807\ndisk_free_min_percent = 101\n\n[conflicts]\ntombstone_retention_secs = 9223372036854775807\n",
+        );
+        let mut e = env(OK);
+        e.insert("SYNC_INTERVAL_MINUTES".into(), "9223372036854775807".into());
+        let text = load_from(Some(&path), &e).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        for expected in [
+            "daemon.degraded_lag_secs must be a positive whole number up to 604800 (7 days), got 9223372036854775807",
+            "daemon.monitor_interval_secs must be a positive whole number up to 3600 (1 hour), got 3601",
+            "daemon.reconnect_backoff_secs must be a list of positive whole numbers of seconds up to 86400 (1 day)",
+            "alerts.lag_warning_secs must be a positive whole number up to 2592000 (30 days)",
+            "alerts.disk_free_min_percent must be a positive whole number up to 100, got 101",
+            "conflicts.tombstone_retention_secs must be a positive whole number up to 31536000 (365 days)",
+            "SYNC_INTERVAL_MINUTES must be a positive whole number up to 1440 (1 day), got 9223372036854775807",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+        // The largest allowed values load.
+        let path =
+            file_with("[daemon]\ndegraded_lag_secs = 604800\nhttp_max_connections = 65536\n");
+        let s = load_from(Some(&path), &env(OK)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s.daemon.degraded_lag.as_secs(), 604_800);
+        assert_eq!(s.daemon.http_max_connections, 65_536);
+    }
+
+    #[test]
+    fn duplex_run_refuses_an_admin_token_shorter_than_32_characters_without_showing_it() {
+        let mut e = env(OK);
+        e.insert("DUPLEX_ADMIN_TOKEN".into(), "short-token-s3cr3t".into());
+        let s = load_from(None, &e).unwrap();
+        let problems = s.daemon.serve_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("DUPLEX_ADMIN_TOKEN is 18 characters long")
+                && problems[0].contains("at least 32 characters"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("s3cr3t"), "{problems:?}");
+        e.insert("DUPLEX_ADMIN_TOKEN".into(), "x".repeat(32));
+        assert!(load_from(None, &e)
+            .unwrap()
+            .daemon
+            .serve_problems()
+            .is_empty());
+        // Unset: the admin API is off, which `duplex run` allows (with a warning).
+        assert!(load_from(None, &env(OK))
+            .unwrap()
+            .daemon
+            .serve_problems()
+            .is_empty());
     }
 
     #[test]

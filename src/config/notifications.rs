@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Serialize, Serializer};
 
-use super::keys::{as_secs, Key, Problems, Section};
+use super::keys::{as_secs, Key, Problems, Section, DAY};
 
 pub(super) const WEBHOOK_URL: Key = Key::env("notifications.webhook_url", "DUPLEX_WEBHOOK_URL");
 pub(super) const SMTP_URL: Key = Key::env("notifications.smtp_url", "DUPLEX_SMTP_URL");
@@ -119,7 +119,7 @@ impl NotificationSettings {
             email_from: n.string(&EMAIL_FROM),
             email_to: n.list(&EMAIL_TO).unwrap_or_default(),
             include_warnings: n.bool(&INCLUDE_WARNINGS, false),
-            rate_limit: n.secs(&RATE_LIMIT, 900),
+            rate_limit: n.secs(&RATE_LIMIT, 900, 7 * DAY),
             ..NotificationSettings::default()
         }
     }

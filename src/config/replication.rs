@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::keys::{as_secs, string_list, Key, Problems, Section};
+use super::keys::{as_secs, string_list, Key, Problems, Section, DAY};
 use crate::model::{Role, TableName};
 use crate::secret::Secret;
 
@@ -114,7 +114,7 @@ impl ReplicationSettings {
             slot_name,
             peer_host,
             peer_port,
-            initial_copy_timeout: r.secs(&INITIAL_COPY_TIMEOUT, 600),
+            initial_copy_timeout: r.secs(&INITIAL_COPY_TIMEOUT, 600, 7 * DAY),
         }
     }
 }

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{query_params, ApiError, AppState};
 use crate::conflict::diff::entry_json;
 use crate::conflict::resolve::{self, Choice};
 use crate::store::conflict_log;
@@ -17,12 +17,7 @@ pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) = params.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the query string cannot be read: {}",
-            e.body_text()
-        ))
-    })?;
+    let params = query_params(params, &["resolved", "table", "limit"])?;
     let filter = filter(&params)?;
     let client = state.pool.get().await.map_err(ApiError::pool)?;
     let entries = conflict_log::list(&client, &filter)
@@ -66,17 +61,24 @@ fn filter(params: &HashMap<String, String>) -> Result<conflict_log::Filter, ApiE
     Ok(conflict_log::Filter { open, table, limit })
 }
 
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .map_err(|_| ApiError::BadRequest(format!("conflict id `{raw}` is not a whole number")))
+/// The `{id}` of the path: a whole number, else a 400 (a path that does not decode too).
+fn parse_id(raw: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(raw) =
+        raw.map_err(|_| ApiError::BadRequest("the conflict id is not a whole number".into()))?;
+    raw.parse::<i64>().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "conflict id `{}` is not a whole number",
+            raw.escape_default()
+        ))
+    })
 }
 
 /// `GET /api/sync/conflicts/{id}`: one entry with its field-level diff.
 pub async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let client = state.pool.get().await.map_err(ApiError::pool)?;
     let entry = conflict_log::get(&client, id)
         .await
@@ -95,10 +97,10 @@ pub struct ResolveBody {
 /// `POST /api/sync/conflicts/{id}/resolve` with `{"choice":"MAIN"|"CLOUD"}`.
 pub async fn resolve(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<ResolveBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!(
             "the body must be JSON {{\"choice\": \"MAIN\" or \"CLOUD\"}}: {}",

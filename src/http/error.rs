@@ -1,6 +1,8 @@
 //! API errors as JSON responses. A 500 says what failed, never the SQL or a secret.
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -29,6 +31,13 @@ pub enum ApiError {
     /// The daemon cannot do it now.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests need the same scarce thing (database connections, the monitor)
+    /// at once: retry shortly. A 503 with `Retry-After: 1`.
+    #[error("{0}")]
+    Busy(String),
+    /// This client sent too many wrong tokens: a 429 with `Retry-After`.
+    #[error("too many failed attempts from this address: retry in {} s", retry_secs(*.0))]
+    TooManyAttempts(Duration),
     /// The local database failed.
     #[error("the local database did not answer: {0}")]
     Database(String),
@@ -56,11 +65,32 @@ impl ApiError {
         }
     }
 
-    /// From a pool error.
+    /// From a pool error: waiting too long for a connection is overload (503, retry),
+    /// not a server fault.
     pub fn pool(e: deadpool_postgres::PoolError) -> Self {
-        tracing::warn!("API pool error: {e}");
-        ApiError::Database("no connection available".into())
+        match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                ApiError::Busy(
+                    "every database connection of the API is in use: retry in a second".into(),
+                )
+            }
+            deadpool_postgres::PoolError::Backend(_) | deadpool_postgres::PoolError::Timeout(_) => {
+                tracing::warn!("API pool error: {e}");
+                ApiError::Unavailable("the local database does not answer".into())
+            }
+            other => {
+                tracing::warn!("API pool error: {other}");
+                ApiError::Database("no connection available".into())
+            }
+        }
     }
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+fn retry_secs(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_add(u64::from(d.subsec_nanos() > 0))
+        .max(1)
 }
 
 impl IntoResponse for ApiError {
@@ -73,12 +103,25 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database"),
         };
-        (
+        let retry_after = match &self {
+            ApiError::Busy(_) => Some(1),
+            ApiError::TooManyAttempts(wait) => Some(retry_secs(*wait)),
+            _ => None,
+        };
+        let mut response = (
             code,
             Json(json!({ "error": kind, "message": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }

@@ -1,6 +1,10 @@
 //! `GET /metrics` in the Prometheus text format (0.0.4), rendered by the `prometheus`
 //! crate's encoder from the monitor's latest report: a fresh registry per scrape, so every
-//! value is exactly what the report says.
+//! value is exactly what the report says. The conflict-log totals come from the database,
+//! read at most once per [`COUNTS_MAX_AGE`] however many scrapers ask.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,13 +18,28 @@ use crate::replication::monitor::Report;
 use crate::replication::state::ConnectionState;
 use crate::store::conflict_log;
 
+/// How long the conflict-log totals are reused.
+pub const COUNTS_MAX_AGE: Duration = Duration::from_secs(2);
+/// Longest a scrape waits for them; without them it leaves their series out.
+const COUNTS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The latest conflict-log totals and when they were read; the lock makes concurrent
+/// scrapes wait for one query instead of each running its own.
+#[derive(Default)]
+pub struct CountsCache(tokio::sync::Mutex<Option<(Instant, Option<Vec<conflict_log::Count>>)>>);
+
 /// Render the metrics of the latest monitor report.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let log_counts = conflict_log_counts(&state).await;
     let mut report = state.report.borrow().clone();
     let conflicts = state.conflicts.borrow().clone();
     report.alerts.extend(conflicts.alerts.iter().cloned());
-    let log_counts = conflict_log_counts(&state).await;
-    match render(&report, &conflicts, log_counts.as_deref()) {
+    match render(
+        &report,
+        &conflicts,
+        log_counts.as_deref(),
+        &state.connections,
+    ) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,
@@ -62,9 +81,11 @@ fn render(
     r: &Report,
     c: &housekeeping::Report,
     log_counts: Option<&[conflict_log::Count]>,
+    connections: &super::server::Stats,
 ) -> prometheus::Result<String> {
     let reg = Registry::new();
     render_housekeeping(&reg, c)?;
+    render_connections(&reg, connections)?;
     if let Some(counts) = log_counts {
         render_conflict_log(&reg, counts)?;
     }
@@ -227,9 +248,27 @@ fn render(
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
-/// The local conflict log's totals, read at scrape time (one grouped query); `None` (and
-/// the series left out) when the database does not answer.
+/// The local conflict log's totals (one grouped query, reused for [`COUNTS_MAX_AGE`]);
+/// `None` (and the series left out) when the database does not answer.
 async fn conflict_log_counts(state: &AppState) -> Option<Vec<conflict_log::Count>> {
+    let mut cached = state.limits.conflict_counts.0.lock().await;
+    if let Some((at, counts)) = cached.as_ref() {
+        if at.elapsed() < COUNTS_MAX_AGE {
+            return counts.clone();
+        }
+    }
+    // Bounded, so a slow database delays every scrape at most this long.
+    let counts = tokio::time::timeout(COUNTS_TIMEOUT, read_conflict_log_counts(state))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!("metrics: the conflict log totals took over {COUNTS_TIMEOUT:?}");
+            None
+        });
+    *cached = Some((Instant::now(), counts.clone()));
+    counts
+}
+
+async fn read_conflict_log_counts(state: &AppState) -> Option<Vec<conflict_log::Count>> {
     let client = state
         .pool
         .get()
@@ -240,6 +279,31 @@ async fn conflict_log_counts(state: &AppState) -> Option<Vec<conflict_log::Count
         .await
         .map_err(|e| tracing::warn!("metrics: {e}"))
         .ok()
+}
+
+/// The API's own connections: open now, and closed by the connection limit since start.
+fn render_connections(reg: &Registry, stats: &super::server::Stats) -> prometheus::Result<()> {
+    gauge(
+        reg,
+        "duplex_http_connections_open",
+        "Open connections to the HTTP API",
+        &[],
+    )?
+    .with_label_values::<&str>(&[])
+    .set(i64::try_from(stats.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    let closed = counter(
+        reg,
+        "duplex_http_connections_closed_total",
+        "Connections closed by the connection limit: `evicted` (an idle or half-open one made room for a new one) or `refused` (every open one was busy)",
+        &["reason"],
+    )?;
+    closed
+        .with_label_values(&["evicted"])
+        .inc_by(stats.evicted.load(Ordering::Relaxed));
+    closed
+        .with_label_values(&["refused"])
+        .inc_by(stats.refused.load(Ordering::Relaxed));
+    Ok(())
 }
 
 /// `duplex_conflicts_total{table,type,policy}` and `duplex_conflicts_open`.

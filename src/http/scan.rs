@@ -8,16 +8,11 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::Value;
 
-use super::{ApiError, AppState};
+use super::{query_params, ApiError, AppState};
 use crate::conflict::scan;
 use crate::replication::scanner::{self, Error, Request};
 
 type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
-
-fn params(p: Params) -> Result<HashMap<String, String>, ApiError> {
-    p.map(|Query(q)| q)
-        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
-}
 
 fn flag(q: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
     match q.get(name).map(|v| v.to_ascii_lowercase()) {
@@ -41,7 +36,7 @@ fn api_error(e: Error) -> ApiError {
 
 /// `POST /api/sync/scan?table=&dry_run=&full=`: one scanner pass now.
 pub async fn scan(State(state): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
-    let q = params(p)?;
+    let q = query_params(p, &["table", "dry_run"])?;
     let req = Request {
         table: q.get("table").cloned(),
         dry_run: flag(&q, "dry_run", false)?,
@@ -57,7 +52,7 @@ pub async fn scan(State(state): State<AppState>, p: Params) -> Result<Json<Value
 
 /// `POST /api/sync/integrity-check?table=&checksum=` (checksum defaults to true).
 pub async fn integrity(State(state): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
-    let q = params(p)?;
+    let q = query_params(p, &["table", "checksum"])?;
     let report = scanner::integrity(
         &state.settings,
         q.get("table").map(String::as_str),

@@ -83,6 +83,41 @@ pub struct Report {
     /// Since when the local instance does not answer (or fails every query), if it does
     /// not: nothing this side reports about the peer is current meanwhile.
     pub local_down_since: Option<DateTime<Utc>>,
+    /// What the local `duplex` tables held at the end of the latest cycle (read at
+    /// start-up before the first): `GET /api/sync/status` answers from it, so a burst of
+    /// status requests costs no database round-trip.
+    pub recorded: Option<Recorded>,
+}
+
+/// The local `sync_state` row and the latest `sync_log` entries, as the status shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    /// The `sync_state` row.
+    pub sync_state: sync_state::Row,
+    /// The latest `SUCCESS` entry: its `sync_type` and when.
+    pub last_success: Option<(String, DateTime<Utc>)>,
+    /// The latest [`RECENT_LOG`] entries, newest first.
+    pub recent_log: Vec<sync_log::Row>,
+}
+
+/// How many `sync_log` entries [`Recorded`] keeps.
+pub const RECENT_LOG: usize = 20;
+
+impl Recorded {
+    /// Read them from the local instance (three small queries).
+    pub async fn read(local: &Client) -> Result<Recorded, pg::Error> {
+        Ok(Recorded {
+            sync_state: sync_state::read(local).await?,
+            last_success: sync_log::last_success(local).await?,
+            recent_log: sync_log::recent(local, None, None, RECENT_LOG as i64).await?,
+        })
+    }
+
+    /// Put an entry this process just wrote in front, without waiting for the next cycle.
+    pub fn push_log(&mut self, row: sync_log::Row) {
+        self.recent_log.insert(0, row);
+        self.recent_log.truncate(RECENT_LOG);
+    }
 }
 
 impl Report {
@@ -109,6 +144,7 @@ impl Report {
             cycles: 0,
             last_error: None,
             local_down_since: None,
+            recorded: None,
         }
     }
 }
@@ -270,7 +306,7 @@ impl Monitor {
             seen = self.observe(attempt) => seen?,
         };
         let role = self.settings.instance_role;
-        let recent = self.period * 2;
+        let recent = self.period.saturating_mul(2);
         let evidence = rules::peer_evidence(&seen.directions, role, recent);
         let early = !attempt
             && self.judge.machine.state() == ConnectionState::Disconnected
@@ -315,7 +351,11 @@ impl Monitor {
             None => judge.errors.observe(
                 &seen.directions,
                 now,
-                (settings.daemon.monitor_interval * 3).max(APPLY_QUIET_MIN),
+                settings
+                    .daemon
+                    .monitor_interval
+                    .saturating_mul(3)
+                    .max(APPLY_QUIET_MIN),
             ),
             Some(_) => Vec::new(),
         };
@@ -422,6 +462,9 @@ impl Monitor {
             .await?;
         }
 
+        // Last, so the status shows this cycle's own entries.
+        let recorded = Recorded::read(local).await?;
+
         let to_utc = |i: Instant| {
             let ago = now.saturating_duration_since(i);
             let ahead = i.saturating_duration_since(now);
@@ -447,6 +490,7 @@ impl Monitor {
             r.checked_at = Some(Utc::now());
             r.cycles += 1;
             r.last_error = None;
+            r.recorded = Some(recorded);
             if r.local_down_since.take().is_some() {
                 tracing::info!(worker = NAME, "the local instance answers again");
             }

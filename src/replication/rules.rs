@@ -351,6 +351,11 @@ impl ApplyErrors {
     }
 }
 
+/// `d` in whole milliseconds, saturating at `i64::MAX` (lags are compared as `i64`).
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The worst lag over both directions; `None` when either is down or unknown.
 pub fn worst_lag(directions: &[DirectionHealth]) -> Option<i64> {
     if directions.iter().all(|d| d.lag_ms.is_some()) && !directions.is_empty() {
@@ -377,7 +382,7 @@ pub fn problems(directions: &[DirectionHealth], degraded_lag: Duration) -> Vec<S
             Some(_) => {}
         }
         if let Some(lag) = d.lag_ms {
-            if lag > degraded_lag.as_millis() as i64 {
+            if lag > millis(degraded_lag) {
                 out.push(format!("{dir}: lag {} s", lag / 1000));
             }
         }
@@ -544,7 +549,7 @@ pub fn evaluate(s: &AlertSettings, i: &Inputs<'_>) -> Vec<Condition> {
         }
     }
     if let Some(lag) = i.lag_ms {
-        if lag > s.lag_warning.as_millis() as i64 {
+        if lag > millis(s.lag_warning) {
             out.push(Condition {
                 kind: AlertKind::ReplicationLag.to_string(),
                 level: Severity::Warning,

@@ -80,7 +80,7 @@ impl Backoff {
     pub fn delay(&self, attempt: usize, unit: f64) -> Duration {
         let base = self.base_delay(attempt).as_secs_f64();
         let spread = base * self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((base + spread).max(0.0))
+        Duration::try_from_secs_f64((base + spread).max(0.0)).unwrap_or(self.max)
     }
 }
 
@@ -186,7 +186,9 @@ impl Machine {
                     // Still waiting for the next attempt: keep its time.
                     return None;
                 }
-                self.next_attempt = Some(now + self.backoff.delay(self.attempt, unit));
+                let delay = self.backoff.delay(self.attempt, unit);
+                // Checked: an `Instant` plus a duration past its range panics.
+                self.next_attempt = now.checked_add(delay).or(Some(now));
                 Some(self.go(
                     ConnectionState::Disconnected,
                     format!("peer unreachable: {why}"),

@@ -89,6 +89,22 @@ pub enum SyncType {
 }
 
 impl SyncType {
+    /// Every type, as the API's `type` filter accepts them.
+    pub const ALL: [SyncType; 6] = [
+        SyncType::Setup,
+        SyncType::Connection,
+        SyncType::Alert,
+        SyncType::Control,
+        SyncType::Scan,
+        SyncType::Integrity,
+    ];
+
+    /// The type named `s` (any case).
+    pub fn parse(s: &str) -> Option<SyncType> {
+        let lower = s.to_lowercase();
+        Self::ALL.into_iter().find(|t| t.as_str() == lower)
+    }
+
     /// As stored.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -348,4 +364,28 @@ pub async fn raised_alerts(
         });
     }
     Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncType;
+
+    #[test]
+    fn every_sync_type_is_listed_for_the_api_filter() {
+        // A new variant fails to compile here until it is matched, and then this test
+        // until it is in `ALL` too.
+        let check = |t: SyncType| match t {
+            SyncType::Setup
+            | SyncType::Connection
+            | SyncType::Alert
+            | SyncType::Control
+            | SyncType::Scan
+            | SyncType::Integrity => SyncType::ALL.contains(&t),
+        };
+        for t in SyncType::ALL {
+            assert!(check(t));
+            assert_eq!(SyncType::parse(&t.as_str().to_uppercase()), Some(t));
+        }
+        assert!(check(SyncType::Integrity) && SyncType::parse("bogus").is_none());
+    }
 }

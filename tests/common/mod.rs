@@ -397,8 +397,20 @@ pub fn free_addr() -> std::net::SocketAddr {
 impl Pair {
     /// Start `duplex run` for `role`; returns once its API answers.
     pub async fn start_daemon(&self, role: &str, env: &[(&str, &str)]) -> Daemon {
+        self.start_daemon_limited(role, env, None).await
+    }
+
+    /// Like [`Pair::start_daemon`], with both limits on open files (`ulimit -n`) set to
+    /// `nofile` when given, as on a host with that hard limit.
+    pub async fn start_daemon_limited(
+        &self,
+        role: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
         let addr = free_addr();
-        let token = format!("token-{}", self.id);
+        // `duplex run` refuses tokens shorter than 32 characters.
+        let token = format!("test-admin-token-{}-{}", self.id, self.id);
         let mut cmd = self.duplex(role, &["run"]);
         cmd.env("DUPLEX_HTTP_ADDR", addr.to_string())
             .env("DUPLEX_ADMIN_TOKEN", &token)
@@ -406,6 +418,23 @@ impl Pair {
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit());
+        if let Some(n) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe
+            // and reads `lim`, a plain value copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = cmd.spawn().expect("starting duplex run");
         let mut daemon = Daemon { child, addr, token };
         let d = &mut daemon;
