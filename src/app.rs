@@ -47,6 +47,9 @@ pub enum Error {
     /// The notification settings are unusable.
     #[error("notifications: {0}")]
     Notify(String),
+    /// The API's certificate or key cannot be used.
+    #[error("the API's TLS certificate: {0}")]
+    Tls(String),
     /// The connection pool could not be built.
     #[error("cannot build the connection pool: {0}")]
     Pool(String),
@@ -119,6 +122,10 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         .build()
         .map_err(|e| Error::Pool(e.to_string()))?;
 
+    let tls = match (&settings.daemon.tls_cert, &settings.daemon.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls::acceptor(cert, key).map_err(Error::Tls)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(settings.daemon.http_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -183,7 +190,14 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let app = http::router(state);
     workers.spawn(
         "http",
-        http::server::serve(listener, app, max_connections, connections, cancel.clone()),
+        http::server::serve(
+            listener,
+            app,
+            max_connections,
+            connections,
+            tls,
+            cancel.clone(),
+        ),
     );
     tracing::info!(
         role = %role,

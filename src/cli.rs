@@ -343,8 +343,9 @@ async fn controller_view(settings: &Settings) -> ControllerView {
     let Some(token) = settings.daemon.admin_token.as_ref() else {
         return ControllerView::NoToken;
     };
-    match api_call(
+    match api_call_with(
         settings.daemon.http_addr,
+        settings.daemon.client_tls().as_deref(),
         "GET",
         "/api/sync/status",
         token.expose(),
@@ -369,8 +370,14 @@ async fn control(api: &config::ApiSettings, action: &str) -> anyhow::Result<Exit
     let Some(token) = api.admin_token.as_ref() else {
         anyhow::bail!("DUPLEX_ADMIN_TOKEN is not set: set it to the running daemon's admin token (the daemon at {addr} refuses admin calls without it)");
     };
-    let (code, body) = match api_call(addr, "POST", &format!("/api/sync/{action}"), token.expose())
-        .await
+    let (code, body) = match api_call_with(
+        addr,
+        api.tls_ca.as_deref(),
+        "POST",
+        &format!("/api/sync/{action}"),
+        token.expose(),
+    )
+    .await
     {
         Ok(r) => r,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused) => {
@@ -395,16 +402,47 @@ pub async fn api_call(
     path: &str,
     token: &str,
 ) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
+    api_call_with(addr, None, method, path, token).await
+}
+
+/// [`api_call`] over HTTPS when `tls_ca` is given: the API's certificate must be signed by
+/// that CA and name the address's IP.
+pub async fn api_call_with(
+    addr: std::net::SocketAddr,
+    tls_ca: Option<&std::path::Path>,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        request: &str,
+    ) -> std::io::Result<Vec<u8>> {
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
+        Ok(raw)
+    }
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let io = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        match tls_ca {
+            None => exchange(stream, &request).await,
+            Some(ca) => {
+                let connector = crate::http::tls::connector(ca).map_err(std::io::Error::other)?;
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = connector.connect(name, stream).await.map_err(|e| {
+                    std::io::Error::other(format!(
+                        "TLS with the API failed ({e}): its certificate must be signed by the CA in DUPLEX_TLS_CA and name {}",
+                        addr.ip()
+                    ))
+                })?;
+                exchange(tls, &request).await
+            }
+        }
     };
     let raw = tokio::time::timeout(std::time::Duration::from_secs(40), io)
         .await

@@ -156,3 +156,100 @@ async fn a_certificate_from_another_ca_is_refused_with_a_clear_message() {
         "{stdout}"
     );
 }
+
+/// Poll the API over HTTPS (trusting `ca`) until it answers `/health/sync`.
+async fn https_health(addr: std::net::SocketAddr, ca: &str) -> Option<u16> {
+    duplex::cli::api_call_with(
+        addr,
+        Some(std::path::Path::new(ca)),
+        "GET",
+        "/health/sync",
+        "",
+    )
+    .await
+    .ok()
+    .map(|(code, _)| code)
+}
+
+#[tokio::test]
+async fn the_api_off_loopback_needs_tls_and_the_cli_verifies_its_certificate() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let token = format!("token-{}-{}", pair.id, "x".repeat(32));
+    let port = common::free_addr().port();
+    let public = format!("0.0.0.0:{port}");
+
+    // Plain HTTP on every interface: refused before anything starts.
+    let out = pair
+        .duplex("main", &["run"])
+        .env("DUPLEX_HTTP_ADDR", &public)
+        .env("DUPLEX_ADMIN_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the API would listen on {public} in plain HTTP"))
+            && stderr.contains("DUPLEX_TLS_CERT"),
+        "{stderr}"
+    );
+
+    // With a certificate it serves HTTPS only; the CLI verifies it with the CA.
+    let (cert, key) = (ca("server.crt"), ca("server.key"));
+    let mut child = pair
+        .duplex("main", &["run"])
+        .env("DUPLEX_HTTP_ADDR", &public)
+        .env("DUPLEX_ADMIN_TOKEN", &token)
+        .env("DUPLEX_TLS_CERT", &cert)
+        .env("DUPLEX_TLS_KEY", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("starting duplex run");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let lab_ca = ca("ca.crt");
+    wait_until(
+        "the API answers over HTTPS",
+        Duration::from_secs(30),
+        || async {
+            https_health(addr, &lab_ca)
+                .await
+                .is_some_and(|c| c == 200 || c == 503)
+        },
+    )
+    .await;
+    let plain = duplex::cli::api_call(addr, "GET", "/health/sync", "").await;
+    assert!(
+        plain.is_err() || plain.as_ref().is_ok_and(|(code, _)| *code == 0),
+        "plain HTTP was answered: {plain:?}"
+    );
+    let cli = |ca_file: String, action: &'static str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"));
+        cmd.arg(action)
+            .env("DUPLEX_HTTP_ADDR", addr.to_string())
+            .env("DUPLEX_ADMIN_TOKEN", &token)
+            .env("DUPLEX_TLS_CA", ca_file);
+        cmd
+    };
+    let out = cli(lab_ca.clone(), "pause").output().await.unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).0.contains("pause: ok"));
+    let out = cli(ca("other-ca.crt"), "resume").output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("TLS with the API failed"),
+        "{:?}",
+        text(&out)
+    );
+    let out = cli(lab_ca, "resume").output().await.unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(child.id().expect("pid") as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("duplex run stops within 10 s")
+        .unwrap();
+    assert!(status.success());
+}

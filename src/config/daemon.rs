@@ -21,6 +21,10 @@ const RECONNECT_MAX: Key = Key::file("daemon.reconnect_max_secs");
 const RECONNECT_JITTER: Key = Key::file("daemon.reconnect_jitter");
 const SYNC_LOG_RETENTION_DAYS: Key = Key::file("daemon.sync_log_retention_days");
 const HTTP_MAX_CONNECTIONS: Key = Key::file("daemon.http_max_connections");
+pub(super) const TLS_CERT: Key = Key::env("daemon.tls_cert", "DUPLEX_TLS_CERT");
+pub(super) const TLS_KEY: Key = Key::env("daemon.tls_key", "DUPLEX_TLS_KEY");
+pub(super) const TLS_CA: Key = Key::env("daemon.tls_ca", "DUPLEX_TLS_CA");
+const ALLOW_PLAINTEXT_HTTP: Key = Key::file("daemon.allow_plaintext_http");
 const KEYS: &[Key] = &[
     HTTP_ADDR,
     ADMIN_TOKEN,
@@ -31,6 +35,10 @@ const KEYS: &[Key] = &[
     RECONNECT_JITTER,
     SYNC_LOG_RETENTION_DAYS,
     HTTP_MAX_CONNECTIONS,
+    TLS_CERT,
+    TLS_KEY,
+    TLS_CA,
+    ALLOW_PLAINTEXT_HTTP,
 ];
 
 /// Shortest admin token `duplex run` accepts: a guessable token would open pause, resume,
@@ -70,6 +78,17 @@ pub struct DaemonSettings {
     /// connection closes the oldest one that is not in the middle of a request. Default
     /// 1024 (lowered at start-up to fit the process's file descriptor limit).
     pub http_max_connections: u64,
+    /// `DUPLEX_TLS_CERT` / `DUPLEX_TLS_KEY`: the API's certificate chain and private key
+    /// (PEM). With them the API speaks HTTPS only.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// `DUPLEX_TLS_CA`: the CA certificate(s) the CLI verifies the API's certificate with;
+    /// set, the CLI speaks HTTPS to the API. Default: `tls_cert` (a self-signed certificate).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// `allow_plaintext_http`: serve plain HTTP on a non-loopback address (behind a
+    /// TLS-terminating proxy). Default false: `duplex run` refuses to.
+    pub allow_plaintext_http: bool,
     /// How problems name the admin token: its variable or its file key.
     #[serde(skip)]
     admin_token_label: &'static str,
@@ -127,6 +146,11 @@ impl DaemonSettings {
                 }
             },
         };
+        let tls_cert: Option<std::path::PathBuf> = d.string(&TLS_CERT).map(Into::into);
+        let tls_key: Option<std::path::PathBuf> = d.string(&TLS_KEY).map(Into::into);
+        if tls_cert.is_some() != tls_key.is_some() {
+            d.problems.push("daemon.tls_cert and daemon.tls_key go together (DUPLEX_TLS_CERT, DUPLEX_TLS_KEY): give both files, or neither");
+        }
         DaemonSettings {
             http_addr,
             admin_token: d.secret(&ADMIN_TOKEN),
@@ -141,6 +165,10 @@ impl DaemonSettings {
             reconnect_jitter,
             sync_log_retention_days: d.positive(&SYNC_LOG_RETENTION_DAYS, 30, 3650),
             http_max_connections: d.positive(&HTTP_MAX_CONNECTIONS, 1024, 65_536),
+            tls_cert,
+            tls_key,
+            tls_ca: d.string(&TLS_CA).map(Into::into),
+            allow_plaintext_http: d.bool(&ALLOW_PLAINTEXT_HTTP, false),
         }
     }
 
@@ -148,14 +176,35 @@ impl DaemonSettings {
     /// token shorter than [`MIN_ADMIN_TOKEN_CHARS`]. The commands that only present the
     /// token to a daemon (`pause`, `status`, ...) do not need this. The token is never
     /// shown, only its length.
+    ///
+    /// Also: a non-loopback address without TLS, unless `allow_plaintext_http` says a
+    /// TLS-terminating proxy is in front: the token would cross the network in clear.
     pub fn serve_problems(&self) -> Vec<String> {
-        match &self.admin_token {
-            Some(t) if t.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS => vec![format!(
-                "{} is {} characters long: `duplex run` needs an admin token of at least {MIN_ADMIN_TOKEN_CHARS} characters (generate one with `openssl rand -hex 32`), or leave it unset to turn the admin API off",
-                self.admin_token_label,
-                t.expose().chars().count()
-            )],
-            _ => Vec::new(),
+        let mut problems = Vec::new();
+        if let Some(t) = &self.admin_token {
+            if t.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                problems.push(format!(
+                    "{} is {} characters long: `duplex run` needs an admin token of at least {MIN_ADMIN_TOKEN_CHARS} characters (generate one with `openssl rand -hex 32`), or leave it unset to turn the admin API off",
+                    self.admin_token_label,
+                    t.expose().chars().count()
+                ));
+            }
         }
+        if !self.http_addr.ip().is_loopback()
+            && self.tls_cert.is_none()
+            && !self.allow_plaintext_http
+        {
+            problems.push(format!(
+                "the API would listen on {} in plain HTTP, so its admin token would cross the network in clear: give it a certificate (DUPLEX_TLS_CERT and DUPLEX_TLS_KEY), keep it on 127.0.0.1, or set daemon.allow_plaintext_http = true when a TLS-terminating proxy is in front",
+                self.http_addr
+            ));
+        }
+        problems
+    }
+
+    /// The CA file the CLI verifies the API's certificate with: `tls_ca`, else (beside a
+    /// daemon with a self-signed certificate) `tls_cert`; `None`: the API is plain HTTP.
+    pub fn client_tls(&self) -> Option<std::path::PathBuf> {
+        self.tls_ca.clone().or_else(|| self.tls_cert.clone())
     }
 }

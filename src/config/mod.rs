@@ -85,6 +85,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     monitor::PASSWORD.env_pair(),
     daemon::HTTP_ADDR.env_pair(),
     daemon::ADMIN_TOKEN.env_pair(),
+    daemon::TLS_CERT.env_pair(),
+    daemon::TLS_KEY.env_pair(),
+    daemon::TLS_CA.env_pair(),
     daemon::MONITOR_INTERVAL.env_pair(),
     alerts::DISK_PATH.env_pair(),
     notifications::WEBHOOK_URL.env_pair(),
@@ -206,6 +209,8 @@ pub struct ApiSettings {
     pub http_addr: std::net::SocketAddr,
     /// `DUPLEX_ADMIN_TOKEN` (`daemon.admin_token`).
     pub admin_token: Option<crate::secret::Secret>,
+    /// When the API speaks TLS: the CA file its certificate is verified with.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Load only the `[daemon]` section (file, then environment): the reduced configuration of
@@ -221,6 +226,7 @@ pub fn load_api(path: Option<&Path>) -> Result<ApiSettings, ConfigError> {
     if problems.list.is_empty() {
         Ok(ApiSettings {
             http_addr: daemon.http_addr,
+            tls_ca: daemon.client_tls(),
             admin_token: daemon.admin_token,
         })
     } else {

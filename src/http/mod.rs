@@ -12,6 +12,7 @@ mod error;
 mod metrics;
 mod scan;
 pub mod server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

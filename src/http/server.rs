@@ -159,11 +159,15 @@ fn lock(r: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
 /// Serve `app` on `listener` with at most `max_connections` open connections until
 /// `cancel`; then stop accepting, let requests in progress finish for a moment, and close
 /// everything.
+///
+/// With `tls`, every connection is HTTPS: its handshake must finish within the
+/// header-read timeout, or the connection is closed.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     max_connections: usize,
     stats: Arc<Stats>,
+    tls: Option<super::tls::TlsAcceptor>,
     cancel: CancellationToken,
 ) {
     let registry = Arc::new(Mutex::new(Registry::default()));
@@ -221,15 +225,24 @@ pub async fn serve(
             stats: stats.clone(),
         };
         let _ = stream.set_nodelay(true);
-        tasks.spawn(connection(
-            stream,
-            peer,
-            app.clone(),
-            busy,
-            evict,
-            cancel.clone(),
-            registered,
-        ));
+        let (app, cancel, tls) = (app.clone(), cancel.clone(), tls.clone());
+        tasks.spawn(async move {
+            match tls {
+                None => connection(stream, peer, app, busy, evict, cancel, registered).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => h,
+                        _ = evict.cancelled() => return,
+                        _ = cancel.cancelled() => return,
+                    };
+                    // A failed or slow handshake (plain HTTP on the TLS port, a client that
+                    // does not trust the certificate) just closes the connection.
+                    if let Ok(Ok(tls)) = handshake {
+                        connection(tls, peer, app, busy, evict, cancel, registered).await;
+                    }
+                }
+            }
+        });
     }
     drop(listener);
     // Each connection saw the same token and is shutting down gracefully.
@@ -246,15 +259,17 @@ pub async fn serve(
 
 /// One connection: HTTP/1.1 until the client closes it, it times out, it is evicted, or
 /// the server stops.
-async fn connection(
-    stream: tokio::net::TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     busy: Arc<AtomicUsize>,
     evict: CancellationToken,
     cancel: CancellationToken,
     _registered: Registered,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let in_progress = InProgress::enter(&busy);
         req.extensions_mut().insert(ConnectInfo(peer));
