@@ -46,6 +46,9 @@ pub const LEAF_ROWS: i64 = 256;
 const MAX_PARTS: i64 = 4096;
 /// Ranges per statement.
 const RANGE_BATCH: usize = 2048;
+/// Leaf ranges whose rows are fetched per statement: 128 x 256 rows (key and hash each)
+/// keeps one result to a few MB, so memory stays flat however many ranges differ.
+const LEAF_BATCH: usize = 128;
 /// Differing key ranges kept for a report.
 const MAX_REPORTED_RANGES: usize = 100;
 
@@ -825,7 +828,7 @@ async fn compare_in_snapshot(
                 to_split.push(r);
             }
         }
-        for chunk in leaves.chunks(RANGE_BATCH) {
+        for chunk in leaves.chunks(LEAF_BATCH) {
             if diff.candidates.len() >= max_differences {
                 diff.more = true;
                 break;

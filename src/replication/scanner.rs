@@ -69,9 +69,11 @@ pub struct Request {
     pub full: bool,
 }
 
-/// How far before the last pass's start an incremental pass looks: commit timestamps
-/// come from the servers' clocks, the pass's start from this host's.
-const INCREMENTAL_MARGIN: Duration = Duration::from_secs(300);
+/// How far before the last pass's start an incremental pass looks. The start is the
+/// earlier of the two servers' clocks and a replicated row carries its origin's commit
+/// time, so only the offset between the servers matters (the conflict worker raises
+/// `clock_offset` above 500 ms): a minute covers it many times over.
+const INCREMENTAL_MARGIN: Duration = Duration::from_secs(60);
 
 /// One pass over the tables.
 #[derive(Debug, Clone, Serialize)]
@@ -201,6 +203,17 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
     } = targets(settings, &main, req.table.as_deref()).await?;
     skipped.extend(not_replicated);
     let skipped_tables = skipped;
+    // The pass starts now by the servers' clocks (the earlier one), before the catch-up
+    // wait: what is committed from here on is left to the next incremental pass.
+    let mut pass_at = started_at;
+    for c in [&main, &cloud] {
+        let now: DateTime<Utc> = c
+            .query_one("SELECT now()", &[])
+            .await
+            .context("reading the server's clock")?
+            .get(0);
+        pass_at = pass_at.min(now);
+    }
     scan::wait_caught_up(&main, &cloud, CATCH_UP_TIMEOUT).await?;
     let local = match role {
         Role::Main => &main,
@@ -213,7 +226,7 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
         let since = match (req.full, scan_state::get(local, &rel).await?) {
             (false, Some(st))
                 if st.last_full_at.is_some_and(|f| {
-                    (started_at - f).to_std().unwrap_or_default()
+                    (pass_at - f).to_std().unwrap_or_default()
                         < settings.conflicts.full_scan_interval
                 }) =>
             {
@@ -236,7 +249,7 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
                     && r.diff.truncated.is_none()
                     && r.skipped == 0;
                 if complete && !req.dry_run {
-                    scan_state::record(local, &rel, started_at, r.diff.mode == "full").await?;
+                    scan_state::record(local, &rel, pass_at, r.diff.mode == "full").await?;
                 }
                 tables.push(r)
             }
