@@ -378,12 +378,13 @@ async fn converges_over_20000_operations() {
     }
 }
 
-/// The partition of issue 7 made by really stopping a cluster. It stops the shared lab's
-/// cloud cluster, so it never runs automatically; run it by hand when nobody else uses
-/// the lab:
+/// The partition of issue 7 made by really stopping a cluster. It stops the lab's cloud
+/// cluster, so it never runs automatically; run it by hand, best in a lab of its own:
 ///
 /// ```sh
-/// eval "$(scripts/lab.sh env)"; cargo test --test convergence -- --ignored partition_by_stopping_a_cluster
+/// export DUPLEX_LAB_PORT_BASE=57432 DUPLEX_LAB_DIR=/tmp/lab57
+/// scripts/lab.sh up && eval "$(scripts/lab.sh env)"
+/// cargo test --test convergence -- --ignored partition_by_stopping_a_cluster
 /// ```
 #[tokio::test]
 #[ignore = "stops the shared lab cloud cluster: run by hand when nobody else uses the lab"]
@@ -439,5 +440,12 @@ async fn partition_by_stopping_a_cluster() {
         "seed {seed}: Item differs after a cluster stop"
     );
     assert!(pair.subscriptions_enabled().await, "seed {seed}");
-    assert_eq!(pair.apply_error_count().await, errors, "seed {seed}");
+    // Main's apply worker lost its publisher when cloud stopped: PostgreSQL counts that
+    // one disconnection as an apply error. No change failed to apply beyond it.
+    let after = pair.apply_error_count().await;
+    assert!(
+        after <= errors + 1,
+        "seed {seed}: {} apply errors beyond the one disconnection",
+        after - errors - 1
+    );
 }
