@@ -15,12 +15,15 @@
 #   compose      `docker compose config` (Docker Compose v5, the compose-spec schema and
 #                its own checks) on docker/compose.yaml with those files, then: ports
 #                published on 127.0.0.1 only, PostgreSQL not published, every database
-#                URL verify-full, the server settings duplex needs on both servers
+#                URL verify-full, the controllers without any superuser or replication
+#                password (monitoring role), the setup services with them, one
+#                replication password per direction, the server settings duplex needs
 #   postgres     a scratch PostgreSQL 18 (loopback, a free port) started with
 #                compose.yaml's settings, docker/pg_hba.conf and make-certs.sh's
-#                certificate: TLS 1.3 with sslmode=verify-full as postgres-main; refused:
-#                the wrong name, no TLS, another database, a physical replication
-#                connection for duplex_replicator
+#                certificate: TLS 1.3 with sslmode=verify-full as postgres-main; the
+#                monitoring and replication roles into app; refused: the wrong name, no
+#                TLS, another database, a physical replication connection for
+#                duplex_replicator
 #   systemd      systemd-analyze verify (ExecStart pointed at a stub, since no duplex is
 #                installed here) and `systemd-analyze security --offline`: exposure 2.0
 #                or lower
@@ -205,8 +208,7 @@ if command -v openssl >/dev/null; then
       openssl verify -CAfile "$t/ca.crt" -verify_hostname "$other" "$t/$side.crt" >/dev/null 2>&1 \
         && problems+=("$side.crt verifies as $other too")
     done
-    for f in "$t/ca.key" "$t/main.key" "$t/cloud.key" "$work/docker/main.env" "$work/docker/cloud.env" \
-        "$work"/docker/secrets/*; do
+    for f in "$t/ca.key" "$t/main.key" "$t/cloud.key" "$work"/docker/*.env "$work"/docker/secrets/*; do
       [ "$(stat -c %a "$f")" = 600 ] || problems+=("$(basename "$f") is mode $(stat -c %a "$f"), not 600")
     done
     before="$(cat "$t"/* "$work"/docker/*.env "$work"/docker/secrets/* | sha256sum)"
@@ -231,9 +233,10 @@ compose_json="$scratch/compose.json"
 if tool docker-compose && [ -n "$certs_ok" ]; then
   cversion="$("$TOOLS/bin/docker-compose" version --short 2>/dev/null || echo '?')"
   if (cd "$work/docker" && "$TOOLS/bin/docker-compose" -f compose.yaml config --quiet) 2>"$scratch/compose.err" \
-      && (cd "$work/docker" && "$TOOLS/bin/docker-compose" -f compose.yaml config --format json) >"$compose_json" 2>>"$scratch/compose.err"; then
+      && (cd "$work/docker" && "$TOOLS/bin/docker-compose" -f compose.yaml --profile setup config --format json) >"$compose_json" 2>>"$scratch/compose.err"; then
     if out="$(python3 - "$compose_json" <<'PY'
 import json, sys
+from urllib.parse import urlsplit
 c = json.load(open(sys.argv[1]))
 s = c["services"]
 problems = []
@@ -264,9 +267,15 @@ for name in ("duplex-main", "duplex-cloud"):
     role = name.split("-")[1]
     if env.get("INSTANCE_ROLE") != role:
         problems.append(f"{name}: INSTANCE_ROLE={env.get('INSTANCE_ROLE')}")
-    for k in ("LOCAL_DB_URL", "REMOTE_DB_URL"):
+    for k in ("LOCAL_DB_URL", "REMOTE_DB_URL", "LOCAL_MONITOR_URL", "REMOTE_MONITOR_URL"):
         if "sslmode=verify-full" not in (env.get(k) or ""):
             problems.append(f"{name}: {k} is not verify-full")
+    for k in ("LOCAL_DB_URL", "REMOTE_DB_URL"):
+        if urlsplit(env.get(k) or "").password:
+            problems.append(f"{name}: {k} carries the superuser password")
+    for k in ("DUPLEX_REPLICATION_PASSWORD", "DUPLEX_PEER_REPLICATION_PASSWORD", "DUPLEX_MONITOR_PASSWORD"):
+        if k in env:
+            problems.append(f"{name}: has {k}, which only setup needs")
     for p in svc.get("ports") or []:
         if p.get("host_ip") != "127.0.0.1":
             problems.append(f"{name}: port {p.get('published')} published on {p.get('host_ip') or 'every address'}")
@@ -277,11 +286,33 @@ for name in ("duplex-main", "duplex-cloud"):
         problems.append(f"{name}: does not wait for postgres-{role} to be healthy")
     if svc.get("build", {}).get("dockerfile") != "docker/Dockerfile":
         problems.append(f"{name}: not built from docker/Dockerfile")
+setups = {}
+for role in ("main", "cloud"):
+    name = f"setup-{role}"
+    svc = s.get(name) or {}
+    env = svc.get("environment") or {}
+    setups[role] = env
+    if svc.get("command") != ["setup"] or svc.get("profiles") != ["setup"]:
+        problems.append(f"{name}: not `setup` in profile setup")
+    if env.get("INSTANCE_ROLE") != role:
+        problems.append(f"{name}: INSTANCE_ROLE={env.get('INSTANCE_ROLE')}")
+    for k in ("LOCAL_DB_URL", "REMOTE_DB_URL"):
+        u = env.get(k) or ""
+        if not urlsplit(u).password or "sslmode=verify-full" not in u:
+            problems.append(f"{name}: {k} has no password or is not verify-full")
+    for k in ("DUPLEX_REPLICATION_PASSWORD", "DUPLEX_PEER_REPLICATION_PASSWORD", "DUPLEX_MONITOR_PASSWORD"):
+        if not env.get(k):
+            problems.append(f"{name}: {k} is not set")
+m, cl = setups["main"], setups["cloud"]
+if not (m.get("DUPLEX_REPLICATION_PASSWORD") == cl.get("DUPLEX_PEER_REPLICATION_PASSWORD")
+        and cl.get("DUPLEX_REPLICATION_PASSWORD") == m.get("DUPLEX_PEER_REPLICATION_PASSWORD")
+        and m.get("DUPLEX_REPLICATION_PASSWORD") != cl.get("DUPLEX_REPLICATION_PASSWORD")):
+    problems.append("the replication passwords are not one per direction, crosswise")
 print("; ".join(problems))
 sys.exit(1 if problems else 0)
 PY
 )"; then
-      record PASS compose "Docker Compose $cversion config: valid; API on 127.0.0.1 only, PostgreSQL unpublished, URLs verify-full, server settings present"
+      record PASS compose "Docker Compose $cversion config: valid; API on 127.0.0.1 only, PostgreSQL unpublished, URLs verify-full, controllers on the monitoring role without superuser or replication passwords, setup services with them (one replication password per direction), server settings present"
     else
       record FAIL compose "$out"
     fi
@@ -370,6 +401,14 @@ PY
       connect "$base host=postgres-main dbname=app user=postgres sslmode=verify-full" \
         "CREATE ROLE duplex_replicator LOGIN REPLICATION PASSWORD 'rep-secret'" >/dev/null \
         || problems+=("could not create duplex_replicator")
+      connect "$base host=postgres-main dbname=app user=postgres sslmode=verify-full" \
+        "CREATE ROLE duplex_monitor LOGIN PASSWORD 'mon-secret'" >/dev/null \
+        || problems+=("could not create duplex_monitor")
+      PW=mon-secret
+      got="$(connect "$base host=postgres-main dbname=app user=duplex_monitor sslmode=verify-full" "SELECT current_user")" || true
+      [ "$got" = duplex_monitor ] || problems+=("duplex_monitor into app: $got")
+      refused "$base host=postgres-main dbname=postgres user=duplex_monitor sslmode=verify-full" \
+        "pg_hba.conf rejects connection" "duplex_monitor into database postgres"
       PW=rep-secret
       got="$(connect "$base host=postgres-main dbname=app user=duplex_replicator sslmode=verify-full" "SELECT current_user")" || true
       [ "$got" = duplex_replicator ] || problems+=("duplex_replicator into app: $got")
@@ -389,7 +428,7 @@ PY
     problems+=("initdb or CREATE DATABASE app failed")
   fi
   if [ ${#problems[@]} -eq 0 ]; then
-    record PASS postgres "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $NF}') with compose.yaml's settings and pg_hba.conf: TLSv1.3 verify-full as postgres-main; refused: other name, no TLS, other database, physical replication"
+    record PASS postgres "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $NF}') with compose.yaml's settings and pg_hba.conf: TLSv1.3 verify-full as postgres-main; monitoring and replication roles into app; refused: other name, no TLS, other database, physical replication"
   else
     record FAIL postgres "$(IFS=';'; echo "${problems[*]}")"
   fi
