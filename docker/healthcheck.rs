@@ -9,7 +9,9 @@
 //!
 //! The address is the first argument, else `DUPLEX_HTTP_ADDR`, else `127.0.0.1:8787`,
 //! the daemon's default. An unspecified address (`0.0.0.0:8787`, `[::]:8787`: the daemon
-//! listens on every interface of the container) is asked on loopback.
+//! listens on every interface of the container) is asked on loopback. Plain HTTP only: an
+//! API given a certificate (`DUPLEX_TLS_CERT`) answers HTTPS alone, and this probe then
+//! reports it unhealthy.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};

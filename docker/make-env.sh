@@ -71,8 +71,8 @@ write() {
 env_files() {
   write "$1.env" <<EOF
 # duplex beside $1 (docker/compose.yaml), every command but setup. Made by
-# docker/make-env.sh: secrets, mode 0600, never commit. INSTANCE_ROLE and
-# DUPLEX_HTTP_ADDR are set in compose.yaml.
+# docker/make-env.sh: secrets, mode 0600, never commit. INSTANCE_ROLE is set in
+# compose.yaml.
 LOCAL_MONITOR_URL=postgres://duplex_monitor:$monitor_pw@$2:5432/app?$tls
 REMOTE_MONITOR_URL=postgres://duplex_monitor:$monitor_pw@$4:5432/app?$tls
 # The setup login without its password: the configuration needs both URLs, only setup

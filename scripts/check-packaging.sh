@@ -14,7 +14,8 @@
 #                0600; docker/make-env.sh: files 0600; both keep what exists
 #   compose      `docker compose config` (Docker Compose v5, the compose-spec schema and
 #                its own checks) on docker/compose.yaml with those files, then: ports
-#                published on 127.0.0.1 only, PostgreSQL not published, every database
+#                published on 127.0.0.1 only, PostgreSQL not published, the API in plain
+#                HTTP on loopback only, every database
 #                URL verify-full, the controllers without any superuser or replication
 #                password (monitoring role), the setup services with them, one
 #                replication password per direction, the server settings duplex needs
@@ -279,6 +280,9 @@ for name in ("duplex-main", "duplex-cloud"):
     for p in svc.get("ports") or []:
         if p.get("host_ip") != "127.0.0.1":
             problems.append(f"{name}: port {p.get('published')} published on {p.get('host_ip') or 'every address'}")
+    addr = env.get("DUPLEX_HTTP_ADDR", "127.0.0.1:8787")
+    if not (addr.startswith("127.") or addr.startswith("[::1]")) and not env.get("DUPLEX_TLS_CERT"):
+        problems.append(f"{name}: API on {addr} in plain HTTP (duplex refuses it)")
     if svc.get("user") in ("root", "0") or svc.get("privileged"):
         problems.append(f"{name}: runs as root or privileged")
     dep = (svc.get("depends_on") or {}).get(f"postgres-{role}", {})
@@ -312,7 +316,7 @@ print("; ".join(problems))
 sys.exit(1 if problems else 0)
 PY
 )"; then
-      record PASS compose "Docker Compose $cversion config: valid; API on 127.0.0.1 only, PostgreSQL unpublished, URLs verify-full, controllers on the monitoring role without superuser or replication passwords, setup services with them (one replication password per direction), server settings present"
+      record PASS compose "Docker Compose $cversion config: valid; nothing published beyond host loopback, API plain HTTP on loopback only, PostgreSQL unpublished, URLs verify-full, controllers on the monitoring role without superuser or replication passwords, setup services with them (one replication password per direction), server settings present"
     else
       record FAIL compose "$out"
     fi
