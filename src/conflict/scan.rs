@@ -581,12 +581,33 @@ pub async fn compare(
     compare_shaped(main, cloud, &shape, max_differences).await
 }
 
-async fn compare_shaped(
+/// Run `sql` with `params` on both sides at once: (main's rows, cloud's rows). `what`
+/// names the work in errors ("main: <what>").
+async fn on_both(
     main: &Client,
     cloud: &Client,
-    shape: &Shape,
-    max_differences: usize,
-) -> Result<TableDiff, Error> {
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), pg::Error> {
+    tokio::try_join!(
+        async {
+            main.query(sql, params)
+                .await
+                .context(format!("main: {what}"))
+        },
+        async {
+            cloud
+                .query(sql, params)
+                .await
+                .context(format!("cloud: {what}"))
+        }
+    )
+}
+
+/// Open a read-only snapshot on each side (`BEGIN ... REPEATABLE READ`); the caller ends
+/// both with [`end_snapshots`] whatever happens in between.
+async fn begin_snapshots(main: &Client, cloud: &Client) -> Result<(), Error> {
     let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     main.batch_execute(begin)
         .await
@@ -599,10 +620,24 @@ async fn compare_shaped(
         }
         .into());
     }
-    let result = compare_in_snapshot(main, cloud, shape, max_differences).await;
+    Ok(())
+}
+
+async fn end_snapshots(main: &Client, cloud: &Client) {
     for c in [main, cloud] {
         let _ = c.batch_execute("COMMIT").await;
     }
+}
+
+async fn compare_shaped(
+    main: &Client,
+    cloud: &Client,
+    shape: &Shape,
+    max_differences: usize,
+) -> Result<TableDiff, Error> {
+    begin_snapshots(main, cloud).await?;
+    let result = compare_in_snapshot(main, cloud, shape, max_differences).await;
+    end_snapshots(main, cloud).await;
     let mut diff = result?;
     diff.method = if shape.binary { "binary" } else { "text" };
     diff.mode = "full";
@@ -638,22 +673,9 @@ async fn compare_incremental(
             return Ok(None);
         }
     }
-    let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    main.batch_execute(begin)
-        .await
-        .context("main: starting the scan snapshot")?;
-    if let Err(e) = cloud.batch_execute(begin).await {
-        let _ = main.batch_execute("ROLLBACK").await;
-        return Err(pg::Error::Query {
-            context: "cloud: starting the scan snapshot".into(),
-            source: e,
-        }
-        .into());
-    }
+    begin_snapshots(main, cloud).await?;
     let result = incremental_in_snapshot(main, cloud, s, rel, since, max_differences).await;
-    for c in [main, cloud] {
-        let _ = c.batch_execute("COMMIT").await;
-    }
+    end_snapshots(main, cloud).await;
     let Some(mut diff) = result? else {
         return Ok(None);
     };
@@ -710,19 +732,7 @@ async fn incremental_in_snapshot(
     let hashes = s.keyed_hash_sql();
     for chunk in keys.chunks(RANGE_BATCH) {
         let list = format!("[{}]", chunk.join(","));
-        let (rm, rc) = tokio::try_join!(
-            async {
-                main.query(&hashes, &[&list])
-                    .await
-                    .context("main: hashing the changed rows")
-            },
-            async {
-                cloud
-                    .query(&hashes, &[&list])
-                    .await
-                    .context("cloud: hashing the changed rows")
-            }
-        )?;
+        let (rm, rc) = on_both(main, cloud, &hashes, &[&list], "hashing the changed rows").await?;
         bytes_read += 8 * (rm.len() + rc.len()) as u64;
         let theirs: HashMap<String, Option<i64>> =
             rc.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -957,19 +967,7 @@ async fn measure(
             }
             let param = ranges_json(idx.iter().map(|&i| (&chunk[i], 0)));
             let sql = s.agg_sql(open);
-            let (rm, rc) = tokio::try_join!(
-                async {
-                    main.query(&sql, &[&param])
-                        .await
-                        .context("main: measuring key ranges")
-                },
-                async {
-                    cloud
-                        .query(&sql, &[&param])
-                        .await
-                        .context("cloud: measuring key ranges")
-                }
-            )?;
+            let (rm, rc) = on_both(main, cloud, &sql, &[&param], "measuring key ranges").await?;
             for (side, rows) in [(0, rm), (1, rc)] {
                 *bytes += rows.len() as u64 * 24;
                 for row in rows {
@@ -1011,19 +1009,7 @@ async fn rows(
         }
         let param = ranges_json(idx.iter().map(|&i| (&ranges[i], 0)));
         let sql = s.rows_sql(open);
-        let (rm, rc) = tokio::try_join!(
-            async {
-                main.query(&sql, &[&param])
-                    .await
-                    .context("main: reading row hashes")
-            },
-            async {
-                cloud
-                    .query(&sql, &[&param])
-                    .await
-                    .context("cloud: reading row hashes")
-            }
-        )?;
+        let (rm, rc) = on_both(main, cloud, &sql, &[&param], "reading row hashes").await?;
         for (side, rows) in [(0, rm), (1, rc)] {
             for row in rows {
                 let ord: i64 = row.get(0);
