@@ -419,7 +419,7 @@ async fn login_finding(report: &mut Report, side: Role, client: &Client, var: &s
             subject,
             format!("{user} is a superuser, and `duplex run` would hold its session ({var})"),
             Some(&format!(
-                "set DUPLEX_MONITOR_PASSWORD and run `duplex setup` to create the monitoring role, then point {} at it (docs/security.md)",
+                "point {} at a monitoring role (setup creates one on both sides when DUPLEX_MONITOR_PASSWORD is set; docs/security.md)",
                 var.replace("_DB_", "_MONITOR_")
             )),
         ),
