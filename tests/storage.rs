@@ -1452,3 +1452,64 @@ async fn the_queue_grows_while_disconnected_and_drains_on_reconnection() {
     let (clean, _) = d.stop().await;
     assert!(clean);
 }
+
+#[tokio::test]
+async fn a_thousand_queued_files_complete_without_errors() {
+    let pair = pair_with_user().await;
+    let (main_s, cloud_s) = (Side::lab("MAIN", &pair.id), Side::lab("CLOUD", &pair.id));
+    let main = pair.main().await;
+    // Upload 1,000 small files to cloud's store, 16 at a time.
+    let mut keys = Vec::new();
+    let mut uploads = tokio::task::JoinSet::new();
+    for i in 0..1000u64 {
+        let data = bytes(1000 + i, 2048 + (i as usize % 7) * 100);
+        let key = format!("load/{i:04}.bin");
+        keys.push((key.clone(), sha256(&data), data.len() as i64));
+        let side = cloud_s.clone();
+        uploads.spawn(async move { side.put(&key, &data).await });
+        if uploads.len() >= 16 {
+            uploads.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = uploads.join_next().await {
+        r.unwrap();
+    }
+    main.execute(
+        r#"INSERT INTO "JumpLog" ("id", "userId", "jumpNumber", "altitude", "freefallTime",
+                                  "storageUrl", "hash", "fileSize")
+           SELECT k, 'u1', 1, 4000, 60, k, h, s
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(k, h, s)"#,
+        &[
+            &keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+            &keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>(),
+            &keys.iter().map(|k| k.2).collect::<Vec<_>>(),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let (code, out, err) = duplex(
+        &pair,
+        "main",
+        &storage_env(&main_s, &cloud_s),
+        &["storage", "sync", "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(report["scan"]["missing"], 1000);
+    assert_eq!(report["transferred"], 1000);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(main_s.keys().await.len(), 1000);
+    assert_eq!(queue_len(&main).await, 0);
+    let ok: i64 = main
+        .query_one(
+            "SELECT count(*) FROM duplex.sync_log WHERE sync_type = 'STORAGE_TO_MAIN' AND status = 'SUCCESS'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ok, 1000);
+}
