@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The local duplex lab: two PostgreSQL clusters on loopback, "main" on port
 # 55432 and "cloud" on port 55433 (DUPLEX_LAB_PORT_BASE moves them), each with logical
-# replication enabled and a database `app`.
+# replication enabled and a database `app`; and one S3 server per side (Garage, single
+# node): main's S3 API on 127.0.0.1:3900, cloud's on 127.0.0.1:3910, each with a bucket
+# (`duplex-main`, `duplex-cloud`) and an access key allowed on it.
 #
 #   scripts/lab.sh up              provision binaries, init and start both (idempotent)
-#   scripts/lab.sh env             print `export` lines for the lab (URLs, duplex variables)
+#   scripts/lab.sh env             print `export` lines for the lab (URLs, duplex variables,
+#                                  the S3 servers' URLs and keys)
 #   scripts/lab.sh status          show what is running
-#   scripts/lab.sh down            stop both clusters by PID, keep their data
+#   scripts/lab.sh down            stop both clusters and both S3 servers by PID, keep their data
+#   scripts/lab.sh s3-stop SIDE    stop one S3 server (s3-start SIDE starts it again)
+#   scripts/lab.sh garage-bin      print the Garage binary (building it first if needed)
+#   scripts/lab.sh moto-path       print the directory holding moto (the second S3 server the
+#                                  storage tests start themselves), installing it if needed
 #   scripts/lab.sh stop SIDE [immediate]   stop one cluster (tests use `immediate`)
 #   scripts/lab.sh start SIDE      start one cluster again
 #   scripts/lab.sh reset           stop both and wipe the lab's data
@@ -30,11 +37,18 @@
 #                /var/lib/duplex-lab when run as root)
 #   DUPLEX_CACHE_DIR where downloaded binaries are cached (default: ~/.cache/duplex, or
 #                /var/cache/duplex when run as root)
+#   GARAGE_VERSION   the Garage release built from crates.io (`cargo install garage --locked`)
+#                into DUPLEX_CACHE_DIR/garage-VERSION when missing (default 2.5.0; the build
+#                takes about 9 minutes on two cores, once)
+#   GARAGE_BIN   use this Garage binary instead
+#   MOTO_VERSION the PyPI release of `moto[server]` for `moto-path` (default 5.2.5; 5.2.1
+#                breaks aws-sdk-s3's multipart uploads)
+#   DUPLEX_LAB_S3_PORT_BASE  main's S3 API port (default 3900, moved with
+#                DUPLEX_LAB_PORT_BASE: 3900 + (base - 55432)); main's RPC +1, admin +3;
+#                cloud's S3 API +10, RPC +11, admin +13
 #
 # When run as root the servers run as the unprivileged user `duplexlab`, which this
 # script creates; PostgreSQL refuses to run as root.
-#
-# The S3 servers of later issues get their own sections here (see `sides`).
 set -euo pipefail
 
 PG_VERSION_GIVEN="${PG_VERSION:-}"
@@ -335,6 +349,183 @@ stop_side() {
   die "$side (pid $pid) did not stop within 60 s"
 }
 
+# --- S3 servers: Garage, one single-node cluster per side ---------------------------
+
+GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
+S3_PORT_BASE="${DUPLEX_LAB_S3_PORT_BASE:-$((3900 + PORT_BASE - 55432))}"
+case "$S3_PORT_BASE" in
+  ''|*[!0-9]*) die "DUPLEX_LAB_S3_PORT_BASE=$S3_PORT_BASE is not a port number" ;;
+esac
+[ "$S3_PORT_BASE" -ge 1024 ] && [ "$S3_PORT_BASE" -le 65500 ] \
+  || die "the S3 ports would start at $S3_PORT_BASE: set DUPLEX_LAB_S3_PORT_BASE to 1024-65500"
+
+s3_port_of() {
+  case "$1" in
+    main) echo "$S3_PORT_BASE" ;;
+    cloud) echo "$((S3_PORT_BASE + 10))" ;;
+    *) die "unknown S3 side '$1': use main or cloud" ;;
+  esac
+}
+garage_dir() { echo "$LAB_DIR/garage-$1"; }
+bucket_of() { echo "duplex-$1"; }
+# The lab's S3 credentials, derived from the lab password like the PostgreSQL ones: a
+# loopback-only lab whose keys look like Garage's real ones (GK + 24 hex, 64 hex).
+s3_key_id_of() { printf 'GK%s' "$(printf 'duplex-lab-s3-id:%s' "$1" | sha256sum | cut -c1-24)"; }
+s3_secret_of() { printf 'duplex-lab-s3-secret:%s:%s' "$LAB_PASSWORD" "$1" | sha256sum | cut -c1-64; }
+
+# The Garage binary: GARAGE_BIN, or the cached build, built from crates.io when missing.
+find_garage() {
+  if [ -n "${GARAGE_BIN:-}" ]; then
+    [ -x "$GARAGE_BIN" ] || die "GARAGE_BIN=$GARAGE_BIN is not an executable"
+    echo "$GARAGE_BIN"; return
+  fi
+  local dest="$CACHE_DIR/garage-$GARAGE_VERSION"
+  if [ ! -x "$dest/bin/garage" ]; then
+    mkdir -p "$CACHE_DIR"
+    # Two labs starting at once build it once.
+    exec 9>"$CACHE_DIR/.garage-build.lock"
+    flock 9
+    if [ ! -x "$dest/bin/garage" ]; then
+      command -v cargo >/dev/null \
+        || die "cargo is needed to build Garage $GARAGE_VERSION (install Rust with rustup) or set GARAGE_BIN"
+      log "building Garage $GARAGE_VERSION from crates.io into $dest (once: about 9 minutes on two cores)"
+      rm -rf "$dest.partial"
+      cargo install garage --version "$GARAGE_VERSION" --locked --root "$dest.partial" >&2 \
+        || { rm -rf "$dest.partial"; die "cargo could not build Garage $GARAGE_VERSION (set GARAGE_VERSION or GARAGE_BIN)"; }
+      rm -rf "$dest"
+      mv "$dest.partial" "$dest"
+      chmod -R a+rX "$dest"
+    fi
+    flock -u 9
+  fi
+  echo "$dest/bin/garage"
+}
+
+# moto (PyPI `moto[server]`), an in-memory S3 server: the storage tests run the transfer
+# paths against it too, so nothing Garage-specific creeps in. Installed with pip into the
+# cache; the tests start and stop it themselves.
+find_moto() {
+  local version="${MOTO_VERSION:-5.2.5}" dest
+  dest="$CACHE_DIR/moto-$version"
+  if [ ! -f "$dest/.complete" ]; then
+    command -v python3 >/dev/null || die "python3 is needed for moto"
+    python3 -m pip --version >/dev/null 2>&1 || die "pip is needed for moto (e.g. apt-get install python3-pip)"
+    log "installing moto[server]==$version from PyPI into $dest"
+    rm -rf "$dest.partial"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dest.partial" \
+      "moto[server]==$version" >&2 || { rm -rf "$dest.partial"; die "pip could not install moto[server]==$version"; }
+    rm -rf "$dest"
+    mv "$dest.partial" "$dest"
+    touch "$dest/.complete"
+    chmod -R a+rX "$dest"
+  fi
+  echo "$dest"
+}
+
+s3_pid_of() {
+  local pidfile pid
+  pidfile="$(garage_dir "$1")/garage.pid"
+  [ -f "$pidfile" ] || return 1
+  pid="$(cat "$pidfile")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+garage_cli() {
+  local side="$1" garage="$2"; shift 2
+  as_lab "$garage" -c "$(garage_dir "$side")/garage.toml" "$@"
+}
+
+init_s3() {
+  local side="$1" dir s3 conf
+  dir="$(garage_dir "$side")"; s3="$(s3_port_of "$side")"; conf="$dir/garage.toml"
+  mkdir -p "$dir"
+  [ -n "$RUN_AS" ] && chown "$RUN_AS" "$LAB_DIR" "$dir"
+  # Rewritten on every start, so a moved port base takes effect.
+  (umask 077; cat >"$conf" <<EOF
+# duplex lab ($side): a single-node Garage
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((s3 + 1))"
+rpc_public_addr = "127.0.0.1:$((s3 + 1))"
+rpc_secret = "$(printf 'duplex-lab-rpc:%s:%s' "$LAB_PASSWORD" "$side" | sha256sum | cut -c1-64)"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$((s3 + 3))"
+EOF
+  )
+  [ -n "$RUN_AS" ] && chown "$RUN_AS" "$conf"
+  return 0
+}
+
+start_s3() {
+  local side="$1" garage="$2" dir i
+  dir="$(garage_dir "$side")"
+  init_s3 "$side"
+  if s3_pid_of "$side" >/dev/null; then
+    log "S3 $side already running (pid $(s3_pid_of "$side"))"
+  else
+    log "starting S3 (Garage) $side on 127.0.0.1:$(s3_port_of "$side")"
+    rm -f "$dir/garage.pid"
+    # The shell writes its own PID, then becomes Garage: the PID file names the server.
+    as_lab setsid sh -c 'echo $$ >"$1"; exec "$2" -c "$3" server' sh \
+      "$dir/garage.pid" "$garage" "$dir/garage.toml" >>"$LAB_DIR/garage-$side.log" 2>&1 </dev/null &
+  fi
+  for i in $(seq 1 120); do
+    if s3_pid_of "$side" >/dev/null && garage_cli "$side" "$garage" status >/dev/null 2>&1; then
+      break
+    fi
+    [ "$i" -lt 120 ] || { tail -n 20 "$LAB_DIR/garage-$side.log" >&2; die "S3 $side did not start within 60 s"; }
+    sleep 0.5
+  done
+  provision_s3 "$side" "$garage"
+}
+
+# Layout, key and bucket: each step only when missing, so `up` can run any number of times.
+provision_s3() {
+  local side="$1" garage="$2" node bucket key layout
+  bucket="$(bucket_of "$side")"; key="duplex-lab-$side"
+  # Read the whole output first: `grep -q` closing the pipe early fails it under pipefail.
+  layout="$(garage_cli "$side" "$garage" layout show 2>/dev/null || true)"
+  if ! printf '%s\n' "$layout" | grep -q 'Current cluster layout version: [1-9]'; then
+    node="$(garage_cli "$side" "$garage" node id -q | cut -d@ -f1)"
+    garage_cli "$side" "$garage" layout assign -z dc1 -c 1G "$node" >/dev/null
+    garage_cli "$side" "$garage" layout apply --version 1 >/dev/null
+    log "S3 $side: layout applied"
+  fi
+  if ! garage_cli "$side" "$garage" key info "$key" >/dev/null 2>&1; then
+    garage_cli "$side" "$garage" key import "$(s3_key_id_of "$side")" "$(s3_secret_of "$side")" \
+      -n "$key" --yes >/dev/null
+    log "S3 $side: key $key imported"
+  fi
+  if ! garage_cli "$side" "$garage" bucket info "$bucket" >/dev/null 2>&1; then
+    garage_cli "$side" "$garage" bucket create "$bucket" >/dev/null
+    log "S3 $side: bucket $bucket created"
+  fi
+  garage_cli "$side" "$garage" bucket allow --read --write --owner "$bucket" --key "$key" >/dev/null
+}
+
+stop_s3() {
+  local side="$1" pid i
+  if ! pid="$(s3_pid_of "$side")"; then
+    log "S3 $side is not running"; return 0
+  fi
+  log "stopping S3 $side (pid $pid)"
+  kill -s TERM "$pid"
+  for i in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$(garage_dir "$side")/garage.pid"; return 0; }
+    sleep 0.1
+  done
+  die "S3 $side (pid $pid) did not stop within 30 s"
+}
+
 print_env() {
   local bin="$1"
   cat <<EOF
@@ -350,6 +541,17 @@ export CLOUD_DB_URL='postgres://postgres:$LAB_PASSWORD@127.0.0.1:$CLOUD_PORT/app
 # duplex beside main: INSTANCE_ROLE=main LOCAL_DB_URL=\$MAIN_DB_URL REMOTE_DB_URL=\$CLOUD_DB_URL
 # duplex beside cloud: INSTANCE_ROLE=cloud LOCAL_DB_URL=\$CLOUD_DB_URL REMOTE_DB_URL=\$MAIN_DB_URL
 export DUPLEX_REPLICATION_PASSWORD='lab-replication-secret'
+# S3 servers (Garage): storage URLs name endpoint and bucket (docs/configuration.md)
+export MAIN_STORAGE_URL='http://127.0.0.1:$(s3_port_of main)/$(bucket_of main)?region=garage'
+export CLOUD_STORAGE_URL='http://127.0.0.1:$(s3_port_of cloud)/$(bucket_of cloud)?region=garage'
+export MAIN_STORAGE_ACCESS_KEY_ID='$(s3_key_id_of main)'
+export MAIN_STORAGE_SECRET_ACCESS_KEY='$(s3_secret_of main)'
+export CLOUD_STORAGE_ACCESS_KEY_ID='$(s3_key_id_of cloud)'
+export CLOUD_STORAGE_SECRET_ACCESS_KEY='$(s3_secret_of cloud)'
+# duplex beside main: LOCAL_STORAGE_URL=\$MAIN_STORAGE_URL REMOTE_STORAGE_URL=\$CLOUD_STORAGE_URL
+#   LOCAL_STORAGE_ACCESS_KEY_ID=\$MAIN_STORAGE_ACCESS_KEY_ID LOCAL_STORAGE_SECRET_ACCESS_KEY=\$MAIN_STORAGE_SECRET_ACCESS_KEY
+#   REMOTE_STORAGE_ACCESS_KEY_ID=\$CLOUD_STORAGE_ACCESS_KEY_ID REMOTE_STORAGE_SECRET_ACCESS_KEY=\$CLOUD_STORAGE_SECRET_ACCESS_KEY
+# (beside cloud: the same with MAIN and CLOUD swapped)
 EOF
 }
 
@@ -365,7 +567,26 @@ case "$cmd" in
     for side in main cloud; do
       init_side "$side" "$bin"; enable_tls "$side" "$bin"; start_side "$side" "$bin"
     done
-    log "lab is up: main 127.0.0.1:$MAIN_PORT, cloud 127.0.0.1:$CLOUD_PORT (run: eval \"\$(scripts/lab.sh env)\")"
+    garage="$(find_garage)"
+    for side in main cloud; do start_s3 "$side" "$garage"; done
+    log "lab is up: main 127.0.0.1:$MAIN_PORT (S3 :$(s3_port_of main)), cloud 127.0.0.1:$CLOUD_PORT (S3 :$(s3_port_of cloud)) (run: eval \"\$(scripts/lab.sh env)\")"
+    ;;
+  garage-bin)
+    find_garage
+    ;;
+  moto-path)
+    find_moto
+    ;;
+  s3-stop)
+    [ -n "${2:-}" ] || die "usage: lab.sh s3-stop main|cloud"
+    s3_port_of "$2" >/dev/null
+    stop_s3 "$2"
+    ;;
+  s3-start)
+    [ -n "${2:-}" ] || die "usage: lab.sh s3-start main|cloud"
+    s3_port_of "$2" >/dev/null
+    ensure_user
+    start_s3 "$2" "$(find_garage)"
     ;;
   env)
     print_env "$(find_pg_bin)"
@@ -394,9 +615,17 @@ case "$cmd" in
         echo "$side: not initialised"
       fi
     done
+    for side in main cloud; do
+      if pid="$(s3_pid_of "$side")"; then
+        echo "s3 $side: running (pid $pid, http://127.0.0.1:$(s3_port_of "$side")/$(bucket_of "$side"), data $(garage_dir "$side"))"
+      else
+        echo "s3 $side: stopped"
+      fi
+    done
     ;;
   down)
     for side in main cloud pg15 replica small; do stop_side "$side" fast; done
+    for side in main cloud; do stop_s3 "$side"; done
     ;;
   stop)
     [ -n "${2:-}" ] || die "usage: lab.sh stop main|cloud [fast|immediate]"
@@ -411,11 +640,12 @@ case "$cmd" in
     ;;
   reset)
     for side in main cloud pg15 replica small; do stop_side "$side" immediate; done
+    for side in main cloud; do stop_s3 "$side"; done
     log "wiping $LAB_DIR"
     rm -rf "$LAB_DIR"
     ;;
   *)
-    sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the whole test suite: brings up the lab (two PostgreSQL clusters plus the two
-# fixture clusters the refusal tests need) if it is not running, then runs every test.
+# Run the whole test suite: brings up the lab (two PostgreSQL clusters, two Garage S3
+# servers, plus the fixture clusters the refusal tests need) if it is not running,
+# installs moto (the second S3 server the storage tests start), then runs every test.
 # Extra arguments go to `cargo test` instead of `--all-targets` (e.g. `scripts/test.sh
 # --test replication --test daemon`). The lab's variables select the lab: another
 # PostgreSQL version in a second lab beside the first (docs/compatibility.md):
@@ -13,6 +14,10 @@ command -v cargo >/dev/null || { echo "test: cargo is needed (install Rust with 
 scripts/lab.sh up
 scripts/lab.sh up-fixtures
 eval "$(scripts/lab.sh env)"
+DUPLEX_MOTO_PATH="$(scripts/lab.sh moto-path)"
+export DUPLEX_MOTO_PATH
+# Local S3 endpoints: a CA bundle meant for real AWS only gets in the way.
+unset AWS_CA_BUNDLE || true
 
 if [ "$#" -eq 0 ]; then
   cargo test --all-targets

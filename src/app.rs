@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::conflict::worker::{self as housekeeping, Housekeeper};
 use crate::http::{self, AppState};
+use crate::mirror::worker::{self as mirror, Mirror};
 use crate::notify::{self, Notifier};
 use crate::pg;
 use crate::replication::monitor::{self, Monitor};
@@ -157,7 +158,15 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         .report()
         .send_modify(|r| r.recorded = Some(recorded));
     let connection = monitor.report().subscribe();
+    let peer = monitor.report().subscribe();
     let scanner = Scanner::new(settings.clone(), monitor.immediate_sync());
+    let mirror = Mirror::new(
+        settings.clone(),
+        monitor.immediate_sync(),
+        Arc::new(move || {
+            peer.borrow().state == crate::replication::state::ConnectionState::Disconnected
+        }),
+    );
     let housekeeper = Housekeeper::new(
         settings.clone(),
         std::sync::Arc::new(move || {
@@ -175,6 +184,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         settings.clone(),
         monitor.report(),
         housekeeper.report(),
+        mirror.report(),
         pool,
         trigger_tx,
         Arc::new(http::server::Stats::default()),
@@ -187,6 +197,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
         retention::NAME,
         Retention::new(settings.clone()).run(cancel.clone()),
     );
+    workers.spawn(mirror::NAME, mirror.run(cancel.clone()));
     let app = http::router(state);
     workers.spawn(
         "http",

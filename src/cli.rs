@@ -16,10 +16,12 @@ pub const EXIT_CONFIG: u8 = 2;
 /// What `duplex --help` says after the commands: the environment and the exit codes.
 const AFTER_HELP: &str = "\
 Environment (or the same keys in the --config file; docs/configuration.md lists every key):
-  INSTANCE_ROLE     main (on-site) or cloud; required by setup, check, status, run, config, conflicts
+  INSTANCE_ROLE     main (on-site) or cloud; required by setup, check, status, run, config, conflicts, storage
   LOCAL_DB_URL      postgres:// URL of the instance duplex runs beside (or DATABASE_URL); required
   REMOTE_DB_URL     postgres:// URL of the peer instance; required
   DUPLEX_REPLICATION_PASSWORD   password of the replication role that setup creates
+  LOCAL_STORAGE_URL, REMOTE_STORAGE_URL   object stores of the storage mirror (http://host:port/bucket,
+                    s3://bucket, file:///dir), keys in LOCAL_/REMOTE_STORAGE_ACCESS_KEY_ID and _SECRET_ACCESS_KEY
   DUPLEX_HTTP_ADDR, DUPLEX_ADMIN_TOKEN   the daemon's API; all that pause, resume and trigger need
   DUPLEX_LOG        log filter, e.g. debug or info,duplex=debug (default info)
 
@@ -109,11 +111,51 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The object-storage mirror: scan, sync, status.
+    Storage {
+        /// What to do.
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// Conflicts: list, show, resolve by hand.
     Conflicts {
         /// What to do with the conflict log.
         #[command(subcommand)]
         action: ConflictsAction,
+    },
+}
+
+/// `duplex storage ...`
+#[derive(Debug, Subcommand)]
+pub enum StorageAction {
+    /// Compare the files local rows reference with this side's store and update the
+    /// queue (what is missing); transfer nothing.
+    Scan {
+        /// Report only: change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One mirror cycle now: scan, then copy what is missing from the peer's store,
+    /// verified. Exit 1 when a file failed.
+    Sync {
+        /// Scan and list what would be copied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The queue: files waiting, failures, rows that cannot be mirrored.
+    Status {
+        /// Also list up to this many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -182,6 +224,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Command::Conflicts { action } => run_conflicts(&settings, action).await,
+        Command::Storage { action } => run_storage(&settings, action).await,
         Command::Scan {
             table,
             full,
@@ -917,4 +960,136 @@ fn conflict_table(entries: &[crate::store::conflict_log::Conflict]) -> String {
         out.push_str(&line(r));
     }
     out
+}
+
+/// `duplex storage scan|sync|status`.
+async fn run_storage(settings: &Settings, action: StorageAction) -> anyhow::Result<ExitCode> {
+    use crate::mirror::cycle::{self, Request};
+    use crate::mirror::throttle::Throttle;
+    let (req, json) = match action {
+        StorageAction::Status { limit, json } => {
+            return storage_status(settings, limit, json).await
+        }
+        StorageAction::Scan { dry_run, json } => (
+            Request {
+                dry_run,
+                scan_only: true,
+            },
+            json,
+        ),
+        StorageAction::Sync { dry_run, json } => (
+            Request {
+                dry_run,
+                scan_only: false,
+            },
+            json,
+        ),
+    };
+    let throttle = Throttle::new(settings.max_transfer_rate_bytes);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.cancel();
+        }
+    });
+    let report = cycle::run(settings, req, &throttle, false, &cancel, &mut |_| {}).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let s = &report.scan;
+        println!(
+            "scan: {} file(s) referenced, {} present, {} missing ({} with the wrong size), {} invalid row(s), {:.1} s",
+            s.referenced, s.present, s.missing, s.wrong_size, s.invalid, s.seconds
+        );
+        for i in &report.invalid {
+            println!(
+                "invalid: {} row {} (key {:?}): {}",
+                i.file.table, i.file.row_ref, i.file.object_key, i.reason
+            );
+        }
+        if report.dry_run {
+            for m in &report.would_transfer {
+                println!(
+                    "would copy: {} ({} bytes, {} row {})",
+                    m.object_key, m.size, m.table, m.row_ref
+                );
+            }
+            println!("dry run: nothing was changed");
+        } else {
+            if let Some(why) = &report.skipped {
+                println!("transfers skipped: {why}");
+            } else {
+                println!(
+                    "copied {} file(s), {} bytes, {:.0} B/s; {} failed",
+                    report.transferred, report.bytes, report.rate_bytes_per_sec, report.failed
+                );
+            }
+            for f in &report.failures {
+                println!(
+                    "FAILED: {} ({} row {}): {}",
+                    f.file.object_key, f.file.table, f.file.row_ref, f.error
+                );
+            }
+            println!(
+                "queue: {} file(s) waiting, {} invalid row(s)",
+                report.queue.queued, report.queue.invalid
+            );
+        }
+    }
+    Ok(if report.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `duplex storage status`: the queue as the database holds it.
+async fn storage_status(settings: &Settings, limit: i64, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::store::storage_queue;
+    let mut local = pg::connect(&settings.local_db_url, "local", "storage").await?;
+    crate::mirror::cycle::prepare(&mut local, settings).await?;
+    let summary = storage_queue::summary(&local).await?;
+    let entries = storage_queue::list(&local, limit.clamp(0, 10_000)).await?;
+    let configured = crate::mirror::cycle::stores(settings)
+        .err()
+        .map(|e| e.to_string());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "configured": configured.is_none(),
+                "not_configured": configured,
+                "queue": summary,
+                "entries": entries,
+            }))?
+        );
+    } else {
+        if let Some(why) = &configured {
+            println!("{why}");
+        }
+        println!(
+            "queue: {} file(s) waiting ({} bytes), {} of them failed last time; {} invalid row(s)",
+            summary.queued, summary.queued_bytes, summary.failed, summary.invalid
+        );
+        if let (Some(k), Some(at)) = (&summary.oldest_key, summary.oldest_priority) {
+            println!("oldest waiting: {k} ({at})");
+        }
+        for e in &entries {
+            println!(
+                "{:<8} {} ({} row {}, {} bytes, {} attempt(s)){}",
+                e.state,
+                e.file.object_key,
+                e.file.table,
+                e.file.row_ref,
+                e.file.size,
+                e.attempts,
+                e.last_error
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

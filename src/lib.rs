@@ -13,6 +13,7 @@
 //!   `status`.
 //! - [`alerts`]: the alert engine: raised once per incident, cleared once.
 //! - [`notify`]: webhook and e-mail notifications, rate-limited, and their worker.
+//! - [`mirror`]: the object-storage mirror: stores, inventory, verified transfers, worker.
 //! - [`http`]: health, status, control and metrics API.
 //! - [`retention`]: the worker that prunes `duplex.sync_log` past its retention.
 //! - [`app`]: `duplex run`: workers, HTTP server, shutdown.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod http;
+pub mod mirror;
 pub mod model;
 pub mod notify;
 pub mod pg;

@@ -12,6 +12,7 @@ mod keys;
 mod monitor;
 mod notifications;
 mod replication;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +28,7 @@ use self::keys::{Key, Problems, Section};
 pub use self::monitor::MonitorSettings;
 pub use self::notifications::NotificationSettings;
 pub use self::replication::{ReplicationSettings, TableSelection};
+pub use self::storage::{Endpoint, FileColumns, StorageSettings};
 use crate::model::Role;
 use crate::secret::SecretUrl;
 
@@ -64,6 +66,7 @@ const TOP_KEYS: &[&str] = &[
     "notifications",
     "conflicts",
     "monitor",
+    "storage",
 ];
 
 /// The environment variables duplex reads, with the config key each overrides.
@@ -80,6 +83,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     MAX_CONCURRENT_TRANSFERS.env_pair(),
     replication::SLOT_NAME.env_pair(),
     MAX_TRANSFER_RATE.env_pair(),
+    storage::LOCAL_KEY_ID.env_pair(),
+    storage::LOCAL_SECRET.env_pair(),
+    storage::REMOTE_KEY_ID.env_pair(),
+    storage::REMOTE_SECRET.env_pair(),
     replication::PASSWORD.env_pair(),
     replication::PEER_PASSWORD.env_pair(),
     monitor::PASSWORD.env_pair(),
@@ -110,16 +117,17 @@ pub struct Settings {
     pub local_monitor_url: Option<SecretUrl>,
     /// `REMOTE_MONITOR_URL`: likewise for the peer. Default: `REMOTE_DB_URL`.
     pub remote_monitor_url: Option<SecretUrl>,
-    /// `LOCAL_STORAGE_URL`: this side's S3-compatible store (used by the storage mirror).
+    /// `LOCAL_STORAGE_URL`: this side's object store (S3-compatible endpoint, bucket and
+    /// prefix, or `file:///dir`); parsed into `storage.local`.
     pub local_storage_url: Option<SecretUrl>,
-    /// `REMOTE_STORAGE_URL`: the peer's store.
+    /// `REMOTE_STORAGE_URL`: the peer's store; parsed into `storage.remote`.
     pub remote_storage_url: Option<SecretUrl>,
     /// `SYNC_ENABLED`: whether workers that move data run. Default true.
     pub sync_enabled: bool,
     /// `SYNC_INTERVAL_MINUTES`: period of the storage/conflict sync cycle. Default 5 min.
     #[serde(rename = "sync_interval_minutes", serialize_with = "as_minutes")]
     pub sync_interval: Duration,
-    /// `MAX_CONCURRENT_TRANSFERS`: parallel object transfers. Default 4.
+    /// `MAX_CONCURRENT_TRANSFERS`: parallel object transfers. Default 3.
     pub max_concurrent_transfers: u64,
     /// `MAX_TRANSFER_RATE`: bytes per second across transfers (`10MB`, `512KiB`); 0 means
     /// unlimited. Default 0. Shown under its key, `max_transfer_rate`, in bytes per second.
@@ -139,6 +147,8 @@ pub struct Settings {
     pub conflicts: ConflictSettings,
     /// The monitoring role setup creates.
     pub monitor: MonitorSettings,
+    /// The object-storage mirror.
+    pub storage: StorageSettings,
 }
 
 impl Settings {
@@ -244,6 +254,8 @@ const SECRET_PATHS: &[&str] = &[
     REMOTE_MONITOR_URL.path,
     LOCAL_STORAGE_URL.path,
     REMOTE_STORAGE_URL.path,
+    storage::LOCAL_SECRET.path,
+    storage::REMOTE_SECRET.path,
     replication::PASSWORD.path,
     replication::PEER_PASSWORD.path,
     monitor::PASSWORD.path,
@@ -425,13 +437,23 @@ fn validate(
     }
     let local_monitor_url = t.url(&LOCAL_MONITOR_URL, pg);
     let remote_monitor_url = t.url(&REMOTE_MONITOR_URL, pg);
-    let s3 = &["http", "https", "s3"];
-    let local_storage_url = t.url(&LOCAL_STORAGE_URL, s3);
-    let remote_storage_url = t.url(&REMOTE_STORAGE_URL, s3);
+    let storage_url = |t: &mut Section<'_>, key: &Key| {
+        let raw = t.string(key).filter(|v| !v.trim().is_empty())?;
+        Some((t.label(key), raw))
+    };
+    let local_storage_raw = storage_url(&mut t, &LOCAL_STORAGE_URL);
+    let remote_storage_raw = storage_url(&mut t, &REMOTE_STORAGE_URL);
+    // Printable forms (password redacted); `storage` holds the parsed endpoints.
+    let local_storage_url = local_storage_raw
+        .as_ref()
+        .and_then(|(_, r)| SecretUrl::parse(r.trim()).ok());
+    let remote_storage_url = remote_storage_raw
+        .as_ref()
+        .and_then(|(_, r)| SecretUrl::parse(r.trim()).ok());
     let sync_enabled = t.bool(&SYNC_ENABLED, true);
     // Bounded, so the minutes-to-seconds product cannot overflow.
     let sync_interval = Duration::from_secs(t.whole(&SYNC_INTERVAL, 5, 1440, " (1 day)") * 60);
-    let max_concurrent_transfers = t.positive(&MAX_CONCURRENT_TRANSFERS, 4, 256);
+    let max_concurrent_transfers = t.positive(&MAX_CONCURRENT_TRANSFERS, 3, 256);
     let max_transfer_rate_bytes = t.bytes(&MAX_TRANSFER_RATE, 0);
     let tables = TableSelection::parse(&top, &mut problems);
     let replication = ReplicationSettings::parse(&top, role, &mut problems);
@@ -440,6 +462,8 @@ fn validate(
     let notifications = NotificationSettings::parse(&top, &mut problems);
     let conflicts = ConflictSettings::parse(&top, &mut problems);
     let monitor = MonitorSettings::parse(&top, &mut problems);
+    let storage =
+        StorageSettings::parse(&top, local_storage_raw, remote_storage_raw, &mut problems);
 
     match (role, local, remote, problems.list.is_empty()) {
         (Some(instance_role), Some(local_db_url), Some(remote_db_url), true) => Ok(Settings {
@@ -461,6 +485,7 @@ fn validate(
             notifications,
             conflicts,
             monitor,
+            storage,
         }),
         _ => {
             if problems.list.is_empty() {

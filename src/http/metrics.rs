@@ -13,6 +13,7 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 
 use super::AppState;
 use crate::conflict::worker as housekeeping;
+use crate::mirror::worker as mirror;
 use crate::model::Severity;
 use crate::replication::monitor::Report;
 use crate::replication::state::ConnectionState;
@@ -34,9 +35,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut report = state.report.borrow().clone();
     let conflicts = state.conflicts.borrow().clone();
     report.alerts.extend(conflicts.alerts.iter().cloned());
+    let storage = state.storage.borrow().clone();
     match render(
         &report,
         &conflicts,
+        &storage,
         log_counts.as_deref(),
         &state.connections,
     ) {
@@ -80,12 +83,16 @@ fn counter(
 fn render(
     r: &Report,
     c: &housekeeping::Report,
+    storage: &mirror::Report,
     log_counts: Option<&[conflict_log::Count]>,
     connections: &super::server::Stats,
 ) -> prometheus::Result<String> {
     let reg = Registry::new();
     render_housekeeping(&reg, c)?;
     render_connections(&reg, connections)?;
+    if storage.configured {
+        render_storage(&reg, storage)?;
+    }
     if let Some(counts) = log_counts {
         render_conflict_log(&reg, counts)?;
     }
@@ -331,6 +338,66 @@ fn render_conflict_log(reg: &Registry, counts: &[conflict_log::Count]) -> promet
     )?
     .with_label_values::<&str>(&[])
     .set(counts.iter().map(|n| n.open).sum());
+    Ok(())
+}
+
+/// The storage mirror: files and bytes since start, current rate, failures, the oldest
+/// waiting file's age (the queue size itself is `duplex_storage_queue_size`).
+fn render_storage(reg: &Registry, s: &mirror::Report) -> prometheus::Result<()> {
+    let files = counter(
+        reg,
+        "duplex_storage_files_transferred_total",
+        "Files copied into this side's store and verified, since start",
+        &[],
+    )?;
+    files
+        .with_label_values::<&str>(&[])
+        .inc_by(s.files_transferred);
+    let bytes = counter(
+        reg,
+        "duplex_storage_bytes_transferred_total",
+        "Bytes copied into this side's store and verified, since start",
+        &[],
+    )?;
+    bytes
+        .with_label_values::<&str>(&[])
+        .inc_by(s.bytes_transferred);
+    let failures = counter(
+        reg,
+        "duplex_storage_failures_total",
+        "File transfers that failed (mismatch, refused, gave up), since start",
+        &[],
+    )?;
+    failures.with_label_values::<&str>(&[]).inc_by(s.failures);
+    let rate = prometheus::Gauge::new(
+        "duplex_storage_transfer_rate_bytes",
+        "Bytes per second of the storage cycle in progress (0 between cycles)",
+    )?;
+    reg.register(Box::new(rate.clone()))?;
+    rate.set(s.current_rate_bytes_per_sec);
+    for (name, help, v) in [
+        (
+            "duplex_storage_invalid_rows",
+            "Rows whose file cannot be mirrored (bad key, hash or size)",
+            s.invalid_rows,
+        ),
+        (
+            "duplex_storage_queued_bytes",
+            "Bytes waiting in the storage queue",
+            s.queued_bytes,
+        ),
+        (
+            "duplex_storage_oldest_pending_seconds",
+            "Age of the oldest waiting file, by its priority column (0 when none)",
+            s.oldest_pending_at
+                .map(|t| (chrono::Utc::now() - t).num_seconds().max(0))
+                .unwrap_or(0),
+        ),
+    ] {
+        gauge(reg, name, help, &[])?
+            .with_label_values::<&str>(&[])
+            .set(v);
+    }
     Ok(())
 }
 

@@ -67,6 +67,8 @@ pub struct AppState {
     pub report: watch::Sender<Report>,
     /// The conflict housekeeping worker's latest report (clock offset, merge counters).
     pub conflicts: watch::Receiver<crate::conflict::worker::Report>,
+    /// The storage mirror's latest report (queue, bytes and files transferred, rate).
+    pub storage: watch::Receiver<crate::mirror::worker::Report>,
     /// Connections to the local instance for log queries and control.
     pub pool: Pool,
     /// Ask the monitor for a cycle now.
@@ -99,6 +101,7 @@ impl AppState {
         settings: Arc<Settings>,
         report: watch::Sender<Report>,
         conflicts: watch::Receiver<crate::conflict::worker::Report>,
+        storage: watch::Receiver<crate::mirror::worker::Report>,
         pool: Pool,
         trigger: mpsc::Sender<TriggerRequest>,
         connections: Arc<server::Stats>,
@@ -107,6 +110,7 @@ impl AppState {
             settings,
             report,
             conflicts,
+            storage,
             pool,
             trigger,
             connections,
@@ -329,6 +333,7 @@ async fn health(State(state): State<AppState>) -> Response {
 /// per cycle).
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let conflicts = state.conflicts.borrow().clone();
+    let storage = state.storage.borrow().clone();
     let report = state.report.borrow();
     // With the local instance down, the monitor's view is still worth showing: what the
     // database holds is left out rather than the whole answer failing.
@@ -345,6 +350,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "lag_ms": report.lag_ms,
         "directions": report.directions,
         "storage_queue_size": report.storage_queue_size,
+        "storage": storage,
         "last_successful_sync": recorded
             .and_then(|r| r.last_success.as_ref())
             .map(|(sync_type, at)| json!({ "sync_type": sync_type, "at": at })),

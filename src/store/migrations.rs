@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_scan_state.sql",
         sql: include_str!("../../sql/migrations/0004_scan_state.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_storage.sql",
+        sql: include_str!("../../sql/migrations/0005_storage.sql"),
+    },
 ];
 
 /// Advisory lock key serialising migrations ("duplex" in ASCII).

@@ -86,23 +86,33 @@ pub enum SyncType {
     Scan,
     /// An integrity check (counts, checksums) for a cutover.
     Integrity,
+    /// One file mirrored (or failed) into main's store.
+    StorageToMain,
+    /// One file mirrored (or failed) into cloud's store.
+    StorageToCloud,
+    /// One storage mirror cycle: scan and transfers, summed up.
+    Storage,
 }
 
 impl SyncType {
     /// Every type, as the API's `type` filter accepts them.
-    pub const ALL: [SyncType; 6] = [
+    pub const ALL: [SyncType; 9] = [
         SyncType::Setup,
         SyncType::Connection,
         SyncType::Alert,
         SyncType::Control,
         SyncType::Scan,
         SyncType::Integrity,
+        SyncType::Storage,
+        SyncType::StorageToMain,
+        SyncType::StorageToCloud,
     ];
 
     /// The type named `s` (any case).
     pub fn parse(s: &str) -> Option<SyncType> {
-        let lower = s.to_lowercase();
-        Self::ALL.into_iter().find(|t| t.as_str() == lower)
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s))
     }
 
     /// As stored.
@@ -114,6 +124,9 @@ impl SyncType {
             SyncType::Control => "control",
             SyncType::Scan => "scan",
             SyncType::Integrity => "integrity",
+            SyncType::StorageToMain => "STORAGE_TO_MAIN",
+            SyncType::StorageToCloud => "STORAGE_TO_CLOUD",
+            SyncType::Storage => "storage",
         }
     }
 }
@@ -380,7 +393,10 @@ mod tests {
             | SyncType::Alert
             | SyncType::Control
             | SyncType::Scan
-            | SyncType::Integrity => SyncType::ALL.contains(&t),
+            | SyncType::Integrity
+            | SyncType::Storage
+            | SyncType::StorageToMain
+            | SyncType::StorageToCloud => SyncType::ALL.contains(&t),
         };
         for t in SyncType::ALL {
             assert!(check(t));

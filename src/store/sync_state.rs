@@ -17,6 +17,8 @@ const HEARTBEAT: &str = "UPDATE duplex.sync_state
     SET last_heartbeat = now(), replication_lag_ms = $1, is_connected = $2,
         updated_at = now()
   RETURNING sync_enabled, storage_queue_size";
+const SET_QUEUE_SIZE: &str =
+    "UPDATE duplex.sync_state SET storage_queue_size = $1, updated_at = now()";
 const EXISTS: &str = "SELECT to_regclass('duplex.sync_state') IS NOT NULL";
 
 /// The row, as `GET /api/sync/status` shows it.
@@ -142,4 +144,14 @@ pub async fn heartbeat(
         sync_enabled: r.get(0),
         storage_queue_size: r.get(1),
     })
+}
+
+/// Record the storage mirror's queue size (files waiting), which the monitor's alert rules
+/// read with every heartbeat.
+pub async fn set_storage_queue_size(client: &Client, size: i64) -> Result<(), PgError> {
+    client
+        .execute(SET_QUEUE_SIZE, &[&size])
+        .await
+        .context("updating duplex.sync_state")
+        .map(|_| ())
 }

@@ -1,0 +1,452 @@
+//! One mirror cycle: scan (inventory against the local store's listing, queue updated),
+//! then, unless sync is paused or the peer is disconnected, transfer due files newest
+//! first, at most `MAX_CONCURRENT_TRANSFERS` at once. One `sync_log` row per file
+//! (`STORAGE_TO_MAIN` / `STORAGE_TO_CLOUD`) and one `storage` row per cycle.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::inventory::{self, Invalid, ScanReport};
+use super::store::Store;
+use super::throttle::Throttle;
+use super::transfer::{self, Done, Failure};
+use crate::config::Settings;
+use crate::model::{Role, Severity};
+use crate::pg;
+use crate::store::storage_queue::{self, Missing, Summary};
+use crate::store::sync_log::{self, Status, SyncType};
+use crate::store::{object_location, sync_state};
+
+/// Due entries read per round.
+const ROUND: i64 = 100;
+/// Failures listed in a report.
+const MAX_LISTED: usize = 100;
+/// After this many failed attempts in all, wait an hour between tries.
+const PATIENT_AFTER: i32 = 9;
+
+/// A transfer task's result: the file, its attempts before this cycle, the outcome.
+type Finished = (Missing, i32, Result<Done, (Failure, u32)>);
+
+/// Errors that stop a cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mirror is not configured.
+    #[error("the storage mirror is not configured: {0}")]
+    NotConfigured(String),
+    /// A database failed.
+    #[error(transparent)]
+    Pg(#[from] pg::Error),
+    /// The scan failed.
+    #[error(transparent)]
+    Scan(#[from] inventory::Error),
+    /// The state row is for the other role.
+    #[error(transparent)]
+    State(#[from] sync_state::Error),
+    /// Another cycle runs against this database.
+    #[error("another storage mirror cycle is running against this database (the daemon, or another `duplex storage sync`); try again when it is done")]
+    Busy,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request {
+    /// Scan only, change nothing; report what would be transferred.
+    pub dry_run: bool,
+    /// Scan (and update the queue), but transfer nothing.
+    pub scan_only: bool,
+}
+
+/// A file that failed this cycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileFailure {
+    /// The file.
+    #[serde(flatten)]
+    pub file: Missing,
+    /// Why (a sentence).
+    pub error: String,
+    /// The structured reason.
+    pub failure: Failure,
+    /// Attempts this cycle.
+    pub attempts: u32,
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CycleReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// The scan.
+    pub scan: ScanReport,
+    /// Why transfers were skipped, if they were.
+    pub skipped: Option<String>,
+    /// Files published this cycle.
+    pub transferred: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files that failed this cycle.
+    pub failed: u64,
+    /// Transient errors retried this cycle (attempts beyond the first).
+    pub retries: u64,
+    /// Bytes per second over the transfer phase.
+    pub rate_bytes_per_sec: f64,
+    /// The failures (at most 100).
+    pub failures: Vec<FileFailure>,
+    /// Rows found unusable this cycle (new ones only).
+    pub invalid: Vec<Invalid>,
+    /// Dry run: files that would be transferred (at most 100).
+    pub would_transfer: Vec<Missing>,
+    /// The queue after the cycle.
+    pub queue: Summary,
+}
+
+/// Something that happened during a cycle, for live progress.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// A file was published.
+    Done {
+        /// Its bytes.
+        bytes: u64,
+    },
+    /// A file failed.
+    Failed,
+}
+
+/// The mirror's sync_log type for files arriving on `role`.
+pub fn sync_type(role: Role) -> SyncType {
+    match role {
+        Role::Main => SyncType::StorageToMain,
+        Role::Cloud => SyncType::StorageToCloud,
+    }
+}
+
+/// Both stores, or why not.
+pub fn stores(settings: &Settings) -> Result<(Store, Store), Error> {
+    let s = &settings.storage;
+    let mut missing = Vec::new();
+    if s.local.is_none() {
+        missing.push("LOCAL_STORAGE_URL is not set");
+    }
+    if s.remote.is_none() {
+        missing.push("REMOTE_STORAGE_URL is not set");
+    }
+    if s.tables.is_empty() {
+        missing.push("no [storage.tables] names the file columns (e.g. [storage.tables.\"JumpLog\"] key = \"storageUrl\", hash = \"hash\", size = \"fileSize\")");
+    }
+    match (&s.local, &s.remote) {
+        (Some(l), Some(r)) if missing.is_empty() => Ok((
+            Store::open(l, s.stall_timeout),
+            Store::open(r, s.stall_timeout),
+        )),
+        _ => Err(Error::NotConfigured(missing.join("; "))),
+    }
+}
+
+/// Apply duplex's migrations and seed the state row (refusing a role mismatch), so the
+/// storage commands work before `duplex run` ever ran here.
+pub async fn prepare(client: &mut Client, settings: &Settings) -> Result<(), Error> {
+    crate::store::migrations::migrate(client).await?;
+    sync_state::ensure_role(client, settings.instance_role, settings.sync_enabled).await?;
+    Ok(())
+}
+
+/// One cycle. `peer_disconnected` (from the monitor) holds transfers back; `on_event` sees
+/// each file's outcome as it happens.
+pub async fn run(
+    settings: &Settings,
+    req: Request,
+    throttle: &Throttle,
+    peer_disconnected: bool,
+    cancel: &CancellationToken,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<CycleReport, Error> {
+    let (local_store, remote_store) = stores(settings)?;
+    let started = Instant::now();
+    let mut report = CycleReport {
+        dry_run: req.dry_run,
+        started_at: Some(Utc::now()),
+        ..CycleReport::default()
+    };
+    let mut reader = pg::connect(&settings.local_db_url, "local", "storage").await?;
+    let db = pg::connect(&settings.local_db_url, "local", "storage").await?;
+    prepare(&mut reader, settings).await?;
+    if !req.dry_run && !storage_queue::try_lock(&db).await? {
+        return Err(Error::Busy);
+    }
+    let role = settings.instance_role;
+    if !req.dry_run {
+        match local_store.clean_unfinished().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} unfinished upload(s) left in the local store"),
+            Err(e) => tracing::debug!("cannot look for unfinished uploads: {e}"),
+        }
+    }
+    let scan_id = Utc::now().timestamp_millis();
+    let (scan, invalid, sample) = inventory::scan(
+        &mut reader,
+        (!req.dry_run).then_some(&db),
+        &settings.storage,
+        &local_store,
+        scan_id,
+        MAX_LISTED,
+    )
+    .await?;
+    drop(reader);
+    report.scan = scan;
+    if req.dry_run {
+        report.would_transfer = sample;
+        report.invalid = invalid;
+        report.queue = storage_queue::summary(&db).await?;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    for i in &invalid {
+        let msg = format!(
+            "{} row {} cannot be mirrored: {}; nothing was transferred for it (fix the row)",
+            i.file.table, i.file.row_ref, i.reason
+        );
+        tracing::warn!("{msg}");
+        sync_log::insert(
+            &db,
+            &sync_log::Entry {
+                sync_type: sync_type(role),
+                status: Status::Level(Severity::Failed),
+                records_synced: 0,
+                error_message: Some(&msg),
+                details: serde_json::json!({
+                    "reason": "invalid_row", "table": i.file.table, "row": i.file.row_ref,
+                    "key": i.file.object_key, "expected_sha256": i.file.sha256,
+                    "expected_size": i.file.size, "why": i.reason,
+                }),
+            },
+        )
+        .await?;
+    }
+    report.invalid = invalid;
+
+    if req.scan_only {
+        report.skipped = Some("scan only".into());
+    } else if !sync_state::read(&db).await?.sync_enabled {
+        report.skipped = Some("sync is paused".into());
+    } else if peer_disconnected {
+        report.skipped = Some("the peer is DISCONNECTED: files wait in the queue".into());
+    } else {
+        transfers(
+            settings,
+            &db,
+            &local_store,
+            &remote_store,
+            throttle,
+            cancel,
+            on_event,
+            &mut report,
+        )
+        .await?;
+    }
+    report.queue = storage_queue::summary(&db).await?;
+    sync_state::set_storage_queue_size(&db, report.queue.queued).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    let message = match (&report.skipped, report.failed) {
+        (Some(why), _) => Some(format!("transfers skipped: {why}")),
+        (None, 0) => None,
+        (None, n) => Some(format!(
+            "{n} file(s) failed this cycle (see the STORAGE_TO_{} entries)",
+            role.as_db()
+        )),
+    };
+    sync_log::insert(
+        &db,
+        &sync_log::Entry {
+            sync_type: SyncType::Storage,
+            status: if report.failed > 0 {
+                Status::Level(Severity::Warning)
+            } else if report.skipped.is_some() {
+                Status::Info
+            } else {
+                Status::Success
+            },
+            records_synced: report.transferred as i64,
+            error_message: message.as_deref(),
+            details: serde_json::json!({
+                "scan": report.scan, "transferred": report.transferred, "bytes": report.bytes,
+                "failed": report.failed, "retries": report.retries,
+                "rate_bytes_per_sec": report.rate_bytes_per_sec, "seconds": report.seconds,
+                "queued": report.queue.queued, "skipped": report.skipped,
+            }),
+        },
+    )
+    .await?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfers(
+    settings: &Settings,
+    db: &Client,
+    local: &Store,
+    remote: &Store,
+    throttle: &Throttle,
+    cancel: &CancellationToken,
+    on_event: &mut (dyn FnMut(Event) + Send),
+    report: &mut CycleReport,
+) -> Result<(), Error> {
+    let opts = transfer::Options {
+        part_size: settings.storage.part_size_bytes as usize,
+        backoff: Duration::from_millis(settings.storage.retry_backoff_ms),
+        stall: settings.storage.stall_timeout,
+    };
+    let limit = settings.max_concurrent_transfers.max(1) as usize;
+    let role = settings.instance_role;
+    let t0 = storage_queue::clock(db).await?;
+    let phase = Instant::now();
+    'rounds: loop {
+        let due = storage_queue::due(db, t0, ROUND).await?;
+        if due.is_empty() {
+            break;
+        }
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let mut queue = due.into_iter();
+        loop {
+            while running.len() < limit && !cancel.is_cancelled() {
+                let Some(d) = queue.next() else { break };
+                let (src, dst, o, th, c) = (
+                    remote.clone(),
+                    local.clone(),
+                    opts.clone(),
+                    throttle.clone(),
+                    cancel.clone(),
+                );
+                running.spawn(async move {
+                    let r = transfer::copy(&src, &dst, &d.file, &o, &th, &c).await;
+                    (d.file, d.attempts, r)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let Ok((file, before, result)) = joined else {
+                continue; // a panicked transfer: its entry stays queued
+            };
+            match result {
+                Ok(done) => {
+                    report.transferred += 1;
+                    report.bytes += done.bytes;
+                    report.retries += u64::from(done.attempts - 1);
+                    on_event(Event::Done { bytes: done.bytes });
+                    record_done(db, role, local, &file, &done).await?;
+                }
+                Err((Failure::Cancelled, _)) => {}
+                Err((failure, attempts)) => {
+                    report.failed += 1;
+                    report.retries += u64::from(attempts.saturating_sub(1));
+                    on_event(Event::Failed);
+                    let error = failure.to_string();
+                    record_failed(db, role, &file, &failure, &error, attempts, before).await?;
+                    if report.failures.len() < MAX_LISTED {
+                        report.failures.push(FileFailure {
+                            file,
+                            error,
+                            failure,
+                            attempts,
+                        });
+                    }
+                }
+            }
+            let secs = phase.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                report.rate_bytes_per_sec = report.bytes as f64 / secs;
+            }
+        }
+        if cancel.is_cancelled() {
+            break 'rounds;
+        }
+    }
+    Ok(())
+}
+
+async fn record_done(
+    db: &Client,
+    role: Role,
+    local: &Store,
+    file: &Missing,
+    done: &Done,
+) -> Result<(), Error> {
+    object_location::record(
+        db,
+        &file.object_key,
+        &local.url_of(&file.object_key),
+        &done.sha256,
+        done.bytes as i64,
+    )
+    .await?;
+    sync_log::insert(
+        db,
+        &sync_log::Entry {
+            sync_type: sync_type(role),
+            status: Status::Success,
+            records_synced: 1,
+            error_message: None,
+            details: serde_json::json!({
+                "key": file.object_key, "table": file.table, "row": file.row_ref,
+                "sha256": done.sha256, "bytes": done.bytes, "attempts": done.attempts,
+                "seconds": done.seconds,
+            }),
+        },
+    )
+    .await?;
+    // Last: should the process die before this, the next scan finds the object in place
+    // and drops the entry without a second log row.
+    storage_queue::done(db, &file.object_key).await?;
+    Ok(())
+}
+
+async fn record_failed(
+    db: &Client,
+    role: Role,
+    file: &Missing,
+    failure: &Failure,
+    error: &str,
+    attempts: u32,
+    attempts_before: i32,
+) -> Result<(), Error> {
+    let retry_after = if attempts_before + attempts as i32 >= PATIENT_AFTER {
+        3600.0
+    } else {
+        0.0
+    };
+    storage_queue::failed(db, &file.object_key, attempts as i32, error, retry_after).await?;
+    let msg = format!(
+        "{} ({} row {}): {error}",
+        file.object_key, file.table, file.row_ref
+    );
+    tracing::warn!("storage transfer failed: {msg}");
+    let mut details = serde_json::json!({
+        "key": file.object_key, "table": file.table, "row": file.row_ref,
+        "attempts": attempts, "expected_sha256": file.sha256, "expected_size": file.size,
+    });
+    if let (Some(d), Ok(serde_json::Value::Object(f))) =
+        (details.as_object_mut(), serde_json::to_value(failure))
+    {
+        d.extend(f);
+    }
+    sync_log::insert(
+        db,
+        &sync_log::Entry {
+            sync_type: sync_type(role),
+            status: Status::Level(Severity::Failed),
+            records_synced: 0,
+            error_message: Some(&msg),
+            details,
+        },
+    )
+    .await?;
+    Ok(())
+}
