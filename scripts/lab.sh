@@ -390,7 +390,18 @@ find_garage() {
         || die "cargo is needed to build Garage $GARAGE_VERSION (install Rust with rustup) or set GARAGE_BIN"
       log "building Garage $GARAGE_VERSION from crates.io into $dest (once: about 9 minutes on two cores)"
       rm -rf "$dest.partial"
-      cargo install garage --version "$GARAGE_VERSION" --locked --root "$dest.partial" >&2 \
+      # A kept target directory lets a second attempt resume a build that a crash (the
+      # linker running out of memory or disk on a busy machine) stopped halfway.
+      local built=0 try
+      for try in 1 2; do
+        if cargo install garage --version "$GARAGE_VERSION" --locked --root "$dest.partial" \
+             --target-dir "$CACHE_DIR/garage-build" >&2; then
+          built=1; break
+        fi
+        log "building Garage failed (attempt $try of 2)"
+      done
+      rm -rf "$CACHE_DIR/garage-build"
+      [ "$built" = 1 ] \
         || { rm -rf "$dest.partial"; die "cargo could not build Garage $GARAGE_VERSION (set GARAGE_VERSION or GARAGE_BIN)"; }
       rm -rf "$dest"
       mv "$dest.partial" "$dest"
