@@ -87,3 +87,29 @@ impl Workers {
         stragglers
     }
 }
+
+/// Wait between two cycles of a worker that runs on a schedule and on signals (the
+/// monitor's immediate-sync and reconnection signals, a trigger): the reason it woke
+/// (`"schedule"`, the signal's own name, or `"signal"` when signals were missed), or `None`
+/// once `cancel` fires. When the signal channel is closed (the daemon is stopping), it
+/// waits for the cancellation.
+pub async fn next_cycle(
+    every: &mut tokio::time::Interval,
+    signal: &mut tokio::sync::broadcast::Receiver<&'static str>,
+    cancel: &CancellationToken,
+) -> Option<&'static str> {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        _ = every.tick() => Some("schedule"),
+        s = signal.recv() => match s {
+            Ok(s) => Some(s),
+            Err(RecvError::Lagged(_)) => Some("signal"),
+            Err(RecvError::Closed) => {
+                cancel.cancelled().await;
+                None
+            }
+        },
+    }
+}

@@ -115,15 +115,10 @@ impl Mirror {
         let mut every = tokio::time::interval(self.period);
         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let why = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = every.tick() => "schedule",
-                s = self.signal.recv() => match s {
-                    Ok(s) => s,
-                    Err(broadcast::error::RecvError::Lagged(_)) => "signal",
-                    Err(broadcast::error::RecvError::Closed) => { cancel.cancelled().await; break }
-                },
+            let Some(why) =
+                crate::shutdown::next_cycle(&mut every, &mut self.signal, &cancel).await
+            else {
+                break;
             };
             let started = Instant::now();
             // The monitor signals a reconnection before it publishes its report: the
