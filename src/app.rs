@@ -183,8 +183,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> Result<(), Er
     let state = AppState::new(
         settings.clone(),
         monitor.report(),
-        housekeeper.report(),
-        mirror.report(),
+        http::WorkerReports {
+            conflicts: housekeeper.report(),
+            storage: mirror.report(),
+            scanner: scanner.report(),
+        },
         pool,
         trigger_tx,
         Arc::new(http::server::Stats::default()),

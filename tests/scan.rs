@@ -434,6 +434,41 @@ async fn the_daemon_scans_on_its_own_and_answers_scan_and_integrity_over_the_api
         || common::user_exists(&main, "u9"),
     )
     .await;
+    // The pass that copied u9 shows in status and metrics once it has finished.
+    common::wait_until(
+        "status shows the pass that repaired u9",
+        Duration::from_secs(30),
+        || async {
+            let (_, v) = d.get("/api/sync/status").await;
+            v["scanner"]["last_pass"]["repaired"].as_u64() >= Some(1)
+        },
+    )
+    .await;
+    let (_, v) = d.get("/api/sync/status").await;
+    let scanner = &v["scanner"];
+    assert_eq!(scanner["runs_here"], true, "{v}");
+    assert!(scanner["passes"].as_u64() >= Some(1), "{v}");
+    assert_eq!(scanner["failures"], 0, "{v}");
+    assert!(
+        scanner["last_pass"]["differences"].as_u64() >= Some(1),
+        "{v}"
+    );
+    assert_eq!(
+        scanner["last_pass"]["table_errors"],
+        serde_json::json!([]),
+        "{v}"
+    );
+    let (code, metrics) = d.call("GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for name in [
+        "duplex_scan_passes_total ",
+        "duplex_scan_failures_total 0",
+        "duplex_scan_last_pass_timestamp_seconds ",
+        "duplex_scan_last_pass_seconds ",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
     let (code, v) = d.post("/api/sync/integrity-check").await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["ok"], true, "{v}");
@@ -451,6 +486,18 @@ async fn the_daemon_scans_on_its_own_and_answers_scan_and_integrity_over_the_api
     assert!(
         v["message"].as_str().unwrap_or("").contains("scanner_role"),
         "{v}"
+    );
+    // Cloud's worker never scans, and says so.
+    let (_, v) = c.get("/api/sync/status").await;
+    assert_eq!(v["scanner"]["runs_here"], false, "{v}");
+    assert_eq!(v["scanner"]["passes"], 0, "{v}");
+    let (_, metrics) = c.call("GET", "/metrics", "").await;
+    assert!(
+        !metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("duplex_scan_passes_total"),
+        "{metrics}"
     );
     let log = scanner_log(&main).await;
     assert_eq!(log.len(), 1, "{log:?}");

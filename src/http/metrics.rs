@@ -16,6 +16,7 @@ use crate::conflict::worker as housekeeping;
 use crate::mirror::worker as mirror;
 use crate::model::Severity;
 use crate::replication::monitor::Report;
+use crate::replication::scanner;
 use crate::replication::state::ConnectionState;
 use crate::store::conflict_log;
 
@@ -36,10 +37,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let conflicts = state.conflicts.borrow().clone();
     report.alerts.extend(conflicts.alerts.iter().cloned());
     let storage = state.storage.borrow().clone();
+    let scanner = state.scanner.borrow().clone();
     match render(
         &report,
         &conflicts,
         &storage,
+        &scanner,
         log_counts.as_deref(),
         &state.connections,
     ) {
@@ -84,6 +87,7 @@ fn render(
     r: &Report,
     c: &housekeeping::Report,
     storage: &mirror::Report,
+    scanner: &scanner::WorkerReport,
     log_counts: Option<&[conflict_log::Count]>,
     connections: &super::server::Stats,
 ) -> prometheus::Result<String> {
@@ -92,6 +96,9 @@ fn render(
     render_connections(&reg, connections)?;
     if storage.configured {
         render_storage(&reg, storage)?;
+    }
+    if scanner.runs_here {
+        render_scanner(&reg, scanner)?;
     }
     if let Some(counts) = log_counts {
         render_conflict_log(&reg, counts)?;
@@ -343,6 +350,76 @@ fn render_conflict_log(reg: &Registry, counts: &[conflict_log::Count]) -> promet
 
 /// The storage mirror: files and bytes since start, current rate, failures, the oldest
 /// waiting file's age (the queue size itself is `duplex_storage_queue_size`).
+/// The verifying scanner's passes (only on the controller that runs it).
+fn render_scanner(reg: &Registry, s: &scanner::WorkerReport) -> prometheus::Result<()> {
+    for (name, help, v) in [
+        (
+            "duplex_scan_passes_total",
+            "Scanner passes completed, since start",
+            s.passes,
+        ),
+        (
+            "duplex_scan_failures_total",
+            "Scanner passes that failed, since start",
+            s.failures,
+        ),
+        (
+            "duplex_scan_skipped_paused_total",
+            "Scanner passes skipped because sync was paused, since start",
+            s.skipped_paused,
+        ),
+    ] {
+        counter(reg, name, help, &[])?
+            .with_label_values::<&str>(&[])
+            .inc_by(v);
+    }
+    if let Some(p) = &s.last_pass {
+        for (name, help, v) in [
+            (
+                "duplex_scan_last_pass_timestamp_seconds",
+                "End of the latest completed scanner pass",
+                p.finished_at.timestamp(),
+            ),
+            (
+                "duplex_scan_last_pass_differences",
+                "Differences the latest scanner pass confirmed",
+                p.differences as i64,
+            ),
+            (
+                "duplex_scan_last_pass_repaired",
+                "Repairs the latest scanner pass wrote",
+                p.repaired as i64,
+            ),
+            (
+                "duplex_scan_last_pass_table_errors",
+                "Tables the latest scanner pass could not compare or repair",
+                p.table_errors.len() as i64,
+            ),
+        ] {
+            gauge(reg, name, help, &[])?
+                .with_label_values::<&str>(&[])
+                .set(v);
+        }
+        let seconds = prometheus::Gauge::new(
+            "duplex_scan_last_pass_seconds",
+            "Seconds the latest completed scanner pass took",
+        )?;
+        reg.register(Box::new(seconds.clone()))?;
+        seconds.set(p.seconds);
+    }
+    if let Some(f) = &s.last_failure {
+        gauge(
+            reg,
+            "duplex_scan_last_failure_timestamp_seconds",
+            "When the latest scanner pass failed",
+            &[],
+        )?
+        .with_label_values::<&str>(&[])
+        .set(f.at.timestamp());
+    }
+    Ok(())
+}
+
 fn render_storage(reg: &Registry, s: &mirror::Report) -> prometheus::Result<()> {
     let files = counter(
         reg,

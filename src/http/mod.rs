@@ -69,6 +69,8 @@ pub struct AppState {
     pub conflicts: watch::Receiver<crate::conflict::worker::Report>,
     /// The storage mirror's latest report (queue, bytes and files transferred, rate).
     pub storage: watch::Receiver<crate::mirror::worker::Report>,
+    /// The verifying scanner's passes, latest pass and latest failure.
+    pub scanner: watch::Receiver<crate::replication::scanner::WorkerReport>,
     /// Connections to the local instance for log queries and control.
     pub pool: Pool,
     /// Ask the monitor for a cycle now.
@@ -94,14 +96,23 @@ struct Bound {
     what: &'static str,
 }
 
+/// The latest reports of the workers other than the monitor.
+pub struct WorkerReports {
+    /// The conflict housekeeping worker's.
+    pub conflicts: watch::Receiver<crate::conflict::worker::Report>,
+    /// The storage mirror's.
+    pub storage: watch::Receiver<crate::mirror::worker::Report>,
+    /// The verifying scanner's.
+    pub scanner: watch::Receiver<crate::replication::scanner::WorkerReport>,
+}
+
 impl AppState {
     /// The state of a router over the workers' reports, the API's pool and the monitor's
     /// trigger channel.
     pub fn new(
         settings: Arc<Settings>,
         report: watch::Sender<Report>,
-        conflicts: watch::Receiver<crate::conflict::worker::Report>,
-        storage: watch::Receiver<crate::mirror::worker::Report>,
+        workers: WorkerReports,
         pool: Pool,
         trigger: mpsc::Sender<TriggerRequest>,
         connections: Arc<server::Stats>,
@@ -109,8 +120,9 @@ impl AppState {
         AppState {
             settings,
             report,
-            conflicts,
-            storage,
+            conflicts: workers.conflicts,
+            storage: workers.storage,
+            scanner: workers.scanner,
             pool,
             trigger,
             connections,
@@ -334,6 +346,7 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let conflicts = state.conflicts.borrow().clone();
     let storage = state.storage.borrow().clone();
+    let scanner = state.scanner.borrow().clone();
     let report = state.report.borrow();
     // With the local instance down, the monitor's view is still worth showing: what the
     // database holds is left out rather than the whole answer failing.
@@ -351,6 +364,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "directions": report.directions,
         "storage_queue_size": report.storage_queue_size,
         "storage": storage,
+        "scanner": scanner,
         "last_successful_sync": recorded
             .and_then(|r| r.last_success.as_ref())
             .map(|(sync_type, at)| json!({ "sync_type": sync_type, "at": at })),

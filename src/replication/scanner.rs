@@ -538,12 +538,91 @@ async fn count(c: &Client, t: &TableName) -> Result<i64, pg::Error> {
     )
 }
 
+/// What the scanner worker of `duplex run` has done, for `/api/sync/status` and
+/// `/metrics`: whether it repairs here, how many passes ran and failed, the latest pass
+/// and the latest failure.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerReport {
+    /// This controller is the repairing one (`[conflicts] scanner_role`); the other
+    /// side's worker never scans.
+    pub runs_here: bool,
+    /// Passes completed (skipped ones while paused not counted).
+    pub passes: u64,
+    /// Passes that failed.
+    pub failures: u64,
+    /// Passes skipped because sync was paused.
+    pub skipped_paused: u64,
+    /// The latest completed pass.
+    pub last_pass: Option<PassSummary>,
+    /// The latest failure, with when.
+    pub last_failure: Option<Failure>,
+}
+
+/// A completed pass, without the per-row detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassSummary {
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// Seconds taken, catch-up wait included.
+    pub seconds: f64,
+    /// Tables compared.
+    pub tables: usize,
+    /// Tables compared incrementally (the rest in full).
+    pub incremental_tables: usize,
+    /// Differences confirmed.
+    pub differences: usize,
+    /// Repairs written.
+    pub repaired: usize,
+    /// New conflict-log entries.
+    pub logged: u64,
+    /// Tables whose comparison or repairs reported an error, each `schema.table: error`.
+    pub table_errors: Vec<String>,
+    /// Tables not compared, with why.
+    pub skipped_tables: Vec<String>,
+}
+
+impl PassSummary {
+    fn of(r: &ScanReport) -> Self {
+        PassSummary {
+            started_at: r.started_at,
+            finished_at: Utc::now(),
+            seconds: r.seconds,
+            tables: r.tables.len(),
+            incremental_tables: r
+                .tables
+                .iter()
+                .filter(|t| t.diff.mode == "incremental")
+                .count(),
+            differences: r.differences,
+            repaired: r.repaired,
+            logged: r.logged,
+            table_errors: r
+                .tables
+                .iter()
+                .flat_map(|t| t.errors.iter().map(move |e| format!("{}: {e}", t.table)))
+                .collect(),
+            skipped_tables: r.skipped_tables.clone(),
+        }
+    }
+}
+
+/// A failed pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// Why (the error, without secrets: connection strings are never part of it).
+    pub error: String,
+}
+
 /// The scanner worker of `duplex run`.
 pub struct Scanner {
     settings: std::sync::Arc<Settings>,
     period: Duration,
     signal: broadcast::Receiver<&'static str>,
-    report: watch::Sender<Option<ScanReport>>,
+    report: watch::Sender<WorkerReport>,
 }
 
 impl Scanner {
@@ -554,14 +633,17 @@ impl Scanner {
     ) -> Self {
         Scanner {
             period: settings.sync_interval,
+            report: watch::Sender::new(WorkerReport {
+                runs_here: settings.instance_role == settings.conflicts.scanner_role,
+                ..WorkerReport::default()
+            }),
             settings,
             signal,
-            report: watch::Sender::new(None),
         }
     }
 
-    /// The latest pass's report.
-    pub fn report(&self) -> watch::Receiver<Option<ScanReport>> {
+    /// What the worker has done so far.
+    pub fn report(&self) -> watch::Receiver<WorkerReport> {
         self.report.subscribe()
     }
 
@@ -596,8 +678,21 @@ impl Scanner {
                     r.logged,
                     r.seconds
                 ),
-                Ok(None) => tracing::info!(worker = NAME, why, "sync is paused: pass skipped"),
-                Err(e) => tracing::warn!(worker = NAME, why, "pass failed: {e:#}"),
+                Ok(None) => {
+                    self.report.send_modify(|w| w.skipped_paused += 1);
+                    tracing::info!(worker = NAME, why, "sync is paused: pass skipped")
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    tracing::warn!(worker = NAME, why, "pass failed: {error}");
+                    self.report.send_modify(|w| {
+                        w.failures += 1;
+                        w.last_failure = Some(Failure {
+                            at: Utc::now(),
+                            error,
+                        });
+                    });
+                }
             }
             if started.elapsed() > self.period {
                 tracing::warn!(
@@ -619,7 +714,10 @@ impl Scanner {
         }
         drop(local);
         let r = scan(&self.settings, &Request::default()).await?;
-        self.report.send_replace(Some(r.clone()));
+        self.report.send_modify(|w| {
+            w.passes += 1;
+            w.last_pass = Some(PassSummary::of(&r));
+        });
         Ok(Some(r))
     }
 }
