@@ -696,6 +696,7 @@ async fn run_scan(
         table,
         dry_run,
         full,
+        stop_when_paused: false,
     };
     let report = scanner::scan(settings, &req).await?;
     if json {

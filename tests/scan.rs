@@ -563,3 +563,96 @@ async fn after_a_full_pass_later_passes_look_only_at_what_changed_and_still_repa
     assert_eq!(u["equal"], true, "{full}");
     assert_eq!(u["main_count"], 5, "{full}");
 }
+
+/// A pause during a pass stops the daemon's pass before its next table: what was already
+/// being settled finishes, the remaining tables wait for a pass after `resume`.
+#[tokio::test]
+async fn a_pause_during_the_daemon_s_pass_stops_it_before_the_next_table() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user(&main, "u1", Some("owner")).await;
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    // Two differences behind replication's back, in "Group" (compared before "User") and
+    // in "User": both on cloud only, so the scanner copies them to main.
+    behind(
+        &pair,
+        &cloud,
+        r#"INSERT INTO "Group" ("id", "name", "ownerId") VALUES ('g9', 'cloud''s group', 'u1');
+           INSERT INTO "User" ("id", "email") VALUES ('u9', 'u9@example.com')"#,
+    )
+    .await;
+    // Hold the copy of g9 on main: an uncommitted insert of the same key makes the
+    // scanner's insert wait for this transaction.
+    let mut blocker = pair.main().await;
+    let tx = blocker.transaction().await.expect("BEGIN");
+    tx.batch_execute(
+        r#"INSERT INTO "Group" ("id", "name", "ownerId") VALUES ('g9', 'in the way', 'u1')"#,
+    )
+    .await
+    .expect("holding g9");
+    let d = pair.start_daemon("main", &[]).await;
+    common::wait_until(
+        "the scanner's copy of g9 waits for the lock",
+        Duration::from_secs(60),
+        || async {
+            main.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND application_name LIKE 'duplex%'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .unwrap_or(false)
+        },
+    )
+    .await;
+    let (code, v) = d.post("/api/sync/pause").await;
+    assert_eq!(code, 200, "{v}");
+    tx.rollback().await.expect("ROLLBACK");
+    common::wait_until(
+        "the interrupted pass is reported",
+        Duration::from_secs(60),
+        || async {
+            let (_, v) = d.get("/api/sync/status").await;
+            !v["scanner"]["last_pass"].is_null()
+        },
+    )
+    .await;
+    let (_, v) = d.get("/api/sync/status").await;
+    let pass = &v["scanner"]["last_pass"];
+    let skipped: Vec<&str> = pass["skipped_tables"]
+        .as_array()
+        .expect("skipped_tables")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|t| t.contains("User") && t.contains("sync was paused")),
+        "{v}"
+    );
+    // What was being settled finished; the next table was left alone.
+    let group: i64 = main
+        .query_one(
+            r#"SELECT count(*) FROM "Group" WHERE "id" = 'g9' AND "name" = 'cloud''s group'"#,
+            &[],
+        )
+        .await
+        .expect("reading Group")
+        .get(0);
+    assert_eq!(group, 1, "g9 was not copied to main: {v}");
+    assert!(!common::user_exists(&main, "u9").await, "{v}");
+    // After resume, the next pass settles the rest.
+    let (code, _) = d.post("/api/sync/resume").await;
+    assert_eq!(code, 200);
+    let (code, _) = d.post("/api/sync/trigger").await;
+    assert_eq!(code, 200);
+    common::wait_until("u9 copied after resume", Duration::from_secs(60), || {
+        common::user_exists(&main, "u9")
+    })
+    .await;
+    assert!(d.stop().await.0);
+}

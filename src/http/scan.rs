@@ -36,11 +36,12 @@ fn api_error(e: Error) -> ApiError {
 
 /// `POST /api/sync/scan?table=&dry_run=&full=`: one scanner pass now.
 pub async fn scan(State(state): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
-    let q = query_params(p, &["table", "dry_run"])?;
+    let q = query_params(p, &["table", "dry_run", "full"])?;
     let req = Request {
         table: q.get("table").cloned(),
         dry_run: flag(&q, "dry_run", false)?,
         full: flag(&q, "full", false)?,
+        stop_when_paused: false,
     };
     let report = scanner::scan(&state.settings, &req)
         .await

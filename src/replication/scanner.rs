@@ -67,6 +67,9 @@ pub struct Request {
     pub dry_run: bool,
     /// Compare every row, even where an incremental pass would do.
     pub full: bool,
+    /// Stop before the next table once sync is paused (the worker's passes; a pass
+    /// asked for by a person runs to the end).
+    pub stop_when_paused: bool,
 }
 
 /// How far before the last pass's start an incremental pass looks. The start is the
@@ -220,7 +223,17 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
         Role::Cloud => &cloud,
     };
     let mut tables = Vec::new();
-    for t in &targets {
+    let mut skipped_tables = skipped_tables;
+    for (i, t) in targets.iter().enumerate() {
+        if req.stop_when_paused && !sync_state::read(local).await?.sync_enabled {
+            tracing::info!(worker = NAME, "sync was paused: the pass stops here");
+            skipped_tables.extend(
+                targets[i..]
+                    .iter()
+                    .map(|t| format!("{}: not compared, sync was paused during the pass", t.table)),
+            );
+            break;
+        }
         let rel = t.table.to_string();
         // Incremental after a complete pass, unless a full one is asked for or due.
         let since = match (req.full, scan_state::get(local, &rel).await?) {
@@ -713,7 +726,11 @@ impl Scanner {
             return Ok(None);
         }
         drop(local);
-        let r = scan(&self.settings, &Request::default()).await?;
+        let req = Request {
+            stop_when_paused: true,
+            ..Request::default()
+        };
+        let r = scan(&self.settings, &req).await?;
         self.report.send_modify(|w| {
             w.passes += 1;
             w.last_pass = Some(PassSummary::of(&r));
