@@ -476,6 +476,14 @@ async fn the_daemon_scans_on_its_own_and_answers_scan_and_integrity_over_the_api
     let (code, v) = d.post("/api/sync/scan?table=User&dry_run=true").await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["differences"], 0, "{v}");
+    let (code, v) = d.post("/api/sync/scan?dry_run=true&full=true").await;
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["tables"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty() && t.iter().all(|t| t["mode"] == "full")),
+        "{v}"
+    );
     let (code, _) = d.call("POST", "/api/sync/scan", "wrong").await;
     assert_eq!(code, 401);
 
