@@ -516,3 +516,144 @@ async fn after_a_full_pass_later_passes_look_only_at_what_changed_and_still_repa
     assert_eq!(u["equal"], true, "{full}");
     assert_eq!(u["main_count"], 5, "{full}");
 }
+
+/// The pid of a `duplex_scanner` session on `c`'s database waiting for a lock, once there
+/// is one.
+async fn scanner_waiting_for_a_lock(c: &Client) -> i32 {
+    const WAITING: &str = "SELECT pid FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name = 'duplex_scanner'
+        AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = c
+            .query_opt(WAITING, &[])
+            .await
+            .expect("reading pg_stat_activity")
+        {
+            return r.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scanner did not wait for the test's lock within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Start `duplex scan` for main, wait until it blocks on a lock on `blocked_on`, kill it
+/// with SIGKILL (by PID) and wait for it to be gone.
+async fn kill_scan_while_it_waits(pair: &Pair, blocked_on: &Client) {
+    let mut scan = pair
+        .duplex("main", &["scan", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting duplex scan");
+    let pid = scan.id().expect("the scan's pid");
+    scanner_waiting_for_a_lock(blocked_on).await;
+    // SIGKILL, as `kill -9 <pid>`.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let status = tokio::time::timeout(Duration::from_secs(10), scan.wait())
+        .await
+        .expect("the scan to exit after SIGKILL")
+        .expect("waiting for the scan");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+}
+
+async fn scanner_entries(c: &Client) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT record_id) FROM duplex.conflict_log
+              WHERE detected_by = 'scanner'",
+            &[],
+        )
+        .await
+        .expect("counting conflict_log");
+    (r.get(0), r.get(1))
+}
+
+#[tokio::test]
+async fn a_scan_killed_while_comparing_or_repairing_is_finished_by_the_next_without_repairing_or_logging_twice(
+) {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    main.batch_execute(
+        r#"INSERT INTO "User" ("id", "email", "name", "updatedAt")
+           SELECT 'u' || i, 'u' || i || '@x', 'first', '2030-01-01 10:00:00+00'
+             FROM generate_series(1, 1200) i"#,
+    )
+    .await
+    .expect("seeding");
+    pair.wait_caught_up(Duration::from_secs(30)).await;
+    // 1,200 differences, more than one repair batch: cloud's later write wins u1..u600
+    // (repaired on main, the side that logs), main's wins u601..u1200 (repaired on cloud).
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "User" SET "name" = 'cloud later', "updatedAt" = '2030-01-01 10:00:09+00'
+            WHERE substr("id", 2)::int <= 600"#,
+    )
+    .await;
+    behind(
+        &pair,
+        &main,
+        r#"UPDATE "User" SET "name" = 'main later', "updatedAt" = '2030-01-01 10:00:09+00'
+            WHERE substr("id", 2)::int > 600"#,
+    )
+    .await;
+
+    // Killed while comparing: the table is locked on main, so the scan waits for it.
+    let holder = pair.main().await;
+    holder
+        .batch_execute(r#"BEGIN; LOCK TABLE "User" IN ACCESS EXCLUSIVE MODE"#)
+        .await
+        .expect("locking User");
+    kill_scan_while_it_waits(&pair, &main).await;
+    holder.batch_execute("ROLLBACK").await.expect("unlocking");
+    assert_eq!(scanner_entries(&main).await, (0, 0), "nothing settled yet");
+
+    // Killed while repairing: one row that cloud loses, u999, is locked on cloud. It is
+    // the greatest key, in the last batch: earlier batches are repaired by then.
+    let holder = pair.cloud().await;
+    holder
+        .batch_execute(r#"BEGIN; SELECT 1 FROM "User" WHERE "id" = 'u999' FOR UPDATE"#)
+        .await
+        .expect("locking u999 on cloud");
+    kill_scan_while_it_waits(&pair, &cloud).await;
+    let (logged, keys) = scanner_entries(&main).await;
+    assert!(
+        logged > 0 && logged < 1200,
+        "killed in the middle: {logged} settled"
+    );
+    assert_eq!(logged, keys, "each difference logged once");
+    assert_eq!(
+        name(&cloud, "u999").await,
+        Some(Some("first".into())),
+        "the blocked repair wrote nothing"
+    );
+    holder.batch_execute("ROLLBACK").await.expect("unlocking");
+    drop(holder);
+
+    // The next scan settles the rest, each once.
+    let v = scan_json(&pair, &[]).await;
+    assert_eq!(v["repaired"], 1200 - logged, "{v}");
+    assert_eq!(v["logged"], 1200 - logged, "{v}");
+    assert_eq!(scanner_entries(&main).await, (1200, 1200));
+    users_equal(&pair).await;
+    for c in [&main, &cloud] {
+        assert_eq!(name(c, "u1").await, Some(Some("cloud later".into())));
+        assert_eq!(name(c, "u999").await, Some(Some("main later".into())));
+    }
+    let again = scan_json(&pair, &["--full"]).await;
+    assert_eq!(again["differences"], 0, "{again}");
+    assert_eq!(scanner_entries(&main).await, (1200, 1200));
+}
