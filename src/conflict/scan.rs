@@ -19,7 +19,9 @@
 //! each candidate is then read again on both sides, the wait repeated, and only a
 //! difference that stayed put is settled. A repair writes only the losing side, under the
 //! replication origin of duplex's own (`conflict::origin`, not sent back), in a transaction that first checks
-//! the row still has the version that was compared.
+//! the row still has the version that was compared. Re-reads and repairs go by batches of
+//! keys (one statement per batch and side, one transaction per batch and losing side),
+//! with the same per-row checks.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -180,6 +182,8 @@ pub struct TableReport {
     pub errors: Vec<String>,
     /// Seconds taken.
     pub seconds: f64,
+    /// Of those, seconds spent re-checking and settling the differences found.
+    pub settle_seconds: f64,
 }
 
 /// Is one side empty or nearly (more than half its rows missing and at least 100)?
@@ -1157,6 +1161,7 @@ pub async fn scan_table(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     };
+    let settling = Instant::now();
     let mut origins = [false, false];
     let settled = settle(
         main,
@@ -1172,15 +1177,21 @@ pub async fn scan_table(
     .await;
     // Whatever happened, the sessions stop writing under duplex's origin: they are used
     // for the next table.
+    let mut left = Ok(());
     for (done, (side, c)) in origins
         .iter()
         .zip([(Role::Main, main), (Role::Cloud, cloud)])
     {
         if *done {
-            super::origin::leave(c, side).await?;
+            if let Err(e) = super::origin::leave(c, side).await {
+                left = Err(e);
+            }
         }
     }
+    // The settling error first: it is the cause of a failure to leave.
     settled?;
+    left?;
+    report.settle_seconds = settling.elapsed().as_secs_f64();
     report.diff = diff;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
