@@ -657,3 +657,51 @@ async fn a_scan_killed_while_comparing_or_repairing_is_finished_by_the_next_with
     assert_eq!(again["differences"], 0, "{again}");
     assert_eq!(scanner_entries(&main).await, (1200, 1200));
 }
+
+#[tokio::test]
+async fn a_row_the_application_keeps_locked_fails_alone_and_is_repaired_by_the_next_scan() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for i in 1..=5 {
+        insert_user(&main, &format!("u{i}"), Some("first")).await;
+    }
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    // Main's later writes win: every repair goes to cloud, in one batch.
+    behind(
+        &pair,
+        &main,
+        r#"UPDATE "User" SET "name" = 'main later', "updatedAt" = '2030-01-01 10:00:09+00'"#,
+    )
+    .await;
+    let holder = pair.cloud().await;
+    holder
+        .batch_execute(r#"BEGIN; SELECT 1 FROM "User" WHERE "id" = 'u3' FOR UPDATE"#)
+        .await
+        .expect("locking u3 on cloud");
+
+    // The batch waits for u3 past lock_timeout and fails; then row by row, only u3 fails.
+    let out = pair
+        .run("main", &["scan", "--json", "--table", "User"])
+        .await;
+    let v: Value = serde_json::from_slice(&out.stdout).expect("scan --json is JSON");
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    let t = &v["tables"][0];
+    assert_eq!(t["repaired"], 4, "{v}");
+    assert_eq!(t["logged"], 4, "{v}");
+    let errors = t["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{v}");
+    assert!(
+        errors[0].as_str().unwrap_or("").starts_with(r#"["u3"]: "#),
+        "{v}"
+    );
+    assert_eq!(name(&cloud, "u2").await, Some(Some("main later".into())));
+    assert_eq!(name(&cloud, "u3").await, Some(Some("first".into())));
+
+    holder.batch_execute("ROLLBACK").await.expect("unlocking");
+    let v = scan_json(&pair, &["--table", "User"]).await;
+    assert_eq!(v["repaired"], 1, "{v}");
+    assert_eq!(v["logged"], 1, "{v}");
+    users_equal(&pair).await;
+    assert_eq!(scanner_log(&main).await.len(), 5);
+}

@@ -1507,9 +1507,12 @@ async fn repair_batch(
     if c.is_closed() || local.is_closed() {
         return Err(err);
     }
-    if items.len() > 1 {
-        tracing::info!(table = %rel, "a repair of {} rows failed ({err:#}): repairing them one by one", items.len());
+    if let [one] = items {
+        tracing::warn!(table = %rel, key = %one.key, "repair failed: {err:#}");
+        report.errors.push(format!("{}: {err}", one.key));
+        return Ok(());
     }
+    tracing::info!(table = %rel, "a repair of {} rows failed ({err:#}): repairing them one by one", items.len());
     for one in items.chunks(1) {
         match repair(c, local, s, rel, policy, log_side, one).await {
             Ok(o) => add(report, o),
