@@ -30,10 +30,21 @@ Cases, each timed (wall clock) with the peak RSS of the duplex process (/usr/bin
 `bytes` is the scanner's own count of key, hash and count bytes it received (approximate;
 protocol overhead not included).
 
+With CONFLICTS=N set, only the many-conflicts case runs instead:
+  conflicts  after a complete pass on identical tables, N scattered differences made on
+             cloud (30% updates, 30% updates of the NULL-bearing column, 20% deletes,
+             20% inserts), then `duplex scan --full --dry-run` (a full pass: finds and
+             re-checks every one), `duplex scan --dry-run` (incremental: the same),
+             `duplex scan` (incremental: finds, re-checks, repairs and logs every one),
+             `duplex scan --full` (nothing left) and `duplex integrity --checksum`; then
+             the count of scanner entries in main's duplex.conflict_log.
+
 Environment:
   ROWS (1000000)   BIN (target/debug/duplex; the work is in PostgreSQL)
   MAIN_DB_URL, CLOUD_DB_URL, PG_BIN   the lab's; taken from `scripts/lab.sh env` when not set
-  KEEP_BENCH_DBS=1  keep duplex_benchs (the next run drops it first)
+  KEEP_BENCH_DBS=1  keep the databases (the next run drops them first)
+  BENCH_DB (duplex_benchs)  the databases' name, so two runs on one lab do not collide
+  CONFLICTS   run only the many-conflicts case with this many differences
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DB = "duplex_benchs"
+DB = os.environ.get("BENCH_DB", "duplex_benchs")
 SIDES = ("main", "cloud")
 
 
@@ -192,10 +203,70 @@ def differences() -> None:
         sql(bench("cloud"), s)
 
 
+CONFLICT_RUNS = (
+    ("scan", "--full", "--dry-run", "--json"),
+    ("scan", "--dry-run", "--json"),
+    ("scan", "--json"),
+    ("scan", "--full", "--json"),
+    ("integrity", "--checksum", "--json"),
+)
+
+
+def many_conflicts(n: int) -> list[tuple[str, ...]]:
+    """The CONFLICTS case: n scattered differences found, repaired and logged."""
+    # A complete pass first, so that the later ones may be incremental; the load must age
+    # past the incremental margin before it (see main()).
+    log("waiting 65 s for the load to age past the incremental margin")
+    time.sleep(65)
+    duplex("scan", "--json")
+    step = max(ROWS // n, 1)
+    ids = [1 + k * step + step // 2 for k in range(n)]
+    a, b, c = n * 3 // 10, n * 6 // 10, n * 8 // 10
+    upd, upd_null, dele, ins = ids[:a], ids[a:b], ids[b:c], ids[c:]
+    lists = [f"SELECT unnest('{{{','.join(map(str, x))}}}'::bigint[])" for x in (upd, upd_null, dele, ins)]
+    sql(bench("cloud"), f"""
+        UPDATE app_event SET score = score + 1 WHERE id IN ({lists[0]});
+        UPDATE app_event SET note = CASE WHEN note IS NULL THEN '' ELSE NULL END WHERE id IN ({lists[1]});
+        DELETE FROM app_event WHERE id IN ({lists[2]});
+        INSERT INTO app_event SELECT id + {ROWS} * 10, user_id, kind, score, payload, note, created_at
+          FROM app_event WHERE id IN ({lists[3]});""")
+    rows = []
+    for args in CONFLICT_RUNS:
+        secs, rss, code, out = duplex(*args)
+        found = "-"
+        try:
+            v = json.loads(out)
+            if args[0] == "scan":
+                t = v["tables"][0]
+                found = f"{t['mode']}: {t['changed_keys']} changed keys, {v['differences']} found, {v['repaired']} repaired, {v['logged']} logged, {t['skipped']} skipped, {t.get('settle_seconds', float('nan')):.2f} s of it re-checking and settling{', errors: ' + '; '.join(t['errors'][:3]) if t['errors'] else ''}"
+            else:
+                found = f"{'match' if v['ok'] else 'differ'}, exit {code}"
+        except (json.JSONDecodeError, KeyError, IndexError):
+            pass
+        rows.append((f"{n} diffs: duplex {' '.join(args[:-1])}", f"{secs:.2f}", f"{rss / 1024:.1f}", str(bytes_of(out)), found))
+    entries = sql(bench("main"), "SELECT count(*) || ' entries, ' || count(DISTINCT record_id) || ' keys' FROM duplex.conflict_log WHERE detected_by = 'scanner'")
+    rows.append(("main's duplex.conflict_log, scanner entries", "-", "-", "-", entries))
+    return rows
+
+
 def main() -> int:
     rows = []
+    conflicts = int(os.environ.get("CONFLICTS", "0"))
     log(f"building {ROWS} rows per side in {DB}")
     prepare()
+    if conflicts:
+        try:
+            rows = many_conflicts(conflicts)
+        finally:
+            if os.environ.get("KEEP_BENCH_DBS") != "1":
+                for side in SIDES:
+                    sql(admin(side), f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", check=False)
+        print(f"\nrows per side: {ROWS}; binary: {BIN}\n")
+        print("| case | seconds | peak RSS MiB | bytes read (both servers) | result |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        return 0
     # An incremental pass looks at rows committed since the last complete pass minus a
     # one-minute margin: let the load age past it, as rows loaded long ago would (a
     # benchmark setting, not a wait for a condition).

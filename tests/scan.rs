@@ -664,3 +664,192 @@ async fn a_pause_during_the_daemon_s_pass_stops_it_before_the_next_table() {
     .await;
     assert!(d.stop().await.0);
 }
+
+/// The pid of a `duplex_scanner` session on `c`'s database waiting for a lock, once there
+/// is one.
+async fn scanner_waiting_for_a_lock(c: &Client) -> i32 {
+    const WAITING: &str = "SELECT pid FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name = 'duplex_scanner'
+        AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = c
+            .query_opt(WAITING, &[])
+            .await
+            .expect("reading pg_stat_activity")
+        {
+            return r.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scanner did not wait for the test's lock within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Start `duplex scan` for main, wait until it blocks on a lock on `blocked_on`, kill it
+/// with SIGKILL (by PID) and wait for it to be gone.
+async fn kill_scan_while_it_waits(pair: &Pair, blocked_on: &Client) {
+    let mut scan = pair
+        .duplex("main", &["scan", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting duplex scan");
+    let pid = scan.id().expect("the scan's pid");
+    scanner_waiting_for_a_lock(blocked_on).await;
+    // SIGKILL, as `kill -9 <pid>`.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let status = tokio::time::timeout(Duration::from_secs(10), scan.wait())
+        .await
+        .expect("the scan to exit after SIGKILL")
+        .expect("waiting for the scan");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+}
+
+async fn scanner_entries(c: &Client) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT record_id) FROM duplex.conflict_log
+              WHERE detected_by = 'scanner'",
+            &[],
+        )
+        .await
+        .expect("counting conflict_log");
+    (r.get(0), r.get(1))
+}
+
+#[tokio::test]
+async fn a_scan_killed_while_comparing_or_repairing_is_finished_by_the_next_without_repairing_or_logging_twice(
+) {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    main.batch_execute(
+        r#"INSERT INTO "User" ("id", "email", "name", "updatedAt")
+           SELECT 'u' || i, 'u' || i || '@x', 'first', '2030-01-01 10:00:00+00'
+             FROM generate_series(1, 1200) i"#,
+    )
+    .await
+    .expect("seeding");
+    pair.wait_caught_up(Duration::from_secs(30)).await;
+    // 1,200 differences, more than one repair batch: cloud's later write wins u1..u600
+    // (repaired on main, the side that logs), main's wins u601..u1200 (repaired on cloud).
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "User" SET "name" = 'cloud later', "updatedAt" = '2030-01-01 10:00:09+00'
+            WHERE substr("id", 2)::int <= 600"#,
+    )
+    .await;
+    behind(
+        &pair,
+        &main,
+        r#"UPDATE "User" SET "name" = 'main later', "updatedAt" = '2030-01-01 10:00:09+00'
+            WHERE substr("id", 2)::int > 600"#,
+    )
+    .await;
+
+    // Killed while comparing: the table is locked on main, so the scan waits for it.
+    let holder = pair.main().await;
+    holder
+        .batch_execute(r#"BEGIN; LOCK TABLE "User" IN ACCESS EXCLUSIVE MODE"#)
+        .await
+        .expect("locking User");
+    kill_scan_while_it_waits(&pair, &main).await;
+    holder.batch_execute("ROLLBACK").await.expect("unlocking");
+    assert_eq!(scanner_entries(&main).await, (0, 0), "nothing settled yet");
+
+    // Killed while repairing: one row that cloud loses, u999, is locked on cloud. It is
+    // the greatest key, in the last batch: earlier batches are repaired by then.
+    let holder = pair.cloud().await;
+    holder
+        .batch_execute(r#"BEGIN; SELECT 1 FROM "User" WHERE "id" = 'u999' FOR UPDATE"#)
+        .await
+        .expect("locking u999 on cloud");
+    kill_scan_while_it_waits(&pair, &cloud).await;
+    let (logged, keys) = scanner_entries(&main).await;
+    assert!(
+        logged > 0 && logged < 1200,
+        "killed in the middle: {logged} settled"
+    );
+    assert_eq!(logged, keys, "each difference logged once");
+    assert_eq!(
+        name(&cloud, "u999").await,
+        Some(Some("first".into())),
+        "the blocked repair wrote nothing"
+    );
+    holder.batch_execute("ROLLBACK").await.expect("unlocking");
+    drop(holder);
+
+    // The next scan settles the rest, each once.
+    let v = scan_json(&pair, &[]).await;
+    assert_eq!(v["repaired"], 1200 - logged, "{v}");
+    assert_eq!(v["logged"], 1200 - logged, "{v}");
+    assert_eq!(scanner_entries(&main).await, (1200, 1200));
+    users_equal(&pair).await;
+    for c in [&main, &cloud] {
+        assert_eq!(name(c, "u1").await, Some(Some("cloud later".into())));
+        assert_eq!(name(c, "u999").await, Some(Some("main later".into())));
+    }
+    let again = scan_json(&pair, &["--full"]).await;
+    assert_eq!(again["differences"], 0, "{again}");
+    assert_eq!(scanner_entries(&main).await, (1200, 1200));
+}
+
+#[tokio::test]
+async fn a_row_the_application_keeps_locked_fails_alone_and_is_repaired_by_the_next_scan() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for i in 1..=5 {
+        insert_user(&main, &format!("u{i}"), Some("first")).await;
+    }
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    // Main's later writes win: every repair goes to cloud, in one batch.
+    behind(
+        &pair,
+        &main,
+        r#"UPDATE "User" SET "name" = 'main later', "updatedAt" = '2030-01-01 10:00:09+00'"#,
+    )
+    .await;
+    let holder = pair.cloud().await;
+    holder
+        .batch_execute(r#"BEGIN; SELECT 1 FROM "User" WHERE "id" = 'u3' FOR UPDATE"#)
+        .await
+        .expect("locking u3 on cloud");
+
+    // The batch waits for u3 past lock_timeout and fails; then row by row, only u3 fails.
+    let out = pair
+        .run("main", &["scan", "--json", "--table", "User"])
+        .await;
+    let v: Value = serde_json::from_slice(&out.stdout).expect("scan --json is JSON");
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    let t = &v["tables"][0];
+    assert_eq!(t["repaired"], 4, "{v}");
+    assert_eq!(t["logged"], 4, "{v}");
+    let errors = t["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{v}");
+    assert!(
+        errors[0].as_str().unwrap_or("").starts_with(r#"["u3"]: "#),
+        "{v}"
+    );
+    assert_eq!(name(&cloud, "u2").await, Some(Some("main later".into())));
+    assert_eq!(name(&cloud, "u3").await, Some(Some("first".into())));
+
+    holder.batch_execute("ROLLBACK").await.expect("unlocking");
+    let v = scan_json(&pair, &["--table", "User"]).await;
+    assert_eq!(v["repaired"], 1, "{v}");
+    assert_eq!(v["logged"], 1, "{v}");
+    users_equal(&pair).await;
+    assert_eq!(scanner_log(&main).await.len(), 5);
+}

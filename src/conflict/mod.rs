@@ -28,6 +28,31 @@ pub fn write_row_sql(
     row: &serde_json::Value,
     update: bool,
 ) -> String {
+    upsert_sql(
+        key_columns,
+        row,
+        update,
+        &format!("{tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1::jsonb)"),
+    )
+}
+
+/// The same for many rows at once (the scanner's batched repairs): `$1` a JSON array of
+/// rows that all have `row`'s columns. The table is aliased `t`, for a `RETURNING` clause.
+pub fn write_rows_sql(
+    tbl: &str,
+    key_columns: &[String],
+    row: &serde_json::Value,
+    update: bool,
+) -> String {
+    upsert_sql(
+        key_columns,
+        row,
+        update,
+        &format!("{tbl} AS t SELECT * FROM jsonb_populate_recordset(NULL::{tbl}, $1::jsonb)"),
+    )
+}
+
+fn upsert_sql(key_columns: &[String], row: &serde_json::Value, update: bool, into: &str) -> String {
     use crate::model::quote_ident;
     let keys = key_columns
         .iter()
@@ -49,8 +74,5 @@ pub fn write_row_sql(
     } else {
         format!("UPDATE SET {set}")
     };
-    format!(
-        "INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1::jsonb)
-             ON CONFLICT ({keys}) DO {action}"
-    )
+    format!("INSERT INTO {into} ON CONFLICT ({keys}) DO {action}")
 }

@@ -19,7 +19,9 @@
 //! each candidate is then read again on both sides, the wait repeated, and only a
 //! difference that stayed put is settled. A repair writes only the losing side, under the
 //! replication origin of duplex's own (`conflict::origin`, not sent back), in a transaction that first checks
-//! the row still has the version that was compared.
+//! the row still has the version that was compared. Re-reads and repairs go by batches of
+//! keys (one statement per batch and side, one transaction per batch and losing side),
+//! with the same per-row checks.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -180,6 +182,8 @@ pub struct TableReport {
     pub errors: Vec<String>,
     /// Seconds taken.
     pub seconds: f64,
+    /// Of those, seconds spent re-checking and settling the differences found.
+    pub settle_seconds: f64,
 }
 
 /// Is one side empty or nearly (more than half its rows missing and at least 100)?
@@ -452,49 +456,6 @@ impl Shape {
             kr = self.key_row,
             b = self.bound("r.b")
         )
-    }
-
-    /// `$1` key text, `$2` rel: the row (jsonb), its hash, updated-at, incarnation, the
-    /// incarnations seen at its creation, and the key's tombstoned incarnations.
-    fn read_sql(&self) -> String {
-        format!(
-            "SELECT r.v, r.h, r.u, coalesce(ri.inc, '0'), ri.seen,
-                    (SELECT array_agg(tb.inc) FROM duplex.tombstone tb
-                      WHERE tb.rel = $2 AND tb.key = $1)
-               FROM (SELECT 1) one
-               LEFT JOIN LATERAL (SELECT to_jsonb(t.*) AS v, {h} AS h, {u} AS u
-                                    FROM {tbl} t WHERE {kr} = {b}) r ON true
-               LEFT JOIN duplex.row_incarnation ri ON ri.rel = $2 AND ri.key = $1",
-            h = self.hash,
-            u = self.updated,
-            tbl = self.tbl,
-            kr = self.key_row,
-            b = self.bound("$1::text::jsonb")
-        )
-    }
-
-    fn lock_sql(&self) -> String {
-        format!(
-            "SELECT {h} FROM {tbl} t WHERE {kr} = {b} FOR UPDATE",
-            h = self.hash,
-            tbl = self.tbl,
-            kr = self.key_row,
-            b = self.bound("$1::text::jsonb")
-        )
-    }
-
-    fn delete_sql(&self) -> String {
-        format!(
-            "DELETE FROM {tbl} t WHERE {kr} = {b}",
-            tbl = self.tbl,
-            kr = self.key_row,
-            b = self.bound("$1::text::jsonb")
-        )
-    }
-
-    /// `$1` the row as jsonb; `update` false inserts only when the key is free.
-    fn write_sql(&self, row: &Value, update: bool) -> String {
-        super::write_row_sql(&self.tbl, &self.key_columns, row, update)
     }
 }
 
@@ -1072,21 +1033,6 @@ impl Seen {
     }
 }
 
-async fn read(c: &Client, s: &Shape, rel: &str, key: &str, side: Role) -> Result<Seen, Error> {
-    let r = c
-        .query_one(&s.read_sql(), &[&key, &rel])
-        .await
-        .context(format!("{side}: re-reading {rel} {key}"))?;
-    Ok(Seen {
-        row: r.get(0),
-        hash: r.get(1),
-        updated_at: r.get(2),
-        inc: r.get(3),
-        seen: r.get(4),
-        tombstones: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
-    })
-}
-
 /// What to do about one difference (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -1215,92 +1161,37 @@ pub async fn scan_table(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     };
-    // First re-read: still different outside the snapshots?
-    let mut first = Vec::new();
-    for c in &diff.candidates {
-        let m = read(main, &shape, &rel, &c.key, Role::Main).await?;
-        let k = read(cloud, &shape, &rel, &c.key, Role::Cloud).await?;
-        if m.hash != k.hash {
-            first.push((c.key.clone(), m, k));
-        }
-    }
-    if !first.is_empty() {
-        // Anything committed meanwhile is applied before the second read: a difference
-        // that survives it unchanged is not in flight.
-        wait_caught_up(main, cloud, opts.catch_up_timeout).await?;
-    }
-    let mut origin_ready = [false, false];
-    for (key, m1, c1) in first {
-        let m = read(main, &shape, &rel, &key, Role::Main).await?;
-        let k = read(cloud, &shape, &rel, &key, Role::Cloud).await?;
-        if m.hash != m1.hash || k.hash != c1.hash {
-            report.skipped += 1;
-            continue;
-        }
-        let Some(d) = decide(policy.policy, &m, &k) else {
-            continue;
-        };
-        report.confirmed += 1;
-        if !opts.repair {
-            continue;
-        }
-        let (loser, winner_seen, loser_seen) = match d.loser {
-            Role::Main => (main, &k, &m),
-            Role::Cloud => (cloud, &m, &k),
-        };
-        let slot = usize::from(d.loser == Role::Cloud);
-        if !origin_ready[slot] {
-            super::origin::enter(loser, d.loser).await?;
-            origin_ready[slot] = true;
-        }
-        let entry = conflict_log::ScannerEntry {
-            table_name: &rel,
-            record_id: &key,
-            conflict_type: d.conflict_type,
-            main_version: m.row.as_ref(),
-            cloud_version: k.row.as_ref(),
-            policy: policy.policy.as_str(),
-            winner: d.winner,
-            resolved_by: resolved_by(policy.policy),
-            detected_on: opts.log_side.as_str(),
-            conflict_key: &conflict_key(d.conflict_type, &rel, &key, m.hash, k.hash),
-        };
-        let log_in_txn = d.loser == opts.log_side;
-        match repair(
-            loser,
-            &shape,
-            &rel,
-            &key,
-            &d,
-            winner_seen,
-            loser_seen,
-            log_in_txn.then_some(&entry),
-        )
-        .await
-        {
-            Ok(true) => {
-                report.repaired += 1;
-                if log_in_txn {
-                    report.logged += 1;
-                } else {
-                    report.logged += conflict_log::insert_scanner(local, &entry).await?;
-                }
-            }
-            Ok(false) => report.skipped += 1,
-            Err(e) => {
-                tracing::warn!(table = %rel, key = %key, "repair failed: {e:#}");
-                report.errors.push(format!("{key}: {e}"));
-            }
-        }
-    }
-    for (done, (side, c)) in origin_ready
+    let settling = Instant::now();
+    let mut origins = [false, false];
+    let settled = settle(
+        main,
+        cloud,
+        &shape,
+        &rel,
+        policy.policy,
+        &diff.candidates,
+        opts,
+        &mut origins,
+        &mut report,
+    )
+    .await;
+    // Whatever happened, the sessions stop writing under duplex's origin: they are used
+    // for the next table.
+    let mut left = Ok(());
+    for (done, (side, c)) in origins
         .iter()
         .zip([(Role::Main, main), (Role::Cloud, cloud)])
     {
         if *done {
-            super::origin::leave(c, side).await?;
+            if let Err(e) = super::origin::leave(c, side).await {
+                left = Err(e);
+            }
         }
     }
+    // The settling error first: it is the cause of a failure to leave.
+    settled?;
+    left?;
+    report.settle_seconds = settling.elapsed().as_secs_f64();
     report.diff = diff;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -1323,66 +1214,468 @@ pub fn conflict_key(
         .collect()
 }
 
-/// Write the decision on the losing side in one transaction that first checks the row
-/// still has the compared version. `Ok(false)`: it changed, nothing was written.
-#[allow(clippy::too_many_arguments)]
-async fn repair(
+/// Candidates re-read per statement, and differences repaired per transaction and
+/// statement: a few hundred keys keep one result (full row versions) to a few MB and a
+/// repair's row locks short, while 10,000 differences take a few dozen round trips
+/// instead of tens of thousands.
+const SETTLE_BATCH: usize = 500;
+
+// The statements that re-check and repair candidates, each over a batch of keys: `$1` is a
+// JSON array of keys (each a JSON array, as `Candidate::key`), and rows come back with the
+// key's position in it (`ord`, from 1).
+impl Shape {
+    /// Per key: its row's hash (NULL: no row).
+    fn hash_many_sql(&self) -> String {
+        format!(
+            "SELECT r.ord::int8, x.h {keys}
+               LEFT JOIN LATERAL (SELECT {h} AS h FROM {tbl} t WHERE {kr} = {b}) x ON true",
+            keys = KEYS_FROM,
+            h = self.hash,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("r.b")
+        )
+    }
+
+    /// `$2` rel. Per key: the row (jsonb), its hash, updated-at, incarnation, the
+    /// incarnations seen at its creation, and the key's tombstoned incarnations.
+    fn read_many_sql(&self) -> String {
+        format!(
+            "SELECT r.ord::int8, x.v, x.h, x.u, coalesce(ri.inc, '0'), ri.seen,
+                    (SELECT array_agg(tb.inc) FROM duplex.tombstone tb
+                      WHERE tb.rel = $2 AND tb.key = r.b::text)
+               FROM {keys}
+               LEFT JOIN LATERAL (SELECT to_jsonb(t.*) AS v, {h} AS h, {u} AS u
+                                    FROM {tbl} t WHERE {kr} = {b}) x ON true
+               LEFT JOIN duplex.row_incarnation ri ON ri.rel = $2 AND ri.key = r.b::text",
+            keys = KEYS_FROM.trim_start_matches("FROM "),
+            h = self.hash,
+            u = self.updated,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("r.b")
+        )
+    }
+
+    /// Lock the keys' rows (those that exist) and return their hashes.
+    fn lock_many_sql(&self) -> String {
+        format!(
+            "SELECT r.ord::int8, {h} {keys} JOIN {tbl} t ON {kr} = {b}
+              ORDER BY r.ord FOR UPDATE OF t",
+            keys = KEYS_FROM,
+            h = self.hash,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("r.b")
+        )
+    }
+
+    /// Delete the keys' rows; returns the positions deleted.
+    fn delete_many_sql(&self) -> String {
+        format!(
+            "DELETE FROM {tbl} t USING jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS r(b, ord)
+              WHERE {kr} = {b} RETURNING r.ord::int8",
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("r.b")
+        )
+    }
+
+    /// `$1` a JSON array of rows like `row`: insert them (`update`: or overwrite the row
+    /// with the same key); returns the keys written.
+    fn write_many_sql(&self, row: &Value, update: bool) -> String {
+        format!(
+            "{} RETURNING {}",
+            super::write_rows_sql(&self.tbl, &self.key_columns, row, update),
+            self.key_json
+        )
+    }
+}
+
+/// The keys of a batch statement, with their positions.
+const KEYS_FROM: &str = "FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS r(b, ord)";
+
+/// A JSON array of keys (each already a JSON array), for `$1` of a batch statement.
+fn key_list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, k) in keys.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+    }
+    out.push(']');
+    out
+}
+
+/// The 0-based position of a batch statement's `ord` column.
+fn position(r: &tokio_postgres::Row, n: usize) -> Option<usize> {
+    let ord: i64 = r.get(0);
+    usize::try_from(ord - 1).ok().filter(|&i| i < n)
+}
+
+/// Each key's current row hash on `c` (`None`: no row), in `keys`' order.
+async fn hash_many(
+    c: &Client,
+    s: &Shape,
+    keys: &[&str],
+    side: Role,
+) -> Result<Vec<Option<i64>>, Error> {
+    let rows = c
+        .query(&s.hash_many_sql(), &[&key_list(keys.iter().copied())])
+        .await
+        .context(format!("{side}: re-reading {} row hashes", keys.len()))?;
+    let mut out = vec![None; keys.len()];
+    for r in rows {
+        if let Some(i) = position(&r, keys.len()) {
+            out[i] = r.get(1);
+        }
+    }
+    Ok(out)
+}
+
+/// Each key's current version on `c`, read outside any snapshot, in `keys`' order
+/// (`None`: the server returned nothing for it).
+async fn read_many(
     c: &Client,
     s: &Shape,
     rel: &str,
-    key: &str,
-    d: &Decision,
-    winner: &Seen,
-    loser: &Seen,
-    log: Option<&conflict_log::ScannerEntry<'_>>,
-) -> Result<bool, Error> {
-    let ctx = |what: &str| format!("{}: {what} {rel} {key}", d.loser);
+    keys: &[&str],
+    side: Role,
+) -> Result<Vec<Option<Seen>>, Error> {
+    let rows = c
+        .query(&s.read_many_sql(), &[&key_list(keys.iter().copied()), &rel])
+        .await
+        .context(format!("{side}: re-reading {} rows of {rel}", keys.len()))?;
+    let mut out = vec![None; keys.len()];
+    for r in rows {
+        if let Some(i) = position(&r, keys.len()) {
+            out[i] = Some(Seen {
+                row: r.get(1),
+                hash: r.get(2),
+                updated_at: r.get(3),
+                inc: r.get(4),
+                seen: r.get(5),
+                tombstones: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A confirmed difference and its decision.
+struct Settle<'a> {
+    key: &'a str,
+    d: Decision,
+    main: Seen,
+    cloud: Seen,
+}
+
+impl Settle<'_> {
+    /// (winner's version, loser's version).
+    fn sides(&self) -> (&Seen, &Seen) {
+        match self.d.loser {
+            Role::Main => (&self.cloud, &self.main),
+            Role::Cloud => (&self.main, &self.cloud),
+        }
+    }
+}
+
+/// What one repair transaction did.
+#[derive(Debug, Default)]
+struct Outcome {
+    repaired: usize,
+    logged: u64,
+    skipped: usize,
+}
+
+/// Re-check `candidates` outside the snapshots and, with `opts.repair`, settle those that
+/// stayed put, batch by batch. `origins[i]` tells which side (main, cloud) now writes under
+/// duplex's origin; the caller leaves it.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    rel: &str,
+    policy: Policy,
+    candidates: &[Candidate],
+    opts: &Options,
+    origins: &mut [bool; 2],
+    report: &mut TableReport,
+) -> Result<(), Error> {
+    // First re-read, hashes only: still different outside the snapshots?
+    let mut first: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
+    for chunk in candidates.chunks(SETTLE_BATCH) {
+        let keys: Vec<&str> = chunk.iter().map(|c| c.key.as_str()).collect();
+        let (m, c) = tokio::try_join!(
+            hash_many(main, s, &keys, Role::Main),
+            hash_many(cloud, s, &keys, Role::Cloud)
+        )?;
+        first.extend(
+            keys.into_iter()
+                .zip(m.into_iter().zip(c))
+                .filter(|(_, (m, c))| m != c)
+                .map(|(k, (m, c))| (k, m, c)),
+        );
+    }
+    if first.is_empty() {
+        return Ok(());
+    }
+    // Anything committed meanwhile is applied before the second read: a difference that
+    // survives it unchanged is not in flight.
+    wait_caught_up(main, cloud, opts.catch_up_timeout).await?;
+    let local = match opts.log_side {
+        Role::Main => main,
+        Role::Cloud => cloud,
+    };
+    for chunk in first.chunks(SETTLE_BATCH) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _, _)| *k).collect();
+        let (ms, cs) = tokio::try_join!(
+            read_many(main, s, rel, &keys, Role::Main),
+            read_many(cloud, s, rel, &keys, Role::Cloud)
+        )?;
+        let mut lost: [Vec<Settle>; 2] = [Vec::new(), Vec::new()];
+        for ((&(key, m1, c1), m), k) in chunk.iter().zip(ms).zip(cs) {
+            let (Some(m), Some(k)) = (m, k) else {
+                report.skipped += 1;
+                continue;
+            };
+            if m.hash != m1 || k.hash != c1 {
+                report.skipped += 1;
+                continue;
+            }
+            let Some(d) = decide(policy, &m, &k) else {
+                continue;
+            };
+            report.confirmed += 1;
+            if opts.repair {
+                lost[usize::from(d.loser == Role::Cloud)].push(Settle {
+                    key,
+                    d,
+                    main: m,
+                    cloud: k,
+                });
+            }
+        }
+        for (slot, (side, c)) in [(Role::Main, main), (Role::Cloud, cloud)]
+            .into_iter()
+            .enumerate()
+        {
+            let items = std::mem::take(&mut lost[slot]);
+            if items.is_empty() {
+                continue;
+            }
+            if !origins[slot] {
+                super::origin::enter(c, side).await?;
+                origins[slot] = true;
+            }
+            repair_batch(c, local, s, rel, policy, opts.log_side, &items, report).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Repair `items` (all lost by the side `c` talks to) in one transaction; when that
+/// fails, one by one, so that one bad row (a constraint, a row locked by the application
+/// beyond `lock_timeout`) costs only its own repair, reported in `report.errors`. A broken
+/// connection ends the table.
+#[allow(clippy::too_many_arguments)]
+async fn repair_batch(
+    c: &Client,
+    local: &Client,
+    s: &Shape,
+    rel: &str,
+    policy: Policy,
+    log_side: Role,
+    items: &[Settle<'_>],
+    report: &mut TableReport,
+) -> Result<(), Error> {
+    let add = |report: &mut TableReport, o: Outcome| {
+        report.repaired += o.repaired;
+        report.logged += o.logged;
+        report.skipped += o.skipped;
+    };
+    let err = match repair(c, local, s, rel, policy, log_side, items).await {
+        Ok(o) => {
+            tracing::debug!(table = %rel, "repaired {} of {} rows", o.repaired, items.len());
+            add(report, o);
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    if c.is_closed() || local.is_closed() {
+        return Err(err);
+    }
+    if let [one] = items {
+        tracing::warn!(table = %rel, key = %one.key, "repair failed: {err:#}");
+        report.errors.push(format!("{}: {err}", one.key));
+        return Ok(());
+    }
+    tracing::info!(table = %rel, "a repair of {} rows failed ({err:#}): repairing them one by one", items.len());
+    for one in items.chunks(1) {
+        match repair(c, local, s, rel, policy, log_side, one).await {
+            Ok(o) => add(report, o),
+            Err(e) if c.is_closed() || local.is_closed() => return Err(e),
+            Err(e) => {
+                tracing::warn!(table = %rel, key = %one[0].key, "repair failed: {e:#}");
+                report.errors.push(format!("{}: {e}", one[0].key));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write the decisions of `items` on the losing side `c` in one transaction that first
+/// locks the rows and keeps only those that still have the compared version (the others
+/// are left for the next scan), and log each difference it settled once. The log is
+/// written in that transaction when `c` is the log side; otherwise on `local` just before
+/// the commit: a crash or a failed commit in between leaves an entry whose repair the
+/// next scan makes under the same conflict key (logged once), never a repair without its
+/// entry.
+async fn repair(
+    c: &Client,
+    local: &Client,
+    s: &Shape,
+    rel: &str,
+    policy: Policy,
+    log_side: Role,
+    items: &[Settle<'_>],
+) -> Result<Outcome, Error> {
+    let Some(side) = items.first().map(|i| i.d.loser) else {
+        return Ok(Outcome::default());
+    };
+    let what = |w: &str| match items {
+        [one] => format!("{side}: {w} {rel} {}", one.key),
+        _ => format!("{side}: {w} {} rows of {rel}", items.len()),
+    };
     c.batch_execute("BEGIN")
         .await
-        .context(ctx("starting a repair of"))?;
+        .context(what("starting a repair of"))?;
     let result = async {
-        let now: Option<i64> = c
-            .query_opt(&s.lock_sql(), &[&key])
+        let mut out = Outcome::default();
+        let keys: Vec<&str> = items.iter().map(|i| i.key).collect();
+        let mut now: Vec<Option<i64>> = vec![None; items.len()];
+        for r in c
+            .query(&s.lock_many_sql(), &[&key_list(keys.iter().copied())])
             .await
-            .context(ctx("locking"))?
-            .map(|r| r.get(0));
-        if now != loser.hash {
-            return Ok(false);
-        }
-        if d.delete {
-            c.execute(&s.delete_sql(), &[&key])
-                .await
-                .context(ctx("deleting"))?;
-        } else {
-            let Some(row) = winner.row.as_ref() else {
-                return Ok(false);
-            };
-            let n = c
-                .execute(&s.write_sql(row, loser.row.is_some()), &[row])
-                .await
-                .context(ctx("writing"))?;
-            if n == 0 {
-                return Ok(false);
+            .context(what("locking"))?
+        {
+            if let Some(i) = position(&r, items.len()) {
+                now[i] = r.get(1);
             }
-            // The row is the winner's incarnation now, not a new one.
-            crate::store::tombstone::revive(c, rel, key, &winner.inc, &winner.seen).await?;
         }
-        if let Some(entry) = log {
-            conflict_log::insert_scanner(c, entry).await?;
+        // Still the compared version: (position, delete, update an existing row).
+        let mut todo: Vec<usize> = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            let (winner, loser) = it.sides();
+            if now[i] != loser.hash || (!it.d.delete && winner.row.is_none()) {
+                out.skipped += 1;
+            } else {
+                todo.push(i);
+            }
         }
-        Ok::<_, Error>(true)
+        let mut written = vec![false; items.len()];
+        let deletes: Vec<usize> = todo
+            .iter()
+            .copied()
+            .filter(|&i| items[i].d.delete)
+            .collect();
+        if !deletes.is_empty() {
+            let list = key_list(deletes.iter().map(|&i| items[i].key));
+            for r in c
+                .query(&s.delete_many_sql(), &[&list])
+                .await
+                .context(what("deleting"))?
+            {
+                if let Some(j) = position(&r, deletes.len()) {
+                    written[deletes[j]] = true;
+                }
+            }
+        }
+        let mut revived = Vec::new();
+        for update in [true, false] {
+            let group: Vec<usize> = todo
+                .iter()
+                .copied()
+                .filter(|&i| !items[i].d.delete && items[i].sides().1.row.is_some() == update)
+                .collect();
+            let rows: Vec<&Value> = group
+                .iter()
+                .filter_map(|&i| items[i].sides().0.row.as_ref())
+                .collect();
+            let Some(first) = rows.first() else {
+                continue;
+            };
+            let sql = s.write_many_sql(first, update);
+            let param = serde_json::to_value(&rows).unwrap_or(Value::Null);
+            let done = c.query(&sql, &[&param]).await.context(what("writing"))?;
+            if done.len() == group.len() {
+                group.iter().for_each(|&i| written[i] = true);
+            } else {
+                // Some keys were taken meanwhile (an insert only copies a missing row).
+                let back: std::collections::HashSet<String> =
+                    done.iter().map(|r| r.get(0)).collect();
+                for &i in &group {
+                    written[i] = back.contains(items[i].key);
+                    out.skipped += usize::from(!written[i]);
+                }
+            }
+            for &i in &group {
+                if written[i] {
+                    let w = items[i].sides().0;
+                    revived.push(
+                        serde_json::json!({"key": items[i].key, "inc": w.inc, "seen": w.seen}),
+                    );
+                }
+            }
+        }
+        if !revived.is_empty() {
+            // The rows are the winners' incarnations now, not new ones.
+            crate::store::tombstone::revive_many(c, rel, &Value::Array(revived)).await?;
+        }
+        let done: Vec<&Settle> = items
+            .iter()
+            .zip(&written)
+            .filter(|(_, w)| **w)
+            .map(|(it, _)| it)
+            .collect();
+        out.repaired = done.len();
+        let conflict_keys: Vec<String> = done
+            .iter()
+            .map(|it| conflict_key(it.d.conflict_type, rel, it.key, it.main.hash, it.cloud.hash))
+            .collect();
+        let entries: Vec<conflict_log::ScannerEntry> = done
+            .iter()
+            .zip(&conflict_keys)
+            .map(|(it, ck)| conflict_log::ScannerEntry {
+                table_name: rel,
+                record_id: it.key,
+                conflict_type: it.d.conflict_type,
+                main_version: it.main.row.as_ref(),
+                cloud_version: it.cloud.row.as_ref(),
+                policy: policy.as_str(),
+                winner: it.d.winner,
+                resolved_by: resolved_by(policy),
+                detected_on: log_side.as_str(),
+                conflict_key: ck,
+            })
+            .collect();
+        let log_on = if side == log_side { c } else { local };
+        out.logged = conflict_log::insert_scanner_many(log_on, &entries).await?;
+        Ok::<_, Error>(out)
     }
     .await;
     match result {
-        Ok(true) => {
+        Ok(out) => {
             c.batch_execute("COMMIT")
                 .await
-                .context(ctx("committing the repair of"))?;
-            Ok(true)
+                .context(what("committing the repair of"))?;
+            Ok(out)
         }
-        other => {
+        Err(e) => {
             let _ = c.batch_execute("ROLLBACK").await;
-            other
+            Err(e)
         }
     }
 }

@@ -306,6 +306,20 @@ const INSERT_SCANNER: &str = "INSERT INTO duplex.conflict_log
           'scanner', $9, $10)
   ON CONFLICT (conflict_key) DO NOTHING";
 
+/// [`INSERT_SCANNER`] for many entries: `$1` a JSON array of [`ScannerEntry`]s (as
+/// serialized), logged in that order; returns how many were new.
+const INSERT_SCANNER_MANY: &str = "INSERT INTO duplex.conflict_log
+    (table_name, record_id, conflict_type, main_version, cloud_version, policy, winner,
+     resolved_by, resolved_at, detected_by, detected_on, conflict_key)
+  SELECT x.table_name, x.record_id, x.conflict_type, x.main_version, x.cloud_version,
+         x.policy, x.winner, x.resolved_by,
+         CASE WHEN x.resolved_by IS NULL THEN NULL ELSE now() END, 'scanner', x.detected_on,
+         x.conflict_key
+    FROM jsonb_to_recordset($1::jsonb) AS x(table_name text, record_id text,
+         conflict_type text, main_version jsonb, cloud_version jsonb, policy text,
+         winner text, resolved_by text, detected_on text, conflict_key text)
+  ON CONFLICT (conflict_key) DO NOTHING";
+
 /// An open `truncate` entry for table `$1`, unless one is open already.
 const INSERT_TRUNCATE: &str = "INSERT INTO duplex.conflict_log
     (table_name, record_id, conflict_type, policy, detected_by, detected_on, conflict_key,
@@ -317,7 +331,7 @@ const INSERT_TRUNCATE: &str = "INSERT INTO duplex.conflict_log
                         AND resolved_at IS NULL)";
 
 /// One difference the scanner found and settled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ScannerEntry<'a> {
     /// `schema.table`.
     pub table_name: &'a str,
@@ -361,6 +375,26 @@ pub async fn insert_scanner(client: &Client, e: &ScannerEntry<'_>) -> Result<u64
         )
         .await
         .context(format!("logging a scanner conflict on {}", e.table_name))
+}
+
+/// Log many scanner findings in one statement, in order; returns how many were new (the
+/// others were logged before).
+pub async fn insert_scanner_many(
+    client: &Client,
+    entries: &[ScannerEntry<'_>],
+) -> Result<u64, Error> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let json = serde_json::to_value(entries).unwrap_or(Value::Null);
+    client
+        .execute(INSERT_SCANNER_MANY, &[&json])
+        .await
+        .context(format!(
+            "logging {} scanner conflicts on {}",
+            entries.len(),
+            entries[0].table_name
+        ))
 }
 
 /// Log an open `truncate` conflict for `table` unless one is open; returns 1 when new.

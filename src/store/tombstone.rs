@@ -48,3 +48,27 @@ pub async fn revive(
         .context("clearing the tombstone of a repaired row")?;
     Ok(())
 }
+
+const SET_INCARNATIONS: &str = "SELECT duplex.set_incarnation($1, x.key, x.inc, x.seen)
+  FROM jsonb_to_recordset($2::jsonb) AS x(key text, inc text, seen text[])";
+const CLEAR_MANY: &str = "DELETE FROM duplex.tombstone tb
+ USING jsonb_to_recordset($2::jsonb) AS x(key text, inc text)
+ WHERE tb.rel = $1 AND tb.key = x.key AND tb.inc = x.inc";
+
+/// [`revive`] for many rows of `rel` in two statements: `rows` a JSON array of objects
+/// `{"key": ..., "inc": ..., "seen": [...] | null}`.
+pub async fn revive_many(
+    client: &Client,
+    rel: &str,
+    rows: &serde_json::Value,
+) -> Result<(), Error> {
+    client
+        .execute(SET_INCARNATIONS, &[&rel, rows])
+        .await
+        .context("recording the incarnations of repaired rows")?;
+    client
+        .execute(CLEAR_MANY, &[&rel, rows])
+        .await
+        .context("clearing the tombstones of repaired rows")?;
+    Ok(())
+}
