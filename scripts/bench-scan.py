@@ -149,6 +149,7 @@ class Relay:
 
 
 RELAYS: dict[str, Relay] = {}
+LAST_STDERR = [""]
 
 
 def sql(url: str, query: str, check: bool = True) -> str:
@@ -231,6 +232,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int
     t0 = time.monotonic()
     out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     secs = time.monotonic() - t0
+    LAST_STDERR[0] = out.stderr
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
     if out.returncode not in (0, 1):
         raise SystemExit(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -256,9 +258,17 @@ def duplex(*args: str) -> tuple[float, int, int, str, int, int]:
         os.unlink(cfg.name)
 
 
+RELADIFF_ERRORS: list[str] = []
+
+
 def reladiff() -> tuple[float, int, int, str, int, int]:
     # psycopg2 reads the password from the URL; every column is compared.
-    return timed([RELADIFF, relayed("main", "postgresql"), "app_event", relayed("cloud", "postgresql"), "app_event", "-k", "id", "-c", "%"])
+    cmd = [RELADIFF, relayed("main", "postgresql"), "app_event", relayed("cloud", "postgresql"), "app_event", "-k", "id", "-c", "%"]
+    r = timed(cmd)
+    # What it logged as an error (it may still exit 0), without the URLs.
+    RELADIFF_ERRORS.clear()
+    RELADIFF_ERRORS.extend(line.strip()[:200] for line in LAST_STDERR[0].splitlines() if "error" in line.lower() and "://" not in line)
+    return r
 
 
 def reladiff_found(out: str) -> int:
@@ -300,6 +310,12 @@ def differences() -> None:
     ]
     for s in stmts:
         sql(bench("cloud"), s)
+
+
+def errors() -> str:
+    if not RELADIFF_ERRORS:
+        return ""
+    return f"; logged {len(RELADIFF_ERRORS)} error line(s), first: {RELADIFF_ERRORS[0].replace('|', '/')}"
 
 
 def mib(kib: int) -> str:
@@ -368,12 +384,12 @@ def main() -> int:
             row(f"identical: duplex {' '.join(args)}", best, f"exit {best[2]}", f"{own_bytes(best[3]):,}")
         if use_reladiff:
             r = reladiff()
-            row("identical: reladiff", r, f"{reladiff_found(r[3])} found, exit {r[2]}")
+            row("identical: reladiff", r, f"{reladiff_found(r[3])} found, exit {r[2]}{errors()}")
         note_load()
         differences()
         if use_reladiff:
             r = reladiff()
-            row("100 diffs: reladiff", r, f"{reladiff_found(r[3])} found, exit {r[2]}")
+            row("100 diffs: reladiff", r, f"{reladiff_found(r[3])} found, exit {r[2]}{errors()}")
         for args in (("integrity", "--checksum"), ("scan", "--dry-run"), ("scan",), ("integrity", "--checksum")):
             duplex_row(f"100 diffs: duplex {' '.join(args)}", args)
         note_load()
