@@ -719,3 +719,50 @@ async fn integer_keys_in_one_sequence_range_per_side_are_bucketed_and_every_diff
         .await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 }
+
+#[tokio::test]
+async fn text_keys_of_a_larger_table_are_cut_at_sampled_keys_and_every_difference_is_found() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    // Enough rows for the first level to be cut at sampled keys (more than 16 parts).
+    main.batch_execute(
+        r#"INSERT INTO "User" ("id", "email", "name")
+           SELECT 'u' || lpad(i::text, 6, '0'), 'u' || i || '@x', CASE WHEN i % 3 = 0 THEN NULL ELSE 'n' END
+             FROM generate_series(1, 30000) i"#,
+    )
+    .await
+    .expect("seeding");
+    pair.wait_caught_up(Duration::from_secs(60)).await;
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "User" SET "name" = '' WHERE "id" IN ('u000003', 'u015000', 'u029997');
+           DELETE FROM "User" WHERE "id" = 'u020000';
+           INSERT INTO "User" ("id", "email") VALUES ('u999999', 'late@x'), ('a', 'first@x');"#,
+    )
+    .await;
+    let found = scan_json(&pair, &["--dry-run", "--table", "User"]).await;
+    let t = found["tables"][0].clone();
+    assert_eq!(t["mode"], "full", "{found}");
+    let mut keys: Vec<String> = t["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            r#"["a"]"#,
+            r#"["u000003"]"#,
+            r#"["u015000"]"#,
+            r#"["u020000"]"#,
+            r#"["u029997"]"#,
+            r#"["u999999"]"#
+        ],
+        "{found}"
+    );
+    assert_eq!(t["confirmed"], 6, "{found}");
+}
