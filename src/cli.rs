@@ -728,9 +728,19 @@ async fn run_scan(
             };
             if t.diff.mode == "incremental" {
                 println!(
-                    "{}: incremental, {} key(s) changed since the last pass: {state} ({:.2} s)",
-                    t.table, t.diff.changed_keys, t.seconds
+                    "{}: incremental, {} key(s) changed since the last pass{}: {state} ({:.2} s)",
+                    t.table,
+                    t.diff.changed_keys,
+                    t.diff
+                        .changes_by
+                        .as_deref()
+                        .map(|b| format!(" (found {b})"))
+                        .unwrap_or_default(),
+                    t.seconds
                 );
+                if let Some(h) = &t.diff.hint {
+                    println!("  hint: {h}");
+                }
             } else {
                 println!(
                     "{}: main {} cloud {} rows: {state} ({:.2} s)",

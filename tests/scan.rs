@@ -541,6 +541,21 @@ async fn after_a_full_pass_later_passes_look_only_at_what_changed_and_still_repa
     assert_eq!(u["mode"], "incremental", "{second}");
     assert_eq!(u["equal"], true, "{second}");
     assert!(u["changed_keys"].as_u64().unwrap() <= 5, "{u}");
+    // No index on "updatedAt": by commit timestamps, and the report says how to do better.
+    assert!(
+        u["changes_by"]
+            .as_str()
+            .unwrap()
+            .contains("commit timestamps"),
+        "{u}"
+    );
+    assert!(
+        u["hint"]
+            .as_str()
+            .unwrap()
+            .contains(r#"CREATE INDEX CONCURRENTLY ON "public"."User" ("updatedAt")"#),
+        "{u}"
+    );
 
     // Divergence behind replication's back, after the last pass: an update on cloud, a
     // row only on main, a delete on main.
@@ -852,4 +867,239 @@ async fn a_row_the_application_keeps_locked_fails_alone_and_is_repaired_by_the_n
     assert_eq!(v["logged"], 1, "{v}");
     users_equal(&pair).await;
     assert_eq!(scanner_log(&main).await.len(), 5);
+}
+
+#[tokio::test]
+async fn with_an_index_on_updated_at_incremental_passes_find_changes_by_it_and_full_passes_catch_the_rest(
+) {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(r#"CREATE INDEX "User_updatedAt_idx" ON "User" ("updatedAt")"#)
+            .await
+            .expect("creating the index on updatedAt");
+    }
+    for i in 1..=5 {
+        insert_user(&main, &format!("u{i}"), Some("first")).await;
+    }
+    // Stamped long ago, so that no pass's window (which reaches a minute back) holds them.
+    main.batch_execute(r#"UPDATE "User" SET "updatedAt" = '2001-01-01 00:00:00+00'"#)
+        .await
+        .expect("stamping the users");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    let user = |v: &Value| {
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "public.User")
+            .cloned()
+            .unwrap()
+    };
+    // `duplex check` says which way each table's incremental passes go, and how to get
+    // the fast one.
+    let (stdout, _) = text(&pair.run("main", &["check"]).await);
+    for side in ["main", "cloud"] {
+        assert!(
+            stdout.contains(&format!(
+                r#"ok    {side}: incremental scan of public.User: by the index on "updatedAt""#
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(r#"main: incremental scan of public.JumpLog: by commit timestamps (every row's commit time is read): no index on "updatedAt""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"CREATE INDEX CONCURRENTLY ON "public"."JumpLog" ("updatedAt")"#),
+        "{stdout}"
+    );
+
+    let first = scan_json(&pair, &[]).await;
+    assert_eq!(user(&first)["mode"], "full", "{first}");
+
+    // Behind replication's back: an update on cloud that bumps "updatedAt", a new row on
+    // main (its "updatedAt" defaults to now()), a delete on main (a tombstone); and an
+    // update on cloud that sets "updatedAt" to a past value, which an incremental pass
+    // by "updatedAt" cannot see.
+    behind(&pair, &cloud, r#"UPDATE "User" SET "name" = 'cloud later', "updatedAt" = now() + interval '1 hour' WHERE "id" = 'u2';
+                             UPDATE "User" SET "name" = 'old stamp', "updatedAt" = '2001-01-02 00:00:00+00' WHERE "id" = 'u4';"#).await;
+    behind(
+        &pair,
+        &main,
+        r#"INSERT INTO "User" ("id", "email") VALUES ('u9', 'u9@example.com');
+           DELETE FROM "User" WHERE "id" = 'u3';"#,
+    )
+    .await;
+    let second = scan_json(&pair, &[]).await;
+    let u = user(&second);
+    assert_eq!(u["mode"], "incremental", "{second}");
+    assert!(
+        u["changes_by"]
+            .as_str()
+            .unwrap()
+            .contains(r#"index on "updatedAt""#),
+        "{u}"
+    );
+    assert!(u.get("hint").is_none(), "{u}");
+    assert_eq!(u["confirmed"], 3, "{second}");
+    assert_eq!(u["repaired"], 3, "{second}");
+    for c in [&main, &cloud] {
+        assert_eq!(name(c, "u2").await, Some(Some("cloud later".into())));
+        assert!(name(c, "u9").await.is_some());
+        assert_eq!(name(c, "u3").await, None);
+    }
+    // The write with a past "updatedAt" is still there: the daily full pass finds it
+    // (and, last_write_wins, cloud's later stamp wins).
+    assert_eq!(u["changed_keys"], 3, "{second}");
+    assert_eq!(name(&main, "u4").await, Some(Some("first".into())));
+    assert_eq!(name(&cloud, "u4").await, Some(Some("old stamp".into())));
+    let full = scan_json(&pair, &["--full"]).await;
+    let u = user(&full);
+    assert_eq!(u["mode"], "full", "{full}");
+    assert_eq!(u["confirmed"], 1, "{full}");
+    assert_eq!(u["repaired"], 1, "{full}");
+    users_equal(&pair).await;
+    assert_eq!(name(&main, "u4").await, Some(Some("old stamp".into())));
+}
+
+#[tokio::test]
+async fn integer_keys_in_one_sequence_range_per_side_are_bucketed_and_every_difference_is_found() {
+    let pair = Pair::new().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(r#"CREATE TABLE "Event" ("id" bigint PRIMARY KEY, "note" text)"#)
+            .await
+            .expect("creating Event");
+    }
+    pair.setup_both().await;
+    // Main's rows in 1..20000, cloud's in a range of its own a trillion keys up, as two
+    // sequences that never collide would leave them; a third of the notes NULL.
+    main.batch_execute(
+        r#"INSERT INTO "Event"
+           SELECT i, CASE WHEN i % 3 = 0 THEN NULL ELSE 'n' || i END FROM generate_series(1, 20000) i;
+           INSERT INTO "Event"
+           SELECT 1000000000000 + i, CASE WHEN i % 3 = 0 THEN NULL ELSE 'n' || i END FROM generate_series(1, 20000) i;"#,
+    )
+    .await
+    .expect("seeding Event");
+    pair.wait_caught_up(Duration::from_secs(30)).await;
+    for c in [&main, &cloud] {
+        c.batch_execute(r#"ANALYZE "Event""#)
+            .await
+            .expect("analysing");
+    }
+    let event = |v: &Value| {
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "public.Event")
+            .cloned()
+            .unwrap()
+    };
+    let equal = scan_json(&pair, &["--dry-run", "--table", "Event"]).await;
+    assert_eq!(event(&equal)["equal"], true, "{equal}");
+
+    // Behind replication's back on cloud, in both ranges: NULL -> '', text -> NULL, a
+    // delete, and rows only cloud has, one of them far beyond both ranges.
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "Event" SET "note" = '' WHERE "id" IN (3, 1000000000003, 19998);
+           UPDATE "Event" SET "note" = NULL WHERE "id" IN (10, 1000000000010);
+           DELETE FROM "Event" WHERE "id" IN (7000, 1000000007000);
+           INSERT INTO "Event" VALUES (20001, 'x'), (1000000020001, NULL), (9000000000000000, 'far');"#,
+    )
+    .await;
+    let mut want: Vec<String> = [
+        3i64,
+        10,
+        7000,
+        19998,
+        20001,
+        1000000000003,
+        1000000000010,
+        1000000007000,
+        1000000020001,
+        9000000000000000,
+    ]
+    .iter()
+    .map(|k| format!("[{k}]"))
+    .collect();
+    want.sort();
+    let found = scan_json(&pair, &["--dry-run", "--table", "Event"]).await;
+    let t = event(&found);
+    assert_eq!(t["mode"], "full", "{found}");
+    assert_eq!(t["confirmed"], 10, "{found}");
+    let mut keys: Vec<String> = t["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, want, "{found}");
+    // Hashes of buckets and of the few small ranges that differ, not of 40,000 rows.
+    assert!(t["bytes_read"].as_u64().unwrap() < 400_000, "{t}");
+
+    let out = pair
+        .run("main", &["integrity", "--checksum", "--table", "Event"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let fixed = scan_json(&pair, &["--table", "Event"]).await;
+    assert_eq!(event(&fixed)["repaired"], 10, "{fixed}");
+    let out = pair
+        .run("main", &["integrity", "--checksum", "--table", "Event"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+}
+
+#[tokio::test]
+async fn text_keys_of_a_larger_table_are_cut_at_sampled_keys_and_every_difference_is_found() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    // Enough rows for the first level to be cut at sampled keys (more than 16 parts).
+    main.batch_execute(
+        r#"INSERT INTO "User" ("id", "email", "name")
+           SELECT 'u' || lpad(i::text, 6, '0'), 'u' || i || '@x', CASE WHEN i % 3 = 0 THEN NULL ELSE 'n' END
+             FROM generate_series(1, 30000) i"#,
+    )
+    .await
+    .expect("seeding");
+    pair.wait_caught_up(Duration::from_secs(60)).await;
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "User" SET "name" = '' WHERE "id" IN ('u000003', 'u015000', 'u029997');
+           DELETE FROM "User" WHERE "id" = 'u020000';
+           INSERT INTO "User" ("id", "email") VALUES ('u999999', 'late@x'), ('a', 'first@x');"#,
+    )
+    .await;
+    let found = scan_json(&pair, &["--dry-run", "--table", "User"]).await;
+    let t = found["tables"][0].clone();
+    assert_eq!(t["mode"], "full", "{found}");
+    let mut keys: Vec<String> = t["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            r#"["a"]"#,
+            r#"["u000003"]"#,
+            r#"["u015000"]"#,
+            r#"["u020000"]"#,
+            r#"["u029997"]"#,
+            r#"["u999999"]"#
+        ],
+        "{found}"
+    );
+    assert_eq!(t["confirmed"], 6, "{found}");
 }

@@ -160,6 +160,13 @@ pub struct TableDiff {
     pub mode: &'static str,
     /// Incremental: the keys committed or deleted since the last pass, on either side.
     pub changed_keys: usize,
+    /// Incremental: how the changed rows were found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes_by: Option<String>,
+    /// Incremental by commit timestamps although the table has an updated-at column:
+    /// the index that would make the pass fast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// What a scan did to one table.
@@ -259,6 +266,7 @@ pub async fn prepare(client: &Client, side: Role) -> Result<(), Error> {
 /// The SQL fragments for one table.
 #[derive(Debug, Clone)]
 struct Shape {
+    table: TableName,
     tbl: String,
     /// `t."a"` or `(t."a", t."b")`.
     key_row: String,
@@ -274,6 +282,8 @@ struct Shape {
     binary: bool,
     /// The updated-at column as timestamptz, or NULL.
     updated: String,
+    /// The updated-at column and its type, when the policy has one.
+    updated_column: Option<(String, String)>,
     key_columns: Vec<String>,
 }
 
@@ -316,11 +326,21 @@ impl Shape {
         } else {
             "('x' || left(md5(to_jsonb(t.*)::text), 16))::bit(64)::bigint".to_string()
         };
-        let updated = match t.policy.as_ref().and_then(|p| p.updated_at.as_ref()) {
+        let updated_name = t.policy.as_ref().and_then(|p| p.updated_at.as_ref());
+        let updated = match updated_name {
             Some(c) => format!("t.{}::timestamptz", quote_ident(c)),
             None => "NULL::timestamptz".into(),
         };
+        let updated_column = updated_name.map(|c| {
+            let ty = columns
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, ty)| ty.clone())
+                .unwrap_or_else(|| "timestamp with time zone".into());
+            (c.clone(), ty)
+        });
         Shape {
+            table: t.table.clone(),
             tbl: t.table.quoted(),
             key_row,
             key_order: cols.join(", "),
@@ -329,6 +349,7 @@ impl Shape {
             hash,
             binary,
             updated,
+            updated_column,
             key_columns: t.key.clone(),
         }
     }
@@ -428,19 +449,115 @@ impl Shape {
         )
     }
 
+    /// A single integer key: the first level is arithmetic buckets of it.
+    fn integer_key(&self) -> bool {
+        matches!(
+            self.key_types.as_slice(),
+            [t] if t == "bigint" || t == "integer" || t == "smallint"
+        )
+    }
+
+    /// `$1` the quoted table name: the smallest and largest key (two index probes) and
+    /// the planner's row estimate (-1: never analysed).
+    fn bounds_sql(&self) -> String {
+        format!(
+            "SELECT min({k})::int8, max({k})::int8,
+                    (SELECT reltuples::int8 FROM pg_class WHERE oid = $1::text::regclass)
+               FROM {tbl} t",
+            k = self.key_row,
+            tbl = self.tbl
+        )
+    }
+
+    /// `$1` segment bounds (int8[], ascending), `$2` each segment's shift (int4[]): each
+    /// bucket (segment `width_bucket(key, $1)`, `key >> shift`) with its row count and
+    /// `bit_xor` of row hashes, in one pass over the table.
+    fn buckets_sql(&self, segmented: bool) -> String {
+        if !segmented {
+            // One segment, `$1` its shift: no width_bucket per row (a fifth of the cost).
+            return format!(
+                "SELECT 0::int4, {k}::int8 >> $1::int4, count(*), coalesce(bit_xor({h}), 0)::int8
+                   FROM {tbl} t GROUP BY 2",
+                k = self.key_row,
+                h = self.hash,
+                tbl = self.tbl
+            );
+        }
+        let seg = format!("width_bucket({}::int8, $1::int8[])", self.key_row);
+        format!(
+            "SELECT {seg}, {k}::int8 >> ($2::int4[])[{seg} + 1], count(*),
+                    coalesce(bit_xor({h}), 0)::int8
+               FROM {tbl} t GROUP BY 1, 2",
+            k = self.key_row,
+            h = self.hash,
+            tbl = self.tbl
+        )
+    }
+
+    /// `$1`, `$2` keys: the rows below `$1` and from `$2` on, each counted up to 100,000
+    /// (an index-only scan of the ends of the key space).
+    fn tails_sql(&self) -> String {
+        format!(
+            "SELECT (SELECT count(*) FROM (SELECT FROM {tbl} t WHERE {k} < $1::int8 LIMIT 100000) a),
+                    (SELECT count(*) FROM (SELECT FROM {tbl} t WHERE {k} >= $2::int8 LIMIT 100000) b)",
+            k = self.key_row,
+            tbl = self.tbl
+        )
+    }
+
+    /// `$1` schema, `$2` table, `$3` column: the column's histogram bounds as PostgreSQL's
+    /// statistics have them (no row: never analysed).
+    fn histogram_sql(&self) -> &'static str {
+        "SELECT histogram_bounds::text::int8[] FROM pg_stats
+          WHERE schemaname = $1 AND tablename = $2 AND attname = $3 AND NOT inherited"
+    }
+
+    /// `$1` percent of the table's blocks, `$2` parts, `$3` a key: every n-th sampled key
+    /// after `$3` in key order, so that the sample is cut into about `$2` parts.
+    fn sample_sql(&self) -> String {
+        format!(
+            "SELECT s.k FROM (
+               SELECT {k} AS k, row_number() OVER (ORDER BY {o}) AS rn, count(*) OVER () AS n
+                 FROM {tbl} t TABLESAMPLE SYSTEM ($1::float4)
+                WHERE {kr} > {b}) s
+              WHERE s.rn % greatest(s.n / $2::int8, 1) = 0
+              ORDER BY s.rn",
+            k = self.key_json,
+            o = self.key_order,
+            tbl = self.tbl,
+            kr = self.key_row,
+            b = self.bound("$3::text::jsonb")
+        )
+    }
+
     /// `SELECT true` when the table has a row.
     fn any_row_sql(&self) -> String {
         format!("SELECT EXISTS (SELECT FROM {} t)", self.tbl)
     }
 
-    /// Keys (JSON array text) of rows whose version was committed at or after `$1`, and of
-    /// rows of rel `$2` deleted since then (tombstones).
-    fn changed_sql(&self) -> String {
+    /// Keys (JSON array text) and row hashes of rows changed at or after `$1` (by `by`),
+    /// and keys of rows of rel `$2` deleted since then (tombstones, hash NULL).
+    fn changed_sql(&self, by: ChangesBy) -> String {
+        let cond = match (by, &self.updated_column) {
+            (ChangesBy::UpdatedAt, Some((col, ty))) if !ty.contains("without") => {
+                format!("t.{} >= $1", quote_ident(col))
+            }
+            // A timestamp without time zone holds UTC here, as last_write_wins reads it
+            // (sessions are pinned to UTC); the bound is cast, not the column, so the
+            // index is used.
+            (ChangesBy::UpdatedAt, Some((col, ty))) => format!(
+                "t.{} >= ($1::timestamptz AT TIME ZONE 'UTC')::{ty}",
+                quote_ident(col)
+            ),
+            _ => "pg_xact_commit_timestamp(t.xmin) >= $1".to_string(),
+        };
         format!(
-            "SELECT {k} FROM {tbl} t WHERE pg_xact_commit_timestamp(t.xmin) >= $1
-             UNION
-             SELECT tb.key FROM duplex.tombstone tb WHERE tb.rel = $2 AND tb.deleted_at >= $1",
+            "SELECT {k}, {h} FROM {tbl} t WHERE {cond}
+             UNION ALL
+             SELECT tb.key, NULL::int8 FROM duplex.tombstone tb
+              WHERE tb.rel = $2 AND tb.deleted_at >= $1",
             k = self.key_json,
+            h = self.hash,
             tbl = self.tbl
         )
     }
@@ -608,40 +725,127 @@ async fn compare_shaped(
 /// Above this many changed keys an incremental pass is no cheaper: compare in full.
 const INCREMENTAL_MAX_KEYS: usize = 200_000;
 
-/// Compare only the keys committed or deleted at or after `since` on either side (commit
-/// timestamps and duplex's tombstones), in one snapshot per side. `None` when that cannot
-/// be trusted or is no cheaper, and the caller compares in full: a server without
+/// How an incremental pass finds the rows changed since the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangesBy {
+    /// `updated_at >= since` through an index whose first column is the table's
+    /// updated-at column (on both sides): the cost follows the number of changed rows.
+    UpdatedAt,
+    /// `pg_xact_commit_timestamp(xmin) >= since`: reads every row's commit time (a
+    /// sequential scan), so the cost follows the table's size.
+    CommitTimestamp,
+}
+
+impl ChangesBy {
+    /// As shown in reports.
+    pub fn describe(self, updated_at: Option<&str>) -> String {
+        match (self, updated_at) {
+            (ChangesBy::UpdatedAt, Some(c)) => {
+                format!("by the index on \"{c}\" (only the changed rows are read)")
+            }
+            _ => "by commit timestamps (every row's commit time is read)".to_string(),
+        }
+    }
+}
+
+/// What an incremental pass of a table would use and, when that is the slow way, how to
+/// get the fast one. Both sides must have an index whose first column is the updated-at
+/// column (btree, valid, not partial).
+pub async fn changes_by(
+    main: &Client,
+    cloud: &Client,
+    table: &TableName,
+    updated_at: Option<&str>,
+) -> Result<(ChangesBy, Option<String>), Error> {
+    let Some(col) = updated_at else {
+        return Ok((ChangesBy::CommitTimestamp, None));
+    };
+    let mut lacking = Vec::new();
+    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
+        if !updated_at_index(c, table, col)
+            .await
+            .context(format!("{side}: looking for an index on {table} \"{col}\""))?
+        {
+            lacking.push(side.as_str());
+        }
+    }
+    if lacking.is_empty() {
+        return Ok((ChangesBy::UpdatedAt, None));
+    }
+    Ok((
+        ChangesBy::CommitTimestamp,
+        Some(format!(
+            "for a fast incremental pass create an index on the updated-at column on {}: CREATE INDEX CONCURRENTLY ON {} ({})",
+            lacking.join(" and "),
+            table.quoted(),
+            quote_ident(col)
+        )),
+    ))
+}
+
+/// Whether `table` has a usable btree index whose first column is `column`.
+pub async fn updated_at_index(
+    c: &Client,
+    table: &TableName,
+    column: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT EXISTS (
+           SELECT FROM pg_index i
+             JOIN pg_class ic ON ic.oid = i.indexrelid
+             JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = format('%I.%I', $1::text, $2::text)::regclass
+              AND a.attname = $3 AND i.indisvalid AND i.indisready AND i.indpred IS NULL)",
+        &[&table.schema, &table.name, &column],
+    )
+    .await?
+    .get(0))
+}
+
+/// Compare only the keys changed (by the updated-at index where both sides have one, else
+/// by commit timestamp) or deleted (duplex's tombstones) at or after `since` on either
+/// side, in one snapshot per side. `None` when that cannot be trusted or is no cheaper,
+/// and the caller compares in full: commit timestamps needed but a server runs without
 /// `track_commit_timestamp`, one side empty and the other not (a TRUNCATE leaves no trace
 /// in either), or too many changed keys.
 async fn compare_incremental(
     main: &Client,
     cloud: &Client,
     s: &Shape,
-    rel: &str,
+    table: &TableName,
     since: DateTime<Utc>,
     max_differences: usize,
 ) -> Result<Option<TableDiff>, Error> {
-    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
-        let on: bool = c
-            .query_one(
-                "SELECT current_setting('track_commit_timestamp') = 'on'",
-                &[],
-            )
-            .await
-            .context(format!("{side}: reading track_commit_timestamp"))?
-            .get(0);
-        if !on {
-            return Ok(None);
+    let updated_name = s.updated_column.as_ref().map(|(n, _)| n.clone());
+    let (by, hint) = changes_by(main, cloud, table, updated_name.as_deref()).await?;
+    if by == ChangesBy::CommitTimestamp {
+        for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
+            let on: bool = c
+                .query_one(
+                    "SELECT current_setting('track_commit_timestamp') = 'on'",
+                    &[],
+                )
+                .await
+                .context(format!("{side}: reading track_commit_timestamp"))?
+                .get(0);
+            if !on {
+                return Ok(None);
+            }
         }
     }
+    let rel = table.to_string();
     begin_snapshots(main, cloud).await?;
-    let result = incremental_in_snapshot(main, cloud, s, rel, since, max_differences).await;
+    let result = incremental_in_snapshot(main, cloud, s, &rel, since, by, max_differences).await;
     end_snapshots(main, cloud).await;
     let Some(mut diff) = result? else {
         return Ok(None);
     };
     diff.method = if s.binary { "binary" } else { "text" };
     diff.mode = "incremental";
+    diff.changes_by = Some(by.describe(updated_name.as_deref()));
+    diff.hint = hint;
     Ok(Some(diff))
 }
 
@@ -651,47 +855,65 @@ async fn incremental_in_snapshot(
     s: &Shape,
     rel: &str,
     since: DateTime<Utc>,
+    by: ChangesBy,
     max_differences: usize,
 ) -> Result<Option<TableDiff>, Error> {
     let any = s.any_row_sql();
-    let (am, ac): (bool, bool) = (
-        main.query_one(&any, &[])
-            .await
-            .context("main: looking for a row")?
-            .get(0),
-        cloud
-            .query_one(&any, &[])
-            .await
-            .context("cloud: looking for a row")?
-            .get(0),
-    );
-    if am != ac {
+    let (am, ac) = on_both(main, cloud, &any, &[], "looking for a row").await?;
+    let row_in = |rows: &[tokio_postgres::Row]| rows.first().is_some_and(|r| r.get::<_, bool>(0));
+    if row_in(&am) != row_in(&ac) {
         return Ok(None);
     }
-    let changed = s.changed_sql();
-    let mut keys = std::collections::BTreeSet::new();
+    let changed = s.changed_sql(by);
+    let (cm, cc) = on_both(
+        main,
+        cloud,
+        &changed,
+        &[&since, &rel],
+        "listing the keys changed since the last pass",
+    )
+    .await?;
     let mut bytes_read = 4;
-    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
-        for r in c.query(&changed, &[&since, &rel]).await.context(format!(
-            "{side}: listing the keys changed since the last pass"
-        ))? {
+    // Each key changed on either side with the hash each side reported (a tombstone
+    // reports none). A key both sides changed to the same version needs nothing more.
+    let mut seen: HashMap<String, [Option<Option<i64>>; 2]> = HashMap::new();
+    for (side, rows) in [(0, cm), (1, cc)] {
+        for r in rows {
             let k: String = r.get(0);
-            bytes_read += k.len() as u64;
-            keys.insert(k);
+            let h: Option<i64> = r.get(1);
+            bytes_read += k.len() as u64 + 8;
+            let slot = &mut seen.entry(k).or_default()[side];
+            // A row and a tombstone of the same key: the row is what the side has now.
+            if slot.flatten().is_none() {
+                *slot = Some(h);
+            }
         }
-        if keys.len() > INCREMENTAL_MAX_KEYS {
+        if seen.len() > INCREMENTAL_MAX_KEYS {
             return Ok(None);
         }
     }
     let mut diff = TableDiff {
         main_count: -1,
         cloud_count: -1,
-        changed_keys: keys.len(),
+        changed_keys: seen.len(),
         ..TableDiff::default()
     };
-    let keys: Vec<String> = keys.into_iter().collect();
+    let mut unsettled = Vec::new();
+    for (key, [m, c]) in seen {
+        match (m, c) {
+            (Some(Some(m)), Some(Some(c))) if m == c => {}
+            (Some(Some(m)), Some(Some(c))) => diff.candidates.push(Candidate {
+                key,
+                main: Some(m),
+                cloud: Some(c),
+            }),
+            _ => unsettled.push(key),
+        }
+    }
+    // Changed on one side only, or deleted: read both sides' current hash of the key.
+    unsettled.sort();
     let hashes = s.keyed_hash_sql();
-    for chunk in keys.chunks(RANGE_BATCH) {
+    for chunk in unsettled.chunks(RANGE_BATCH) {
         let list = format!("[{}]", chunk.join(","));
         let (rm, rc) = on_both(main, cloud, &hashes, &[&list], "hashing the changed rows").await?;
         bytes_read += 8 * (rm.len() + rc.len()) as u64;
@@ -701,19 +923,19 @@ async fn incremental_in_snapshot(
             let key: String = r.get(0);
             let m: Option<i64> = r.get(1);
             let c = theirs.get(&key).copied().flatten();
-            if m == c {
-                continue;
+            if m != c {
+                diff.candidates.push(Candidate {
+                    key,
+                    main: m,
+                    cloud: c,
+                });
             }
-            if diff.candidates.len() >= max_differences {
-                diff.more = true;
-                break;
-            }
-            diff.candidates.push(Candidate {
-                key,
-                main: m,
-                cloud: c,
-            });
         }
+    }
+    diff.candidates.sort_by(|a, b| a.key.cmp(&b.key));
+    if diff.candidates.len() > max_differences {
+        diff.candidates.truncate(max_differences);
+        diff.more = true;
     }
     diff.bytes_read = bytes_read;
     diff.equal = diff.candidates.is_empty();
@@ -726,6 +948,9 @@ async fn compare_in_snapshot(
     s: &Shape,
     max_differences: usize,
 ) -> Result<TableDiff, Error> {
+    if s.integer_key() {
+        return compare_bucketed(main, cloud, s, max_differences).await;
+    }
     let total = s.total_sql();
     let (tm, tc) = tokio::try_join!(
         async {
@@ -781,17 +1006,308 @@ async fn compare_in_snapshot(
         (Some(k), None) | (None, Some(k)) => k,
         (None, None) => return Ok(diff),
     };
-    let mut to_split = vec![Range {
-        from,
-        to: None,
-        main: nm,
-        cloud: nc,
-    }];
-    while !to_split.is_empty() && diff.candidates.len() < max_differences {
-        let parts = split(main, cloud, s, &to_split, &mut diff.bytes_read).await?;
-        let measured = measure(main, cloud, s, parts, &mut diff.bytes_read).await?;
+    // The first level's boundaries from a sample of main's keys rather than from every
+    // key in order (a pass over the whole index saved); both sides then measure the same
+    // ranges.
+    let parts = bucket_count(nm.max(nc));
+    let cuts = if parts > 16 {
+        sample_cuts(main, s, &from, nm.max(nc), parts, &mut diff.bytes_read).await?
+    } else {
+        Vec::new()
+    };
+    let differing = if cuts.is_empty() {
+        vec![Range {
+            from,
+            to: None,
+            main: nm,
+            cloud: nc,
+        }]
+    } else {
+        let mut ranges = Vec::with_capacity(cuts.len() + 1);
+        let mut lo = from;
+        for cut in cuts {
+            ranges.push(Range {
+                from: std::mem::replace(&mut lo, cut.clone()),
+                to: Some(cut),
+                main: 0,
+                cloud: 0,
+            });
+        }
+        ranges.push(Range {
+            from: lo,
+            to: None,
+            main: 0,
+            cloud: 0,
+        });
+        measure(main, cloud, s, ranges, &mut diff.bytes_read).await?
+    };
+    narrow(main, cloud, s, differing, max_differences, &mut diff).await?;
+    Ok(diff)
+}
+
+/// About `parts - 1` keys of `c`'s table, evenly spaced in key order, from a block
+/// sample of about 16 rows per part; each after `from`.
+async fn sample_cuts(
+    c: &Client,
+    s: &Shape,
+    from: &str,
+    rows: i64,
+    parts: i64,
+    bytes: &mut u64,
+) -> Result<Vec<String>, Error> {
+    let percent = (100.0 * 16.0 * parts as f64 / rows.max(1) as f64).clamp(0.001, 100.0) as f32;
+    let keys = c
+        .query(&s.sample_sql(), &[&percent, &parts, &from])
+        .await
+        .context("main: sampling keys")?;
+    *bytes += keys
+        .iter()
+        .map(|r| r.get::<_, String>(0).len() as u64)
+        .sum::<u64>();
+    Ok(keys.iter().map(|r| r.get(0)).collect())
+}
+
+/// Buckets of an integer key: `key >> shift`, so that `[lo, hi]` falls into at most
+/// `buckets` of them. Pure.
+fn bucket_shift(lo: i64, hi: i64, buckets: i64) -> u32 {
+    let buckets = i128::from(buckets.max(1));
+    (0..63u32)
+        .find(|&s| i128::from(hi >> s) - i128::from(lo >> s) < buckets)
+        .unwrap_or(63)
+}
+
+/// How many first-level buckets for a table of about `rows` rows (`rows` < 0: unknown,
+/// as PostgreSQL says of a table never analysed): about [`LEAF_ROWS`] rows each, at most
+/// [`MAX_PARTS`]. Pure.
+fn bucket_count(rows: i64) -> i64 {
+    if rows < 0 {
+        return MAX_PARTS;
+    }
+    ((rows + LEAF_ROWS - 1) / LEAF_ROWS).clamp(1, MAX_PARTS)
+}
+
+/// The first level of an integer key: segments of the key space between `bounds` (as
+/// `width_bucket` numbers them: segment 0 below the first bound, segment `i` from bound
+/// `i - 1`), each cut into buckets of `1 << shifts[i]` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Buckets {
+    lo: i64,
+    bounds: Vec<i64>,
+    shifts: Vec<i32>,
+}
+
+impl Buckets {
+    /// The histogram's bounds strictly above `lo` and at most `hi`, ascending, distinct:
+    /// the segment bounds of [`Buckets::plan`]. Pure.
+    fn bounds(lo: i64, hi: i64, histogram: &[i64]) -> Vec<i64> {
+        let mut bounds: Vec<i64> = histogram
+            .iter()
+            .copied()
+            .filter(|&b| b > lo && b <= hi)
+            .collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        bounds
+    }
+
+    /// About `2 x bucket_count(rows)` buckets of 128 to 256 rows where the keys are
+    /// dense. `bounds` from [`Buckets::bounds`] (the histogram's: about as many rows
+    /// between two of them), `tails` the rows below the first and from the last (on the
+    /// side with more). When one shift suits every histogram interval (keys spread evenly,
+    /// a few outliers aside) it is one segment `key >> shift`; otherwise (keys clustered,
+    /// for example one sequence range per side) each segment gets its own shift, so that
+    /// a dense cluster gets narrow buckets however wide the key space is. Either way there
+    /// are at most about `2 x MAX_PARTS` buckets plus two per segment. Pure.
+    fn plan(lo: i64, hi: i64, bounds: Vec<i64>, rows: i64, tails: [i64; 2]) -> Buckets {
+        let target = 2 * bucket_count(rows);
+        let naive = |lo: i64| Buckets {
+            lo,
+            bounds: Vec::new(),
+            shifts: vec![bucket_shift(lo, hi, target) as i32],
+        };
+        if bounds.len() < 2 || rows < 0 {
+            return naive(lo);
+        }
+        let intervals = bounds.len() as i64 - 1;
+        let per = (target / intervals).max(1);
+        let per_rows = (rows / intervals).max(1);
+        // (first key, last key, rows) of each segment.
+        let mut segments = vec![(lo, bounds[0] - 1, tails[0])];
+        segments.extend(bounds.windows(2).map(|w| (w[0], w[1] - 1, per_rows)));
+        segments.push((bounds[bounds.len() - 1], hi, tails[1]));
+        let shifts: Vec<i32> = segments
+            .iter()
+            .map(|&(a, b, _)| bucket_shift(a, b.max(a), per) as i32)
+            .collect();
+        // The shift most intervals want (their median); the others then hold more or
+        // fewer buckets, counted below.
+        let mut interior = shifts[1..shifts.len() - 1].to_vec();
+        interior.sort_unstable();
+        let one = interior[interior.len() / 2];
+        let buckets: i64 = segments
+            .iter()
+            .map(|&(a, b, n)| n.min((b.max(a) >> one) - (a >> one) + 1))
+            .sum();
+        if buckets <= target + target / 4 {
+            return Buckets {
+                lo,
+                bounds: Vec::new(),
+                shifts: vec![one],
+            };
+        }
+        Buckets { lo, bounds, shifts }
+    }
+
+    /// The key range of bucket `b` of segment `seg`: `[b << shift, (b + 1) << shift)`
+    /// within the segment (open-ended where the end would not fit in a bigint).
+    fn range(&self, seg: i32, b: i64, main: i64, cloud: i64) -> Range {
+        let seg = usize::try_from(seg).unwrap_or(0).min(self.bounds.len());
+        let shift = self.shifts.get(seg).copied().unwrap_or(0).clamp(0, 63) as u32;
+        let seg_lo = if seg == 0 {
+            self.lo
+        } else {
+            self.bounds[seg - 1]
+        };
+        let seg_hi = self.bounds.get(seg).copied();
+        let lo = (i128::from(b) << shift).max(i128::from(seg_lo));
+        let hi = (i128::from(b) + 1) << shift;
+        let hi = match seg_hi {
+            Some(h) => Some(hi.min(i128::from(h))),
+            None => Some(hi),
+        };
+        Range {
+            from: format!("[{lo}]"),
+            to: hi
+                .and_then(|h| i64::try_from(h).ok())
+                .map(|h| format!("[{h}]")),
+            main,
+            cloud,
+        }
+    }
+}
+
+/// A table with a single integer key: the first level's ranges are arithmetic buckets of
+/// the key (`key >> shift`), aggregated on each side in ONE pass over the table (a
+/// grouped sequential scan, in parallel where PostgreSQL can), whose sums are also the
+/// whole-table comparison. Only differing buckets are narrowed down further.
+async fn compare_bucketed(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    max_differences: usize,
+) -> Result<TableDiff, Error> {
+    let bounds = s.bounds_sql();
+    let (bm, bc) = on_both(main, cloud, &bounds, &[&s.tbl], "reading the key bounds").await?;
+    let read = |rows: &[tokio_postgres::Row]| -> (Option<i64>, Option<i64>, i64) {
+        rows.first()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .unwrap_or((None, None, -1))
+    };
+    let ((lo_m, hi_m, est_m), (lo_c, hi_c, est_c)) = (read(&bm), read(&bc));
+    let lo = [lo_m, lo_c].into_iter().flatten().min();
+    let hi = [hi_m, hi_c].into_iter().flatten().max();
+    let mut diff = TableDiff {
+        equal: true,
+        bytes_read: 48,
+        ..TableDiff::default()
+    };
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(diff);
+    };
+    let rows = if est_m < 0 || est_c < 0 {
+        -1
+    } else {
+        est_m.max(est_c)
+    };
+    let histogram: Option<Vec<i64>> = main
+        .query_opt(
+            s.histogram_sql(),
+            &[&s.table.schema, &s.table.name, &s.key_columns[0]],
+        )
+        .await
+        .context("main: reading the key's statistics")?
+        .and_then(|r| r.get(0));
+    let bounds = Buckets::bounds(lo, hi, &histogram.unwrap_or_default());
+    let mut tails = [0i64; 2];
+    if let (Some(first), Some(last)) = (bounds.first(), bounds.last()) {
+        let (tm, tc) = on_both(
+            main,
+            cloud,
+            &s.tails_sql(),
+            &[first, last],
+            "counting keys outside the statistics",
+        )
+        .await?;
+        for r in tm.iter().chain(tc.iter()) {
+            tails[0] = tails[0].max(r.get(0));
+            tails[1] = tails[1].max(r.get(1));
+        }
+    }
+    let plan = Buckets::plan(lo, hi, bounds, rows, tails);
+    let sql = s.buckets_sql(!plan.bounds.is_empty());
+    // The planner takes `key >> n` for as many groups as keys, and would sort every row
+    // rather than hash a few thousand groups in parallel workers: steer it (for this
+    // transaction only).
+    let steer = "SET LOCAL enable_sort = off; SET LOCAL parallel_setup_cost = 0;
+                 SET LOCAL parallel_tuple_cost = 0";
+    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
+        c.batch_execute(steer)
+            .await
+            .context(format!("{side}: planner settings of the scan"))?;
+    }
+    let what = "aggregating key buckets";
+    let (rm, rc) = if plan.bounds.is_empty() {
+        on_both(main, cloud, &sql, &[&plan.shifts[0]], what).await?
+    } else {
+        on_both(main, cloud, &sql, &[&plan.bounds, &plan.shifts], what).await?
+    };
+    // The statements that narrow ranges down want the planner's own judgement back.
+    for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
+        c.batch_execute("RESET enable_sort; RESET parallel_setup_cost; RESET parallel_tuple_cost")
+            .await
+            .context(format!("{side}: planner settings of the scan"))?;
+    }
+    diff.bytes_read += 28 * (rm.len() + rc.len()) as u64;
+    let mut buckets: std::collections::BTreeMap<(i32, i64), [(i64, i64); 2]> = Default::default();
+    let mut totals = [(0i64, 0i64); 2];
+    for (side, rows) in [(0, rm), (1, rc)] {
+        for r in rows {
+            let (seg, b, n, x): (i32, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            buckets.entry((seg, b)).or_default()[side] = (n, x);
+            totals[side].0 += n;
+            totals[side].1 ^= x;
+        }
+    }
+    diff.main_count = totals[0].0;
+    diff.cloud_count = totals[1].0;
+    diff.equal = totals[0] == totals[1];
+    if diff.equal {
+        return Ok(diff);
+    }
+    diff.truncated = truncated_side(diff.main_count, diff.cloud_count);
+    let differing: Vec<Range> = buckets
+        .into_iter()
+        .filter(|(_, [m, c])| m != c)
+        .map(|((seg, b), [m, c])| plan.range(seg, b, m.0, c.0))
+        .collect();
+    narrow(main, cloud, s, differing, max_differences, &mut diff).await?;
+    Ok(diff)
+}
+
+/// Narrow differing ranges down: fetch the rows of those small enough, split the others
+/// and measure their parts, until every difference is found or `max_differences` are.
+async fn narrow(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    differing: Vec<Range>,
+    max_differences: usize,
+    diff: &mut TableDiff,
+) -> Result<(), Error> {
+    let mut measured = differing;
+    loop {
         let mut leaves = Vec::new();
-        to_split = Vec::new();
+        let mut to_split = Vec::new();
         for r in measured {
             if r.main.max(r.cloud) <= LEAF_ROWS {
                 leaves.push(r);
@@ -826,11 +1342,16 @@ async fn compare_in_snapshot(
                 }
             }
         }
+        if to_split.is_empty() {
+            return Ok(());
+        }
+        if diff.candidates.len() >= max_differences {
+            diff.more = true;
+            return Ok(());
+        }
+        let parts = split(main, cloud, s, &to_split, &mut diff.bytes_read).await?;
+        measured = measure(main, cloud, s, parts, &mut diff.bytes_read).await?;
     }
-    if !to_split.is_empty() {
-        diff.more = true;
-    }
-    Ok(diff)
 }
 
 /// The JSON array text of ranges for a statement: `[[from, to|null, extra], ...]`.
@@ -1124,7 +1645,15 @@ pub async fn scan_table(
     let shape = shape(main, cloud, target).await?;
     let incremental = match opts.since {
         Some(since) => {
-            compare_incremental(main, cloud, &shape, &rel, since, opts.max_differences).await?
+            compare_incremental(
+                main,
+                cloud,
+                &shape,
+                &target.table,
+                since,
+                opts.max_differences,
+            )
+            .await?
         }
         None => None,
     };
@@ -1750,6 +2279,89 @@ mod tests {
         assert_eq!(truncated_side(1000, 10), Some(Role::Cloud));
         assert_eq!(truncated_side(600, 1000), None);
         assert_eq!(truncated_side(0, 99), None);
+    }
+
+    #[test]
+    fn integer_key_buckets_cover_the_key_space_exactly_and_stay_few_however_keys_cluster() {
+        // Dense keys, no statistics: about 256 rows a bucket, at most 4096 buckets.
+        assert_eq!(bucket_count(1_000_000), 3907);
+        assert_eq!(bucket_count(10_000_000), MAX_PARTS);
+        assert_eq!(bucket_count(-1), MAX_PARTS);
+        assert_eq!(bucket_count(0), 1);
+        // Without statistics: [min, max] cut evenly into 128-256-row buckets.
+        let plain = Buckets::plan(1, 1_000_000, Vec::new(), 1_000_000, [0, 0]);
+        assert_eq!((plain.bounds.len(), plain.shifts.as_slice()), (0, &[7][..]));
+        let r = plain.range(0, 5, 1, 2);
+        assert_eq!((r.from.as_str(), r.to.as_deref()), ("[640]", Some("[768]")));
+        // Bucket 0 starts at the smallest key.
+        assert_eq!(plain.range(0, 0, 0, 0).from, "[1]");
+
+        // Dense keys up to a million, and 20 outliers near ten million (rows inserted on
+        // one side since the statistics were taken): one shift still suits.
+        let hist: Vec<i64> = (0..=100).map(|i| 1 + i * 10_000).collect();
+        let bounds = Buckets::bounds(1, 10_999_999, &hist);
+        assert_eq!(bounds.len(), 100);
+        let plan = Buckets::plan(1, 10_999_999, bounds, 1_000_000, [0, 20]);
+        assert_eq!((plan.bounds.len(), plan.shifts.as_slice()), (0, &[8][..]));
+
+        // Two clusters, one sequence range per side: a single shift wide enough for the
+        // whole key space would put the clusters in a few huge buckets; each segment of
+        // the histogram gets its own.
+        let mut hist: Vec<i64> = (0..=50).map(|i| 1 + i * 10_000).collect();
+        hist.extend((0..=50).map(|i| 1_000_000_000_000 + i * 10_000));
+        let (lo, hi) = (1, 1_000_000_500_000);
+        let plan = Buckets::plan(lo, hi, Buckets::bounds(lo, hi, &hist), 1_000_000, [0, 0]);
+        assert_eq!(plan.bounds.len(), 101);
+        assert!(plan.shifts[1] <= 8, "{:?}", plan.shifts);
+        assert!(plan.shifts[60] <= 8, "{:?}", plan.shifts);
+        // Every key falls in exactly one bucket's range.
+        for k in [
+            1i64,
+            2,
+            10_000,
+            10_001,
+            500_001,
+            600_000,
+            999_999_999_999,
+            1_000_000_000_000,
+            1_000_000_123_456,
+            hi,
+        ] {
+            let seg = plan.bounds.iter().filter(|&&b| b <= k).count();
+            let shift = plan.shifts[seg];
+            let r = plan.range(seg as i32, k >> shift, 0, 0);
+            let from: i64 = r
+                .from
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .unwrap();
+            let to: i64 =
+                r.to.unwrap()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse()
+                    .unwrap();
+            assert!(from <= k && k < to, "{k} not in [{from}, {to})");
+        }
+        // However the keys spread, the number of buckets stays bounded.
+        let most: i64 = plan
+            .shifts
+            .iter()
+            .enumerate()
+            .map(|(i, &sh)| {
+                let a = if i == 0 { lo } else { plan.bounds[i - 1] };
+                let b = plan.bounds.get(i).map(|b| b - 1).unwrap_or(hi);
+                (b >> sh) - (a >> sh) + 1
+            })
+            .sum();
+        assert!(most <= 2 * MAX_PARTS + 2 * 102, "{most}");
+        // Negative keys and the ends of bigint.
+        let wide = Buckets::plan(i64::MIN, i64::MAX, Vec::new(), -1, [0, 0]);
+        let top = wide.range(0, i64::MAX >> wide.shifts[0], 0, 0);
+        assert_eq!(top.to, None);
+        assert_eq!(
+            wide.range(0, i64::MIN >> wide.shifts[0], 0, 0).from,
+            format!("[{}]", i64::MIN)
+        );
     }
 
     #[test]

@@ -550,6 +550,9 @@ async fn resolution_findings(
     for t in found {
         let subject = format!("{side}: conflicts on {}", t.table);
         let policy = t.describe();
+        if let Ok(e) = &t.effective {
+            incremental_finding(report, side, client, &t.table, e.updated_at.as_deref()).await;
+        }
         if t.effective.is_err() {
             report.push(
                 Severity::Error,
@@ -597,6 +600,58 @@ async fn resolution_findings(
                 Some(&format!("{setup_hint} to regenerate them (for example after a schema change)")),
             );
         }
+    }
+}
+
+/// How the scanner's incremental passes find changed rows of `table` on `side`: by an
+/// index on the updated-at column (fast) or by commit timestamps (reads every row).
+async fn incremental_finding(
+    report: &mut Report,
+    side: Role,
+    client: &Client,
+    table: &crate::model::TableName,
+    updated_at: Option<&str>,
+) {
+    use crate::conflict::scan;
+    let subject = format!("{side}: incremental scan of {table}");
+    let Some(col) = updated_at else {
+        report.push(
+            Severity::Ok,
+            subject,
+            format!(
+                "{} (no updated-at column)",
+                scan::ChangesBy::CommitTimestamp.describe(None)
+            ),
+            None,
+        );
+        return;
+    };
+    match scan::updated_at_index(client, table, col).await {
+        Ok(true) => report.push(
+            Severity::Ok,
+            subject,
+            scan::ChangesBy::UpdatedAt.describe(Some(col)),
+            None,
+        ),
+        Ok(false) => report.push(
+            Severity::Ok,
+            subject,
+            format!(
+                "{}: no index on \"{col}\"",
+                scan::ChangesBy::CommitTimestamp.describe(None)
+            ),
+            Some(&format!(
+                "for a fast incremental pass (cost by changed rows, not table size) create one on both sides: CREATE INDEX CONCURRENTLY ON {} ({})",
+                table.quoted(),
+                crate::model::quote_ident(col)
+            )),
+        ),
+        Err(e) => report.push(
+            Severity::Warning,
+            subject,
+            format!("could not read the table's indexes: {e}"),
+            None,
+        ),
     }
 }
 
