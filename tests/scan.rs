@@ -1103,3 +1103,42 @@ async fn text_keys_of_a_larger_table_are_cut_at_sampled_keys_and_every_differenc
     );
     assert_eq!(t["confirmed"], 6, "{found}");
 }
+
+/// `[conflicts] scan_duty_percent` makes the scanner wait after its statements, and the
+/// report says for how long; by default it never waits.
+#[tokio::test]
+async fn the_throttle_waits_between_statements_only_when_configured() {
+    let pair = Pair::new().await;
+    pair.setup_both().await;
+    let main = pair.main().await;
+    for i in 1..=3 {
+        insert_user(&main, &format!("u{i}"), Some("first")).await;
+    }
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    let throttled = |v: &Value| {
+        v["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .map(|t| t["throttled_seconds"].as_f64().expect("throttled_seconds"))
+            .sum::<f64>()
+    };
+    let v = scan_json(&pair, &["--dry-run", "--full"]).await;
+    assert_eq!(throttled(&v), 0.0, "{v}");
+    pair.set_config(&format!(
+        "{}\n[conflicts]\nscan_duty_percent = 20\n",
+        common::EXAMPLE_TABLES
+    ));
+    let v = scan_json(&pair, &["--dry-run", "--full"]).await;
+    assert!(throttled(&v) > 0.0, "{v}");
+    assert_eq!(v["differences"], 0, "{v}");
+    // Out of range: refused by name, nothing scanned.
+    pair.set_config(&format!(
+        "{}\n[conflicts]\nscan_duty_percent = 0\n",
+        common::EXAMPLE_TABLES
+    ));
+    let out = pair.run("main", &["scan", "--dry-run"]).await;
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("conflicts.scan_duty_percent"), "{stderr}");
+}

@@ -16,6 +16,7 @@ const LOG_RETENTION_DAYS: Key = Key::file("conflicts.log_retention_days");
 const CLOCK_OFFSET_WARNING: Key = Key::file("conflicts.clock_offset_warning_ms");
 const SCANNER_ROLE: Key = Key::file("conflicts.scanner_role");
 const FULL_SCAN_INTERVAL: Key = Key::file("conflicts.full_scan_interval_hours");
+const SCAN_DUTY: Key = Key::file("conflicts.scan_duty_percent");
 const KEYS: &[Key] = &[
     TABLES,
     TOMBSTONE_RETENTION,
@@ -23,6 +24,7 @@ const KEYS: &[Key] = &[
     CLOCK_OFFSET_WARNING,
     SCANNER_ROLE,
     FULL_SCAN_INTERVAL,
+    SCAN_DUTY,
 ];
 const TABLE_KEYS: &[&str] = &["policy", "updated_at"];
 
@@ -52,6 +54,10 @@ pub struct ConflictSettings {
     /// Default 24.
     #[serde(rename = "full_scan_interval_hours", serialize_with = "as_hours")]
     pub full_scan_interval: Duration,
+    /// `scan_duty_percent`: the share of wall time the scanner's comparison statements may
+    /// take; after each one it waits so that, for example, 25 leaves the servers alone
+    /// three quarters of the time. Default 100 (no waiting).
+    pub scan_duty_percent: u64,
 }
 
 fn as_hours<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -112,6 +118,7 @@ impl ConflictSettings {
             full_scan_interval: Duration::from_secs(
                 s.positive(&FULL_SCAN_INTERVAL, 24, 24 * 365) * 3600,
             ),
+            scan_duty_percent: s.positive(&SCAN_DUTY, 100, 100),
             scanner_role: match s.string(&SCANNER_ROLE).as_deref() {
                 None | Some("main") => crate::model::Role::Main,
                 Some("cloud") => crate::model::Role::Cloud,

@@ -97,6 +97,9 @@ pub struct Options {
     /// Incremental: compare only rows committed (or deleted) at or after this time on
     /// either side. `None`: a full comparison.
     pub since: Option<DateTime<Utc>>,
+    /// The share of wall time (1-100%) the comparison's statements may take: after each
+    /// statement pair the scan waits out the rest (`[conflicts] scan_duty_percent`).
+    pub duty_percent: u64,
 }
 
 impl Default for Options {
@@ -107,8 +110,30 @@ impl Default for Options {
             max_differences: 10_000,
             log_side: Role::Main,
             since: None,
+            duty_percent: 100,
         }
     }
+}
+
+/// The throttle of the scan running in this task ([`scan_table`] sets it): every
+/// statement pair of [`on_both`] is followed by a pause that keeps the statements to
+/// `duty_percent` of wall time; `paused` adds up the pauses for the report.
+struct Pace {
+    duty_percent: u64,
+    paused: std::cell::Cell<Duration>,
+}
+
+tokio::task_local! {
+    static PACE: Pace;
+}
+
+/// The pause after a statement pair that took `took`, at `duty` percent (at most a
+/// minute, so a pass never stalls on one slow statement).
+fn pause_after(took: Duration, duty: u64) -> Duration {
+    if duty >= 100 || duty == 0 {
+        return Duration::ZERO;
+    }
+    (took * (100 - duty) as u32 / duty as u32).min(Duration::from_secs(60))
 }
 
 /// A key range `[from, to)` (`to` open-ended when `None`) whose contents differ.
@@ -192,6 +217,8 @@ pub struct TableReport {
     pub seconds: f64,
     /// Of those, seconds spent re-checking and settling the differences found.
     pub settle_seconds: f64,
+    /// Of those, seconds spent waiting by the throttle (`[conflicts] scan_duty_percent`).
+    pub throttled_seconds: f64,
 }
 
 /// Is one side empty or nearly (more than half its rows missing and at least 100)?
@@ -677,6 +704,29 @@ async fn on_both(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     what: &str,
 ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), pg::Error> {
+    let started = Instant::now();
+    let rows = on_both_now(main, cloud, sql, params, what).await?;
+    let took = started.elapsed();
+    let pause = PACE
+        .try_with(|p| {
+            let pause = pause_after(took, p.duty_percent);
+            p.paused.set(p.paused.get() + pause);
+            pause
+        })
+        .unwrap_or_default();
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+    Ok(rows)
+}
+
+async fn on_both_now(
+    main: &Client,
+    cloud: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), pg::Error> {
     tokio::try_join!(
         async {
             main.query(sql, params)
@@ -961,19 +1011,8 @@ async fn compare_in_snapshot(
         return compare_bucketed(main, cloud, s, max_differences).await;
     }
     let total = s.total_sql();
-    let (tm, tc) = tokio::try_join!(
-        async {
-            main.query_one(&total, &[])
-                .await
-                .context("main: aggregating")
-        },
-        async {
-            cloud
-                .query_one(&total, &[])
-                .await
-                .context("cloud: aggregating")
-        }
-    )?;
+    let (tm, tc) = on_both(main, cloud, &total, &[], "aggregating").await?;
+    let (tm, tc) = (&tm[0], &tc[0]);
     let (nm, xm): (i64, i64) = (tm.get(0), tm.get(1));
     let (nc, xc): (i64, i64) = (tc.get(0), tc.get(1));
     let mut diff = TableDiff {
@@ -1645,6 +1684,24 @@ pub async fn scan_table(
     target: &Target,
     opts: &Options,
 ) -> Result<TableReport, Error> {
+    let pace = Pace {
+        duty_percent: opts.duty_percent,
+        paused: Default::default(),
+    };
+    PACE.scope(pace, async {
+        let mut report = scan_table_paced(main, cloud, target, opts).await?;
+        report.throttled_seconds = PACE.with(|p| p.paused.get().as_secs_f64());
+        Ok(report)
+    })
+    .await
+}
+
+async fn scan_table_paced(
+    main: &Client,
+    cloud: &Client,
+    target: &Target,
+    opts: &Options,
+) -> Result<TableReport, Error> {
     let started = Instant::now();
     let rel = target.table.to_string();
     let mut report = TableReport {
@@ -2220,6 +2277,18 @@ async fn repair(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_throttle_keeps_statements_to_their_share_of_the_time() {
+        let took = Duration::from_millis(200);
+        assert_eq!(super::pause_after(took, 100), Duration::ZERO);
+        assert_eq!(super::pause_after(took, 25), Duration::from_millis(600));
+        assert_eq!(super::pause_after(took, 50), Duration::from_millis(200));
+        assert_eq!(
+            super::pause_after(Duration::from_secs(30), 1),
+            Duration::from_secs(60)
+        );
+    }
+
     use super::*;
 
     fn seen(row: bool, at: i64, inc: &str, tombstones: &[&str]) -> Seen {

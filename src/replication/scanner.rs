@@ -252,6 +252,7 @@ pub async fn scan(settings: &Settings, req: &Request) -> Result<ScanReport, Erro
             catch_up_timeout: CATCH_UP_TIMEOUT,
             log_side: role,
             since,
+            duty_percent: settings.conflicts.scan_duty_percent,
             ..Options::default()
         };
         match scan::scan_table(&main, &cloud, t, &opts).await {
