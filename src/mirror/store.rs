@@ -18,7 +18,7 @@ use super::s3::S3Store;
 use crate::config::Endpoint;
 
 /// Part uploads one S3 writer runs at once while it buffers the next part.
-pub const PARTS_IN_FLIGHT: usize = 2;
+pub const PARTS_IN_FLIGHT: usize = 1;
 
 /// What kind of failure an object-store call had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
