@@ -7,6 +7,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    fixed_mmap_threshold();
     let cli = duplex::cli::Cli::parse();
     if !matches!(cli.command, duplex::cli::Command::Run) {
         restore_sigpipe();
@@ -30,5 +31,18 @@ fn restore_sigpipe() {
     // installing the default disposition has no other effect on the process.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Keep glibc from raising its mmap threshold: the storage mirror's part buffers (8 MiB)
+/// then always come straight from the kernel and go back to it when freed, instead of
+/// staying in malloc's per-thread arenas once a first buffer was freed (measured: peak
+/// RSS 112 MB instead of under 100 MB for three transfers of 256 MiB files).
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a malloc tuning parameter; setting it explicitly
+    // also turns off glibc's dynamic adjustment of it.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

@@ -2,6 +2,12 @@
 //! and writes that become visible under their key only when [`Writer::finish`] is called
 //! (a single PUT of a buffered small object, a completed multipart upload, or a rename of
 //! a temporary file), so a copy that fails verification is never seen.
+//!
+//! An S3 writer uploads each full part in the background while the caller reads and
+//! hashes the next one, with at most [`PARTS_IN_FLIGHT`] uploads at once: memory per
+//! transfer stays under `(PARTS_IN_FLIGHT + 1) x part size`.
+
+use std::collections::VecDeque;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedPart;
@@ -10,6 +16,9 @@ use bytes::{Bytes, BytesMut};
 use super::fs::{FsReader, FsStore, FsWriter};
 use super::s3::S3Store;
 use crate::config::Endpoint;
+
+/// Part uploads one S3 writer runs at once while it buffers the next part.
+pub const PARTS_IN_FLIGHT: usize = 1;
 
 /// What kind of failure an object-store call had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -132,6 +141,7 @@ impl Store {
                 buf: BytesMut::with_capacity(part_size.min(1 << 20)),
                 upload: None,
                 parts: Vec::new(),
+                in_flight: InFlight::default(),
             }),
             Store::Fs(f) => Ok(Writer::Fs(f.writer(key).await?)),
         }
@@ -230,13 +240,17 @@ pub enum Writer {
         upload: Option<String>,
         /// Parts uploaded.
         parts: Vec<CompletedPart>,
+        /// Part uploads running, oldest first.
+        in_flight: InFlight,
     },
     /// A temporary file.
     Fs(FsWriter),
 }
 
 impl Writer {
-    /// Append `chunk`.
+    /// Append `chunk`. A full part starts uploading in the background; when
+    /// [`PARTS_IN_FLIGHT`] uploads already run, this waits for the oldest one (and returns
+    /// its error, if it failed).
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         match self {
             Writer::S3 {
@@ -246,9 +260,17 @@ impl Writer {
                 buf,
                 upload,
                 parts,
+                in_flight,
             } => {
-                buf.extend_from_slice(chunk);
-                if buf.len() >= *part_size {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    // Parts of exactly `part_size` bytes: the buffer never outgrows it.
+                    let take = (*part_size - buf.len()).min(rest.len());
+                    buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buf.len() < *part_size {
+                        break;
+                    }
                     let id = match upload {
                         Some(id) => id.clone(),
                         None => {
@@ -257,9 +279,12 @@ impl Writer {
                             id
                         }
                     };
-                    let body = buf.split().freeze();
-                    let n = parts.len() as i32 + 1;
-                    parts.push(store.upload_part(key, &id, n, body).await?);
+                    while in_flight.len() >= PARTS_IN_FLIGHT {
+                        parts.push(in_flight.next().await?);
+                    }
+                    let body = std::mem::replace(buf, BytesMut::with_capacity(*part_size));
+                    let n = (parts.len() + in_flight.len()) as i32 + 1;
+                    in_flight.start(store.clone(), key.clone(), id, n, body.freeze());
                 }
                 Ok(())
             }
@@ -276,19 +301,30 @@ impl Writer {
                 buf,
                 upload,
                 mut parts,
+                mut in_flight,
                 ..
             } => match upload {
                 None => store.put(&key, buf.freeze()).await,
                 Some(id) => {
                     let result = async {
                         if !buf.is_empty() {
-                            let n = parts.len() as i32 + 1;
-                            parts.push(store.upload_part(&key, &id, n, buf.freeze()).await?);
+                            let n = (parts.len() + in_flight.len()) as i32 + 1;
+                            in_flight.start(
+                                store.clone(),
+                                key.clone(),
+                                id.clone(),
+                                n,
+                                buf.freeze(),
+                            );
+                        }
+                        while !in_flight.is_empty() {
+                            parts.push(in_flight.next().await?);
                         }
                         store.complete_multipart(&key, &id, parts).await
                     }
                     .await;
                     if result.is_err() {
+                        in_flight.cancel();
                         let _ = store.abort_multipart(&key, &id).await;
                     }
                     result
@@ -302,8 +338,13 @@ impl Writer {
     pub async fn abort(self) {
         match self {
             Writer::S3 {
-                store, key, upload, ..
+                store,
+                key,
+                upload,
+                mut in_flight,
+                ..
             } => {
+                in_flight.cancel();
                 if let Some(id) = upload {
                     if let Err(e) = store.abort_multipart(&key, &id).await {
                         tracing::warn!("could not abort the multipart upload of {key}: {e}");
@@ -312,5 +353,56 @@ impl Writer {
             }
             Writer::Fs(w) => w.abort().await,
         }
+    }
+}
+
+/// Part uploads running in the background, oldest first; dropping it stops them (the
+/// multipart upload itself is aborted by the writer, or by the next cycle's clean-up).
+#[derive(Default)]
+pub struct InFlight(VecDeque<tokio::task::JoinHandle<Result<CompletedPart, StoreError>>>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn start(&mut self, store: S3Store, key: String, upload_id: String, number: i32, body: Bytes) {
+        self.0.push_back(tokio::spawn(async move {
+            store.upload_part(&key, &upload_id, number, body).await
+        }));
+    }
+
+    /// The oldest upload's outcome; call only when not empty.
+    async fn next(&mut self) -> Result<CompletedPart, StoreError> {
+        let Some(handle) = self.0.pop_front() else {
+            return Err(StoreError {
+                fault: Fault::Permanent,
+                message: "internal: no part upload is running".into(),
+            });
+        };
+        match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError {
+                fault: Fault::Transient,
+                message: format!("a part upload task ended abnormally: {e}"),
+            }),
+        }
+    }
+
+    /// Stop every upload still running.
+    fn cancel(&mut self) {
+        for h in self.0.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.cancel();
     }
 }

@@ -39,6 +39,9 @@ pub struct Done {
     pub attempts: u32,
     /// Seconds, backoff included.
     pub seconds: f64,
+    /// When its last byte was read from the peer (what `MAX_TRANSFER_RATE` paces).
+    #[serde(skip)]
+    pub read_until: Instant,
 }
 
 /// Why a transfer did not publish.
@@ -110,12 +113,13 @@ pub async fn copy(
     loop {
         attempt += 1;
         match once(src, dst, file, opts, throttle, cancel).await {
-            Ok((bytes, sha256)) => {
+            Ok((bytes, sha256, read_until)) => {
                 return Ok(Done {
                     bytes,
                     sha256,
                     attempts: attempt,
                     seconds: started.elapsed().as_secs_f64(),
+                    read_until,
                 })
             }
             Err(f) if f.transient() && attempt < MAX_ATTEMPTS => {
@@ -148,7 +152,7 @@ async fn once(
     opts: &Options,
     throttle: &Throttle,
     cancel: &CancellationToken,
-) -> Result<(u64, String), Failure> {
+) -> Result<(u64, String, Instant), Failure> {
     let key = &file.object_key;
     let (mut reader, announced) = src.get(key).await?;
     if let Some(len) = announced {
@@ -202,6 +206,7 @@ async fn once(
         writer.abort().await;
         return Err(f);
     }
+    let read_until = Instant::now();
     let sha256 = format!("{:x}", hasher.finalize());
     if sha256 != file.sha256 || received != file.size as u64 {
         writer.abort().await;
@@ -213,7 +218,7 @@ async fn once(
         });
     }
     writer.finish().await?;
-    Ok((received, sha256))
+    Ok((received, sha256, read_until))
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ const DUE: &str = "SELECT object_key, table_name, row_ref, expected_sha256, expe
         priority, attempts
    FROM duplex.storage_queue
   WHERE state IN ('pending', 'failed') AND next_attempt_at <= now() AND updated_at < $1
+    AND object_key <> ALL($3::text[])
   ORDER BY priority DESC NULLS LAST, object_key
   LIMIT $2";
 
@@ -224,10 +225,16 @@ pub async fn clock(client: &Client) -> Result<DateTime<Utc>, Error> {
         .get(0))
 }
 
-/// Up to `limit` due entries not touched since `before`, newest first.
-pub async fn due(client: &Client, before: DateTime<Utc>, limit: i64) -> Result<Vec<Due>, Error> {
+/// Up to `limit` due entries not touched since `before`, newest first, other than `skip`
+/// (the keys being transferred).
+pub async fn due(
+    client: &Client,
+    before: DateTime<Utc>,
+    skip: &[&str],
+    limit: i64,
+) -> Result<Vec<Due>, Error> {
     Ok(client
-        .query(DUE, &[&before, &limit])
+        .query(DUE, &[&before, &limit, &skip])
         .await
         .context("reading duplex.storage_queue")?
         .iter()
