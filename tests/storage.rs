@@ -370,6 +370,17 @@ async fn files_referenced_on_cloud_arrive_from_main_and_status_shows_the_queue()
     assert_eq!(status["queue"]["queued"], 1, "{out}");
     assert_eq!(status["queue"]["oldest_key"], "jumps/u1/a.bin", "{out}");
 
+    // The application is uploading a file of its own into the same bucket: the cycle's
+    // clean-up of unfinished uploads leaves it alone (it is not a queued file).
+    let app_key = format!("{}app/uploading.bin", cloud_s.prefix);
+    let app_upload = cloud_s
+        .client
+        .create_multipart_upload()
+        .bucket(&cloud_s.bucket)
+        .key(&app_key)
+        .send()
+        .await
+        .expect("starting the application's upload");
     let (code, out, err) = duplex(&pair, "cloud", &env, &["storage", "sync"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("copied 1 file(s)"), "{out}");
@@ -377,6 +388,16 @@ async fn files_referenced_on_cloud_arrive_from_main_and_status_shows_the_queue()
         cloud_s.get("jumps/u1/a.bin").await.as_deref(),
         Some(&data[..])
     );
+    assert_eq!(uploads_in_progress(&cloud_s).await, 1);
+    cloud_s
+        .client
+        .abort_multipart_upload()
+        .bucket(&cloud_s.bucket)
+        .key(&app_key)
+        .upload_id(app_upload.upload_id().expect("an upload id"))
+        .send()
+        .await
+        .expect("aborting the application's upload");
     let log = storage_log(&cloud, "STORAGE_TO_CLOUD").await;
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].3["sha256"], sha256(&data));

@@ -48,6 +48,9 @@ pub enum Error {
     /// The state row is for the other role.
     #[error(transparent)]
     State(#[from] sync_state::Error),
+    /// The local store failed.
+    #[error("the local store: {0}")]
+    Store(#[from] super::store::StoreError),
     /// Another cycle runs against this database.
     #[error("another storage mirror cycle is running against this database (the daemon, or another `duplex storage sync`); try again when it is done")]
     Busy,
@@ -186,7 +189,7 @@ pub async fn run(
     }
     let role = settings.instance_role;
     if !req.dry_run {
-        match local_store.clean_unfinished().await {
+        match clean_unfinished(&local_store, &db).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} unfinished upload(s) left in the local store"),
             Err(e) => tracing::debug!("cannot look for unfinished uploads: {e}"),
@@ -290,6 +293,27 @@ pub async fn run(
     Ok(report)
 }
 
+/// Remove what a controller killed mid-transfer left in the local store: temporary
+/// files, and the unfinished multipart uploads of keys still in the queue. Uploads of
+/// other keys are left alone: the application may be uploading into the same bucket.
+/// Runs under the queue's lock, so no transfer of this database is in progress.
+async fn clean_unfinished(local: &Store, db: &Client) -> Result<usize, Error> {
+    let mut n = local.remove_stale_temps().await;
+    let uploads = local.unfinished_uploads().await?;
+    if uploads.is_empty() {
+        return Ok(n);
+    }
+    let keys: Vec<&str> = uploads.iter().map(|(k, _)| k.as_str()).collect();
+    let queued = storage_queue::queued_among(db, &keys).await?;
+    for (key, id) in uploads.iter().filter(|(k, _)| queued.contains(k)) {
+        match local.abort_upload(key, id).await {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!("could not abort the unfinished upload of {key}: {e}"),
+        }
+    }
+    Ok(n)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn transfers(
     settings: &Settings,
@@ -317,53 +341,72 @@ async fn transfers(
         local: local.clone(),
         opts,
         throttle: throttle.clone(),
-        cancel: cancel.clone(),
+        // Its own token: an error below stops this cycle's transfers, not the worker.
+        cancel: cancel.child_token(),
     };
     let role = settings.instance_role;
     let phase = Instant::now();
     let mut read_secs: f64 = 0.0;
-    pool.fill(db).await?;
-    while let Some(joined) = pool.running.join_next().await {
-        let Ok((file, before, result)) = joined else {
-            pool.fill(db).await?;
-            continue; // a panicked transfer: its entry stays queued (not retried this cycle)
-        };
-        // Keep every slot busy: start the next transfer before the database writes below.
-        // The key stays in `in_flight` until they are done, so that reading ahead does not
-        // pick it up again.
+    let outcome: Result<(), Error> = async {
         pool.fill(db).await?;
-        let key = file.object_key.clone();
-        match result {
-            Ok(done) => {
-                report.transferred += 1;
-                report.bytes += done.bytes;
-                report.retries += u64::from(done.attempts - 1);
-                let secs = done.read_until.duration_since(phase).as_secs_f64();
-                read_secs = read_secs.max(secs);
-                if read_secs > 0.0 {
-                    report.rate_bytes_per_sec = report.bytes as f64 / read_secs;
+        while let Some(joined) = pool.running.join_next().await {
+            let Ok((file, before, result)) = joined else {
+                pool.fill(db).await?;
+                continue; // a panicked transfer: its entry stays queued (not retried this cycle)
+            };
+            // Keep every slot busy: start the next transfer before the database writes below.
+            // The key stays in `in_flight` until they are done, so that reading ahead does not
+            // pick it up again. Should reading ahead fail, this file is still recorded first.
+            let filled = pool.fill(db).await;
+            let key = file.object_key.clone();
+            match result {
+                Ok(done) => {
+                    report.transferred += 1;
+                    report.bytes += done.bytes;
+                    report.retries += u64::from(done.attempts - 1);
+                    let secs = done.read_until.duration_since(phase).as_secs_f64();
+                    read_secs = read_secs.max(secs);
+                    if read_secs > 0.0 {
+                        report.rate_bytes_per_sec = report.bytes as f64 / read_secs;
+                    }
+                    record_done(db, role, local, &file, &done).await?;
+                    on_event(Event::Done { bytes: done.bytes });
                 }
-                on_event(Event::Done { bytes: done.bytes });
-                record_done(db, role, local, &file, &done).await?;
+                Err((Failure::Cancelled, _)) => {}
+                Err((failure, attempts)) => {
+                    report.failed += 1;
+                    report.retries += u64::from(attempts.saturating_sub(1));
+                    on_event(Event::Failed);
+                    let error = failure.to_string();
+                    record_failed(db, role, &file, &failure, &error, attempts, before).await?;
+                    if report.failures.len() < MAX_LISTED {
+                        report.failures.push(FileFailure {
+                            file,
+                            error,
+                            failure,
+                            attempts,
+                        });
+                    }
+                }
             }
-            Err((Failure::Cancelled, _)) => {}
-            Err((failure, attempts)) => {
-                report.failed += 1;
-                report.retries += u64::from(attempts.saturating_sub(1));
-                on_event(Event::Failed);
-                let error = failure.to_string();
-                record_failed(db, role, &file, &failure, &error, attempts, before).await?;
-                if report.failures.len() < MAX_LISTED {
-                    report.failures.push(FileFailure {
-                        file,
-                        error,
-                        failure,
-                        attempts,
-                    });
+            pool.in_flight.remove(&key);
+            filled?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        // Stop the transfers still running (each aborts its upload) and record those that
+        // finished meanwhile, so that no published file is left without its records.
+        pool.cancel.cancel();
+        while let Some(joined) = pool.running.join_next().await {
+            if let Ok((file, _, Ok(done))) = joined {
+                if let Err(e) = record_done(db, role, local, &file, &done).await {
+                    tracing::warn!(key = %file.object_key, "a finished transfer could not be recorded: {e}");
                 }
             }
         }
-        pool.in_flight.remove(&key);
+        return Err(e);
     }
     Ok(())
 }

@@ -271,32 +271,41 @@ impl S3Store {
         Ok(())
     }
 
-    /// Abort every unfinished multipart upload under the prefix (left by a controller
-    /// that was killed mid-transfer); returns how many.
-    pub async fn abort_stale_uploads(&self) -> Result<usize, StoreError> {
-        let out = self
-            .listing
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .send()
-            .await
-            .map_err(|e| classify("listing multipart uploads under", &self.prefix, e))?;
-        let mut n = 0;
-        for u in out.uploads() {
-            if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(k)
-                    .upload_id(id)
-                    .send()
-                    .await;
-                n += 1;
+    /// The unfinished multipart uploads under the prefix, every page: (key relative to
+    /// the prefix, upload id).
+    pub async fn unfinished_uploads(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .listing
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| classify("listing multipart uploads under", &self.prefix, e))?;
+            for u in out.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    if let Some(rel) = k.strip_prefix(&self.prefix) {
+                        found.push((rel.to_string(), id.to_string()));
+                    }
+                }
             }
+            let next = (
+                out.next_key_marker().map(str::to_string),
+                out.next_upload_id_marker().map(str::to_string),
+            );
+            if out.is_truncated() != Some(true)
+                || next.0.is_none()
+                || next == (key_marker.clone(), id_marker.clone())
+            {
+                return Ok(found);
+            }
+            (key_marker, id_marker) = next;
         }
-        Ok(n)
     }
 }
 

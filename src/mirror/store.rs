@@ -155,12 +155,30 @@ impl Store {
         }
     }
 
-    /// Remove what a controller killed mid-transfer left (unfinished multipart uploads,
-    /// temporary files); returns how many.
-    pub async fn clean_unfinished(&self) -> Result<usize, StoreError> {
+    /// Unfinished multipart uploads in this store (none for a directory): (key, upload
+    /// id). What a controller killed mid-transfer left, or what another writer (the
+    /// application) is uploading right now: the caller decides which are duplex's.
+    pub async fn unfinished_uploads(&self) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            Store::S3(s) => s.abort_stale_uploads().await,
-            Store::Fs(f) => Ok(f.remove_stale_temps().await),
+            Store::S3(s) => s.unfinished_uploads().await,
+            Store::Fs(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Abort the unfinished upload `id` of `key` (see [`Store::unfinished_uploads`]).
+    pub async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::S3(s) => s.abort_multipart(key, id).await,
+            Store::Fs(_) => Ok(()),
+        }
+    }
+
+    /// Remove the temporary files a controller killed mid-transfer left in a directory
+    /// store (named by duplex, so never the application's); returns how many.
+    pub async fn remove_stale_temps(&self) -> usize {
+        match self {
+            Store::S3(_) => 0,
+            Store::Fs(f) => f.remove_stale_temps().await,
         }
     }
 }
@@ -308,6 +326,9 @@ impl Writer {
                 Some(id) => {
                     let result = async {
                         if !buf.is_empty() {
+                            while in_flight.len() >= PARTS_IN_FLIGHT {
+                                parts.push(in_flight.next().await?);
+                            }
                             let n = (parts.len() + in_flight.len()) as i32 + 1;
                             in_flight.start(
                                 store.clone(),
@@ -324,7 +345,7 @@ impl Writer {
                     }
                     .await;
                     if result.is_err() {
-                        in_flight.cancel();
+                        in_flight.stop().await;
                         let _ = store.abort_multipart(&key, &id).await;
                     }
                     result
@@ -344,7 +365,7 @@ impl Writer {
                 mut in_flight,
                 ..
             } => {
-                in_flight.cancel();
+                in_flight.stop().await;
                 if let Some(id) = upload {
                     if let Err(e) = store.abort_multipart(&key, &id).await {
                         tracing::warn!("could not abort the multipart upload of {key}: {e}");
@@ -376,15 +397,19 @@ impl InFlight {
         }));
     }
 
-    /// The oldest upload's outcome; call only when not empty.
+    /// The oldest upload's outcome; call only when not empty. The upload stays in the
+    /// set until it has ended, so that dropping this future (a cancelled transfer) still
+    /// stops it through the set's `Drop`.
     async fn next(&mut self) -> Result<CompletedPart, StoreError> {
-        let Some(handle) = self.0.pop_front() else {
+        let Some(handle) = self.0.front_mut() else {
             return Err(StoreError {
                 fault: Fault::Permanent,
                 message: "internal: no part upload is running".into(),
             });
         };
-        match handle.await {
+        let outcome = handle.await;
+        self.0.pop_front();
+        match outcome {
             Ok(r) => r,
             Err(e) => Err(StoreError {
                 fault: Fault::Transient,
@@ -397,6 +422,17 @@ impl InFlight {
     fn cancel(&mut self) {
         for h in self.0.drain(..) {
             h.abort();
+        }
+    }
+
+    /// Stop every upload still running and wait until each has ended, so that none
+    /// stores a part after the multipart upload is aborted.
+    async fn stop(&mut self) {
+        for h in self.0.iter() {
+            h.abort();
+        }
+        while let Some(h) = self.0.pop_front() {
+            let _ = h.await;
         }
     }
 }

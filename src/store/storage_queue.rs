@@ -268,6 +268,23 @@ pub async fn failed(
 }
 
 /// The object is verified in place: the entry is done.
+/// Which of `keys` are in the queue (in any state).
+pub async fn queued_among(
+    client: &Client,
+    keys: &[&str],
+) -> Result<std::collections::HashSet<String>, Error> {
+    Ok(client
+        .query(
+            "SELECT object_key FROM duplex.storage_queue WHERE object_key = ANY($1)",
+            &[&keys],
+        )
+        .await
+        .context("reading which unfinished uploads are queued files")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 pub async fn done(client: &Client, key: &str) -> Result<(), Error> {
     client
         .execute(DONE, &[&key])
