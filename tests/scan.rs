@@ -351,6 +351,43 @@ async fn null_empty_and_null_text_numeric_scale_differ_but_jsonb_order_and_time_
         .expect("reading")
         .get(0);
     assert_eq!(n, "1.0");
+
+    // Numbers reach the losing side exactly as the winner holds them: scale kept, and
+    // more digits than a 64-bit float has.
+    behind(
+        &pair,
+        &main,
+        r#"UPDATE "Odd ""Name""" SET "n" = 12345678901234567890.120 WHERE "k1" = 'key 7';
+           UPDATE "Odd ""Name""" SET "n" = 2.50, "j" = '{"x": 0.10000000000000000001}' WHERE "k1" = 'key 8';"#,
+    )
+    .await;
+    let v = scan_json(&pair, &["--table", r#"Odd "Name""#]).await;
+    assert_eq!(v["repaired"], 2, "{v}");
+    let exact = r#"SELECT "n"::text || ' ' || "j"::text FROM "Odd ""Name""" WHERE "k1" IN ('key 7', 'key 8') ORDER BY "k1""#;
+    let m: Vec<String> = main
+        .query(exact, &[])
+        .await
+        .expect("reading")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let c: Vec<String> = cloud
+        .query(exact, &[])
+        .await
+        .expect("reading")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        m,
+        vec![
+            r#"12345678901234567890.120 {"a": 1, "b": 2}"#.to_string(),
+            r#"2.50 {"x": 0.10000000000000000001}"#.to_string()
+        ]
+    );
+    assert_eq!(c, m);
+    let v = scan_json(&pair, &["--table", r#"Odd "Name""#]).await;
+    assert_eq!(v["differences"], 0, "{v}");
 }
 
 #[tokio::test]
