@@ -333,6 +333,22 @@ def mib(kib: int) -> str:
     return f"{kib / 1024:.1f}"
 
 
+def drop_bench_dbs() -> None:
+    """Drop BENCH_DB on both servers, unless KEEP_BENCH_DBS=1."""
+    if os.environ.get("KEEP_BENCH_DBS") != "1":
+        for side in SIDES:
+            sql(admin(side), f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", check=False)
+
+
+def print_table(heading: str, rows: list[tuple[str, ...]]) -> None:
+    """The results as a Markdown table under `heading`."""
+    print(f"\n{heading}\n")
+    print("| case | seconds | peak RSS MiB | bytes sent by main / cloud | bytes (own count) | result |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
 CONFLICT_RUNS = (
     ("scan", "--full", "--dry-run", "--json"),
     ("scan", "--dry-run", "--json"),
@@ -424,14 +440,8 @@ def main() -> int:
         try:
             rows = many_conflicts(conflicts)
         finally:
-            if os.environ.get("KEEP_BENCH_DBS") != "1":
-                for side in SIDES:
-                    sql(admin(side), f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", check=False)
-        print(f"\nrows per side: {ROWS}; binary: {BIN}; started {started:%Y-%m-%d %H:%M} UTC\n")
-        print("| case | seconds | peak RSS MiB | bytes sent by main / cloud | bytes (own count) | result |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
+            drop_bench_dbs()
+        print_table(f"rows per side: {ROWS}; binary: {BIN}; started {started:%Y-%m-%d %H:%M} UTC", rows)
         return 0
     # An incremental pass looks at rows changed since the last complete pass minus a
     # one-minute margin: let the load age past it, as rows loaded long ago would (a
@@ -483,14 +493,9 @@ def main() -> int:
                 duplex_row(f"0.5% changed on cloud only: duplex {' '.join(args)}", args)
         note_load()
     finally:
-        if os.environ.get("KEEP_BENCH_DBS") != "1":
-            for side in SIDES:
-                sql(admin(side), f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", check=False)
-    print(f"\nrows per side: {ROWS}; binary: {BIN}; started {started:%Y-%m-%d %H:%M} UTC; load average (1 min) during the cases: {', '.join(loads)}\n")
-    print("| case | seconds | peak RSS MiB | bytes sent by main / cloud | bytes (own count) | result |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+        drop_bench_dbs()
+    print_table(f"rows per side: {ROWS}; binary: {BIN}; started {started:%Y-%m-%d %H:%M} UTC; "
+                f"load average (1 min) during the cases: {', '.join(loads)}", rows)
     return 0
 
 
