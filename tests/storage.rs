@@ -211,6 +211,11 @@ fn sha256(b: &[u8]) -> String {
 
 /// Insert a JumpLog row `id` referencing `url` with the given hash and size, created
 /// `age_secs` ago (newest first means smallest age first).
+/// [`jump`] for a file whose row states `data`'s true hash and size.
+async fn jump_for(c: &tokio_postgres::Client, id: &str, url: &str, data: &[u8], age_secs: i64) {
+    jump(c, id, url, &sha256(data), data.len() as i64, age_secs).await;
+}
+
 async fn jump(
     c: &tokio_postgres::Client,
     id: &str,
@@ -348,15 +353,7 @@ async fn files_referenced_on_cloud_arrive_from_main_and_status_shows_the_queue()
     let cloud = pair.cloud().await;
     let data = bytes(7, 300_000);
     main_s.put("jumps/u1/a.bin", &data).await;
-    jump(
-        &cloud,
-        "a",
-        "jumps/u1/a.bin",
-        &sha256(&data),
-        data.len() as i64,
-        0,
-    )
-    .await;
+    jump_for(&cloud, "a", "jumps/u1/a.bin", &data, 0).await;
     let env = storage_env(&cloud_s, &main_s);
 
     // Scan only: the file is queued, nothing is copied.
@@ -418,24 +415,8 @@ async fn a_corrupt_source_is_never_published_and_succeeds_once_fixed() {
     bad_big[9 * 1024 * 1024] ^= 0x01;
     cloud_s.put("small.bin", &bad_small).await;
     cloud_s.put("big.bin", &bad_big).await;
-    jump(
-        &main,
-        "s",
-        "small.bin",
-        &sha256(&good_small),
-        good_small.len() as i64,
-        0,
-    )
-    .await;
-    jump(
-        &main,
-        "b",
-        "big.bin",
-        &sha256(&good_big),
-        good_big.len() as i64,
-        1,
-    )
-    .await;
+    jump_for(&main, "s", "small.bin", &good_small, 0).await;
+    jump_for(&main, "b", "big.bin", &good_big, 1).await;
     let env = storage_env(&main_s, &cloud_s);
 
     let (code, out, err) = duplex(&pair, "main", &env, &["storage", "sync"]).await;
@@ -503,15 +484,7 @@ async fn bad_rows_fail_clearly_and_the_rest_of_the_queue_moves() {
     cloud_s.put("ok.bin", &good).await;
     cloud_s.put("sized.bin", &other).await;
     cloud_s.put("absent-on-peer-is-not-this.bin", &other).await;
-    jump(
-        &main,
-        "good",
-        "ok.bin",
-        &sha256(&good),
-        good.len() as i64,
-        0,
-    )
-    .await;
+    jump_for(&main, "good", "ok.bin", &good, 0).await;
     jump(&main, "badhash", "x.bin", "not-a-sha", 5, 1).await;
     jump(
         &main,
@@ -634,15 +607,7 @@ async fn a_directory_store_receives_files_from_garage() {
     let main = pair.main().await;
     let data = bytes(41, 6 * 1024 * 1024);
     cloud_s.put("d/e/f.bin", &data).await;
-    jump(
-        &main,
-        "f",
-        "d/e/f.bin",
-        &sha256(&data),
-        data.len() as i64,
-        0,
-    )
-    .await;
+    jump_for(&main, "f", "d/e/f.bin", &data, 0).await;
     let env = vec![
         (
             "LOCAL_STORAGE_URL".to_string(),
@@ -683,15 +648,7 @@ async fn the_daemon_mirrors_on_start_and_trigger_and_honours_pause() {
     let main = pair.main().await;
     let first = bytes(51, 2000);
     cloud_s.put("first.bin", &first).await;
-    jump(
-        &main,
-        "first",
-        "first.bin",
-        &sha256(&first),
-        first.len() as i64,
-        0,
-    )
-    .await;
+    jump_for(&main, "first", "first.bin", &first, 0).await;
     let env = storage_env(&main_s, &cloud_s);
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let daemon = pair.start_daemon("main", &env_ref).await;
@@ -728,15 +685,7 @@ async fn the_daemon_mirrors_on_start_and_trigger_and_honours_pause() {
     assert_eq!(code, 200);
     let second = bytes(52, 3000);
     cloud_s.put("second.bin", &second).await;
-    jump(
-        &main,
-        "second",
-        "second.bin",
-        &sha256(&second),
-        second.len() as i64,
-        0,
-    )
-    .await;
+    jump_for(&main, "second", "second.bin", &second, 0).await;
     let (code, _) = daemon.post("/api/sync/trigger").await;
     assert_eq!(code, 200);
     wait_until(
@@ -848,25 +797,9 @@ async fn transfers_behave_the_same_against_moto() {
     let mut corrupt = bytes(63, 2048);
     remote.put("m/small.bin", &small).await;
     remote.put("m/big.bin", &big).await;
-    jump(
-        &main,
-        "s",
-        "m/small.bin",
-        &sha256(&small),
-        small.len() as i64,
-        0,
-    )
-    .await;
-    jump(&main, "b", "m/big.bin", &sha256(&big), big.len() as i64, 1).await;
-    jump(
-        &main,
-        "c",
-        "m/corrupt.bin",
-        &sha256(&corrupt),
-        corrupt.len() as i64,
-        2,
-    )
-    .await;
+    jump_for(&main, "s", "m/small.bin", &small, 0).await;
+    jump_for(&main, "b", "m/big.bin", &big, 1).await;
+    jump_for(&main, "c", "m/corrupt.bin", &corrupt, 2).await;
     corrupt[0] ^= 1;
     remote.put("m/corrupt.bin", &corrupt).await;
 
@@ -1134,24 +1067,8 @@ async fn transient_faults_are_retried_and_counted() {
     let older = bytes(82, 60_000);
     cloud_s.put("newer.bin", &newer).await;
     cloud_s.put("older.bin", &older).await;
-    jump(
-        &main,
-        "newer",
-        "newer.bin",
-        &sha256(&newer),
-        newer.len() as i64,
-        0,
-    )
-    .await;
-    jump(
-        &main,
-        "older",
-        "older.bin",
-        &sha256(&older),
-        older.len() as i64,
-        60,
-    )
-    .await;
+    jump_for(&main, "newer", "newer.bin", &newer, 0).await;
+    jump_for(&main, "older", "older.bin", &older, 60).await;
     let proxy = FaultProxy::start(
         &cloud_s.endpoint,
         vec![
@@ -1262,16 +1179,8 @@ async fn a_controller_killed_mid_transfer_resumes_without_a_partial_object_or_a_
     let big = bytes(92, 12_000_000);
     cloud_s.put("small.bin", &small).await;
     cloud_s.put("big.bin", &big).await;
-    jump(
-        &main,
-        "small",
-        "small.bin",
-        &sha256(&small),
-        small.len() as i64,
-        0,
-    )
-    .await;
-    jump(&main, "big", "big.bin", &sha256(&big), big.len() as i64, 10).await;
+    jump_for(&main, "small", "small.bin", &small, 0).await;
+    jump_for(&main, "big", "big.bin", &big, 10).await;
     let env = storage_env(&main_s, &cloud_s);
 
     let mut first = start_run(&pair, "main", &env).await;
@@ -1444,15 +1353,7 @@ async fn the_queue_grows_while_disconnected_and_drains_on_reconnection() {
     .await;
     let data = bytes(300, 40_000);
     cloud_s.put("late.bin", &data).await;
-    jump(
-        &main,
-        "late",
-        "late.bin",
-        &sha256(&data),
-        data.len() as i64,
-        0,
-    )
-    .await;
+    jump_for(&main, "late", "late.bin", &data, 0).await;
     d.post("/api/sync/trigger").await;
     wait_until(
         "the file is queued, not copied",
