@@ -3,13 +3,15 @@
 # FILES x 1 MiB + BIG x 256 MiB uploaded to cloud's bucket, then copied to main's bucket
 # once by `rclone copy --checksum --transfers 3` and once by `duplex storage sync`
 # (MAX_CONCURRENT_TRANSFERS=3), each under its own prefix. Prints seconds, MiB/s and peak
-# RSS of both; with RATE=10MB also a duplex run at that MAX_TRANSFER_RATE over RATE_FILES.
+# RSS and CPU time (user + system) of both; ROUNDS=N repeats both copies N times, each
+# into fresh prefixes, the tools taking turns at going first; with RATE=10MB also a duplex run at that MAX_TRANSFER_RATE over RATE_FILES.
 #
 #   scripts/lab.sh up && eval "$(scripts/lab.sh env)" && scripts/bench-storage.sh
 #
 # Needs rclone (Debian: apt-get install rclone) and GNU time (/usr/bin/time); builds duplex
 # in release mode. Uses its own database `duplex_bench_storage` on main and its own
-# prefixes, and removes both at the end (set KEEP=1 to keep them).
+# prefixes, and removes both at the end (set KEEP=1 to keep them). PERF=<file> records the
+# duplex run with `perf record -g` into that file (its time then includes perf's cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset AWS_CA_BUNDLE || true
@@ -17,6 +19,7 @@ unset AWS_CA_BUNDLE || true
 FILES="${FILES:-1000}"
 BIG="${BIG:-4}"
 RATE="${RATE:-}"
+ROUNDS="${ROUNDS:-1}"
 : "${MAIN_STORAGE_URL:?run: eval \"\$(scripts/lab.sh env)\"}"
 command -v rclone >/dev/null || { echo "bench-storage: rclone is needed (apt-get install rclone)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench-storage: GNU time is needed (apt-get install time)" >&2; exit 1; }
@@ -59,8 +62,10 @@ main_bucket="$(bucket_of "$MAIN_STORAGE_URL")"
 cleanup() {
   if [ -z "${KEEP:-}" ]; then
     rclone purge "cloud:$cloud_bucket/$run_id" >/dev/null 2>&1 || true
-    rclone purge "main:$main_bucket/$run_id-rclone" >/dev/null 2>&1 || true
-    rclone purge "main:$main_bucket/$run_id-duplex" >/dev/null 2>&1 || true
+    for round in $(seq 1 "$ROUNDS"); do
+      rclone purge "main:$main_bucket/$run_id-rclone-$round" >/dev/null 2>&1 || true
+      rclone purge "main:$main_bucket/$run_id-duplex-$round" >/dev/null 2>&1 || true
+    done
     rclone purge "main:$main_bucket/$run_id-rate" >/dev/null 2>&1 || true
     for base in "$base_main" "$base_cloud"; do
       "${PSQL[@]}" "$base/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
@@ -102,13 +107,24 @@ size = "fileSize"
 priority = "createdAt"
 EOF
 
+cat >"$work/report.py" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[2]))
+if sys.argv[1] == "rate":
+    print("         rate %s B/s" % format(round(r["rate_bytes_per_sec"]), ","))
+else:
+    t = r["bytes"] / r["rate_bytes_per_sec"] if r["rate_bytes_per_sec"] else 0
+    print("         transferred %d, failed %d; cycle %.2f s: scan %.2f s, transfers %.2f s"
+          % (r["transferred"], r["failed"], r["seconds"], r["scan"]["seconds"], t))
+EOF
+
 measure() {
   local label="$1"; shift
-  /usr/bin/time -f "%e %M" -o "$work/time.$label" "$@" >"$work/out.$label" 2>"$work/err.$label" \
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time.$label" "$@" >"$work/out.$label" 2>"$work/err.$label" \
     || { cat "$work/err.$label" >&2; echo "$label failed" >&2; exit 1; }
-  read -r secs rss_kb <"$work/time.$label"
-  printf '%-8s %8.1f s %8.1f MiB/s  peak RSS %6.1f MB\n' "$label" "$secs" \
-    "$(echo "$total_mib / $secs" | bc -l)" "$(echo "$rss_kb / 1000" | bc -l)"
+  read -r secs rss_kb user sys <"$work/time.$label"
+  printf '%-8s %8.1f s %8.1f MiB/s  peak RSS %6.1f MB  CPU %5.1f s\n' "$label" "$secs" \
+    "$(echo "$total_mib / $secs" | bc -l)" "$(echo "$rss_kb / 1000" | bc -l)" "$(echo "$user + $sys" | bc -l)"
 }
 
 # The duplex command copying into main's bucket under prefix $1, extra variables after it.
@@ -124,11 +140,27 @@ duplex_cmd() {
     MAX_CONCURRENT_TRANSFERS=3 "$@" "$DUPLEX" --config "$work/duplex.toml" storage sync --json)
 }
 
-echo "copying $total_mib MiB cloud -> main ($(nproc) cores, $(uname -m))"
-measure rclone rclone copy --checksum --transfers 3 "cloud:$cloud_bucket/$run_id" "main:$main_bucket/$run_id-rclone"
-duplex_cmd "$run_id-duplex"
-measure duplex "${DCMD[@]}"
-grep -E '"(transferred|failed)"' "$work/out.duplex" | head -2
+echo "copying $total_mib MiB cloud -> main ($(nproc) cores, $(uname -m)), $ROUNDS round(s), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+run_rclone() {
+  measure rclone rclone copy --checksum --transfers 3 "cloud:$cloud_bucket/$run_id" "main:$main_bucket/$run_id-rclone-$round"
+}
+run_duplex() {
+  duplex_cmd "$run_id-duplex-$round"
+  if [ -n "${PERF:-}" ]; then
+    # Profile the duplex run instead of timing it alone: perf record -g into $PERF.
+    DCMD=(perf record -q -g -o "$PERF" -- "${DCMD[@]}")
+  fi
+  measure duplex "${DCMD[@]}"
+  # Where duplex's time went, from its own report: the whole cycle, the scan (inventory
+  # against the listing, queue updated), and the transfers (first start to last byte read).
+  python3 "$work/report.py" cycle "$work/out.duplex"
+}
+for round in $(seq 1 "$ROUNDS"); do
+  # Each round copies into fresh prefixes; odd rounds run rclone first, even rounds duplex
+  # first (either tool's writes leave the servers background work the next one meets).
+  if [ $((round % 2)) = 1 ]; then run_rclone; run_duplex; else run_duplex; run_rclone; fi
+done
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ -n "$RATE" ]; then
   # The rate limit over the small files only: a fresh prefix, MAX_TRANSFER_RATE set.
@@ -136,5 +168,5 @@ if [ -n "$RATE" ]; then
   total_mib=$FILES
   duplex_cmd "$run_id-rate" MAX_TRANSFER_RATE="$RATE"
   measure rate "${DCMD[@]}"
-  grep -E '"rate_bytes_per_sec"' "$work/out.rate" | tail -1
+  python3 "$work/report.py" rate "$work/out.rate"
 fi

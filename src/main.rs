@@ -34,15 +34,20 @@ fn restore_sigpipe() {
     }
 }
 
-/// Keep glibc from raising its mmap threshold: the storage mirror's part buffers (8 MiB)
-/// then always come straight from the kernel and go back to it when freed, instead of
-/// staying in malloc's per-thread arenas once a first buffer was freed (measured: peak
-/// RSS 112 MB instead of under 100 MB for three transfers of 256 MiB files).
+/// Fix glibc's malloc thresholds instead of letting it adjust them. Buffers of 4 MiB or
+/// more (the storage mirror's 8 MiB part buffers) always come straight from the kernel
+/// and go back to it when freed, instead of staying in malloc's per-thread arenas once a
+/// first one was freed (measured: peak RSS 112 MB instead of under 100 MB for three
+/// transfers of 256 MiB files). Smaller ones (a small file's whole body) are reused from
+/// the arenas, which keep up to 8 MiB free each, instead of being mapped, zeroed and
+/// unmapped by the kernel once per file (measured: about a tenth of the mirror's CPU for
+/// 1 MiB files when the threshold was 1 MiB).
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a malloc tuning parameter; setting it explicitly
-    // also turns off glibc's dynamic adjustment of it.
+    // SAFETY: mallopt only changes malloc tuning parameters; setting them explicitly
+    // also turns off glibc's dynamic adjustment of them.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }

@@ -1666,3 +1666,35 @@ async fn files_are_transferred_newest_first() {
         .collect();
     assert_eq!(order, ["d.bin", "c.bin", "b.bin", "a.bin"], "newest first");
 }
+
+#[tokio::test]
+async fn the_local_store_refuses_a_publishing_upload_whose_bytes_differ_from_the_verified_hash() {
+    // duplex signs a single-request upload with the SHA-256 it verified while reading from
+    // the peer instead of hashing the bytes again; the server checks the bytes against it.
+    // Bytes that changed on the way (here: a wrong hash for them) are refused, not stored.
+    let side = Side::lab("MAIN", &format!("sig{}", std::process::id()));
+    let store = duplex::mirror::s3::S3Store::new(
+        &side.endpoint,
+        &side.bucket,
+        &side.prefix,
+        &side.region,
+        &side.key_id,
+        &duplex::secret::Secret::new(side.secret.clone()),
+        Duration::from_secs(10),
+    );
+    let data = bytes(91, 300_000);
+    let other = sha256(&bytes(92, 300_000));
+    let err = store
+        .put("signed.bin", data.clone().into(), &other)
+        .await
+        .expect_err("bytes that do not match the signed hash must be refused");
+    assert!(!err.message.is_empty());
+    assert!(side.get("signed.bin").await.is_none(), "nothing stored");
+
+    store
+        .put("signed.bin", data.clone().into(), &sha256(&data))
+        .await
+        .expect("the verified hash is accepted");
+    assert_eq!(side.get("signed.bin").await.as_deref(), Some(&data[..]));
+    store.delete("signed.bin").await.expect("clean up");
+}

@@ -4,10 +4,12 @@
 //! (`STORAGE_TO_MAIN` / `STORAGE_TO_CLOUD`) and one `storage` row per cycle.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -205,7 +207,6 @@ pub async fn run(
         MAX_LISTED,
     )
     .await?;
-    drop(reader);
     report.scan = scan;
     if req.dry_run {
         report.would_transfer = sample;
@@ -248,6 +249,7 @@ pub async fn run(
         transfers(
             settings,
             &db,
+            reader,
             &local_store,
             &remote_store,
             throttle,
@@ -318,6 +320,7 @@ async fn clean_unfinished(local: &Store, db: &Client) -> Result<usize, Error> {
 async fn transfers(
     settings: &Settings,
     db: &Client,
+    recorder_db: Client,
     local: &Store,
     remote: &Store,
     throttle: &Throttle,
@@ -337,6 +340,9 @@ async fn transfers(
         exhausted: false,
         since: storage_queue::clock(db).await?,
         limit: settings.max_concurrent_transfers.max(1) as usize,
+        reading: Arc::new(Semaphore::new(
+            settings.max_concurrent_transfers.max(1) as usize
+        )),
         remote: remote.clone(),
         local: local.clone(),
         opts,
@@ -347,50 +353,84 @@ async fn transfers(
     let role = settings.instance_role;
     let phase = Instant::now();
     let mut read_secs: f64 = 0.0;
+    let mut recorder = Recorder::start(recorder_db, role, local.clone());
     let outcome: Result<(), Error> = async {
-        pool.fill(db).await?;
-        while let Some(joined) = pool.running.join_next().await {
-            let Ok((file, before, result)) = joined else {
-                pool.fill(db).await?;
-                continue; // a panicked transfer: its entry stays queued (not retried this cycle)
-            };
-            // Keep every slot busy: start the next transfer before the database writes below.
-            // The key stays in `in_flight` until they are done, so that reading ahead does not
-            // pick it up again. Should reading ahead fail, this file is still recorded first.
-            let filled = pool.fill(db).await;
-            let key = file.object_key.clone();
-            match result {
-                Ok(done) => {
-                    report.transferred += 1;
-                    report.bytes += done.bytes;
-                    report.retries += u64::from(done.attempts - 1);
-                    let secs = done.read_until.duration_since(phase).as_secs_f64();
-                    read_secs = read_secs.max(secs);
-                    if read_secs > 0.0 {
-                        report.rate_bytes_per_sec = report.bytes as f64 / read_secs;
+        pool.fill(db, None).await?;
+        loop {
+            // Wait for a transfer to end, a reading permit to start the next file, or the
+            // recorder to have committed finished files.
+            let more = pool.can_start();
+            let first = tokio::select! {
+                joined = pool.running.join_next() => match joined {
+                    Some(j) => j,
+                    None if more => {
+                        pool.fill(db, None).await?;
+                        continue;
                     }
-                    record_done(db, role, local, &file, &done).await?;
-                    on_event(Event::Done { bytes: done.bytes });
+                    None => break,
+                },
+                permit = pool.reading.clone().acquire_owned(), if more => {
+                    pool.fill(db, permit.ok()).await?;
+                    continue;
                 }
-                Err((Failure::Cancelled, _)) => {}
-                Err((failure, attempts)) => {
-                    report.failed += 1;
-                    report.retries += u64::from(attempts.saturating_sub(1));
-                    on_event(Event::Failed);
-                    let error = failure.to_string();
-                    record_failed(db, role, &file, &failure, &error, attempts, before).await?;
-                    if report.failures.len() < MAX_LISTED {
-                        report.failures.push(FileFailure {
-                            file,
-                            error,
-                            failure,
-                            attempts,
-                        });
+                Some(recorded) = recorder.recorded.recv() => {
+                    for (key, bytes) in recorded? {
+                        pool.in_flight.remove(&key);
+                        on_event(Event::Done { bytes });
+                    }
+                    continue;
+                }
+            };
+            // Take every transfer that has finished by now and start as many new ones
+            // first. Keys stay in `in_flight` until recorded, so that reading ahead does
+            // not pick them up again.
+            let mut joined = vec![first];
+            while let Some(j) = pool.running.try_join_next() {
+                joined.push(j);
+            }
+            let filled = pool.fill(db, None).await;
+            for j in joined {
+                let Ok((file, before, result)) = j else {
+                    continue; // a panicked transfer: its entry stays queued (not retried this cycle)
+                };
+                match result {
+                    Ok(d) => {
+                        report.transferred += 1;
+                        report.bytes += d.bytes;
+                        report.retries += u64::from(d.attempts - 1);
+                        let secs = d.read_until.duration_since(phase).as_secs_f64();
+                        read_secs = read_secs.max(secs);
+                        if read_secs > 0.0 {
+                            report.rate_bytes_per_sec = report.bytes as f64 / read_secs;
+                        }
+                        recorder.record(file, d);
+                    }
+                    Err((Failure::Cancelled, _)) => {
+                        pool.in_flight.remove(&file.object_key);
+                    }
+                    Err((failure, attempts)) => {
+                        report.failed += 1;
+                        report.retries += u64::from(attempts.saturating_sub(1));
+                        on_event(Event::Failed);
+                        let error = failure.to_string();
+                        record_failed(db, role, &file, &failure, &error, attempts, before).await?;
+                        pool.in_flight.remove(&file.object_key);
+                        if report.failures.len() < MAX_LISTED {
+                            report.failures.push(FileFailure {
+                                file,
+                                error,
+                                failure,
+                                attempts,
+                            });
+                        }
                     }
                 }
             }
-            pool.in_flight.remove(&key);
             filled?;
+        }
+        // Every transfer ended: wait for the recorder to commit the last ones.
+        for (_, bytes) in recorder.finish().await? {
+            on_event(Event::Done { bytes });
         }
         Ok(())
     }
@@ -399,10 +439,14 @@ async fn transfers(
         // Stop the transfers still running (each aborts its upload) and record those that
         // finished meanwhile, so that no published file is left without its records.
         pool.cancel.cancel();
+        if let Err(e) = recorder.finish().await {
+            tracing::warn!("finished transfers could not be recorded: {e}");
+        }
         while let Some(joined) = pool.running.join_next().await {
             if let Ok((file, _, Ok(done))) = joined {
-                if let Err(e) = record_done(db, role, local, &file, &done).await {
-                    tracing::warn!(key = %file.object_key, "a finished transfer could not be recorded: {e}");
+                let done = [(file, done)];
+                if let Err(e) = record_done(db, role, local, &done).await {
+                    tracing::warn!(key = %done[0].0.object_key, "a finished transfer could not be recorded: {e}");
                 }
             }
         }
@@ -423,6 +467,8 @@ struct Pool {
     /// Entries updated after this (failed this cycle) wait for a later cycle.
     since: DateTime<Utc>,
     limit: usize,
+    /// `limit` permits: transfers reading from the peer at once.
+    reading: Arc<Semaphore>,
     remote: Store,
     local: Store,
     opts: transfer::Options,
@@ -431,29 +477,52 @@ struct Pool {
 }
 
 impl Pool {
-    /// Start transfers until `limit` run or nothing is due; reads the next entries (newest
-    /// first, skipping those in flight) when the ones read ahead are used up.
-    async fn fill(&mut self, db: &Client) -> Result<(), Error> {
-        while self.running.len() < self.limit && !self.cancel.is_cancelled() {
+    /// Whether another transfer could start now (a reading permit aside).
+    fn can_start(&self) -> bool {
+        self.running.len() < 2 * self.limit
+            && !(self.waiting.is_empty() && self.exhausted)
+            && !self.cancel.is_cancelled()
+    }
+
+    /// Start transfers, newest first, while a reading permit is free (`permit`, then
+    /// others) and fewer than twice `limit` run (the others publish verified files, see
+    /// `transfer::copy`); reads the next entries (skipping those in flight) when the ones
+    /// read ahead are used up. Permits are taken here, in queue order.
+    async fn fill(
+        &mut self,
+        db: &Client,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), Error> {
+        while self.running.len() < 2 * self.limit && !self.cancel.is_cancelled() {
             if self.waiting.is_empty() && !self.exhausted {
                 let skip: Vec<&str> = self.in_flight.iter().map(String::as_str).collect();
                 self.waiting
                     .extend(storage_queue::due(db, self.since, &skip, ROUND).await?);
                 self.exhausted = self.waiting.is_empty();
             }
+            if self.waiting.is_empty() {
+                break;
+            }
+            let Some(p) = permit
+                .take()
+                .or_else(|| self.reading.clone().try_acquire_owned().ok())
+            else {
+                break;
+            };
             let Some(d) = self.waiting.pop_front() else {
                 break;
             };
             self.in_flight.insert(d.file.object_key.clone());
-            let (src, dst, o, th, c) = (
+            let (src, dst, o, th, c, reading) = (
                 self.remote.clone(),
                 self.local.clone(),
                 self.opts.clone(),
                 self.throttle.clone(),
                 self.cancel.clone(),
+                self.reading.clone(),
             );
             self.running.spawn(async move {
-                let r = transfer::copy(&src, &dst, &d.file, &o, &th, &c).await;
+                let r = transfer::copy(&src, &dst, &d.file, &o, &th, &c, p, &reading).await;
                 (d.file, d.attempts, r)
             });
         }
@@ -461,24 +530,105 @@ impl Pool {
     }
 }
 
+/// Record finished transfers: for each, its location, its `sync_log` row, and its queue
+/// entry done, all in one transaction (one WAL flush for the lot: per-file overhead on
+/// 1,000 small files). Should the process die before the commit, the next scan finds the
+/// objects in place and drops their entries without log rows; never two rows for one file.
+/// Records finished transfers on a connection of its own, so that the cycle keeps starting
+/// transfers while a commit is made: what finished meanwhile is committed together next
+/// (the slower the commits, the more files share one). Sends back the keys (and bytes)
+/// of each committed batch.
+struct Recorder {
+    files: Option<mpsc::UnboundedSender<(Missing, Done)>>,
+    recorded: mpsc::UnboundedReceiver<Result<Vec<(String, u64)>, Error>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Files recorded in one transaction at most.
+const RECORD_BATCH: usize = 500;
+
+impl Recorder {
+    fn start(db: Client, role: Role, local: Store) -> Recorder {
+        let (files, mut rx) = mpsc::unbounded_channel::<(Missing, Done)>();
+        let (tx, recorded) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+                let result = record_done(&db, role, &local, &batch).await;
+                let failed = result.is_err();
+                if let Err(e) = &result {
+                    for (file, _) in &batch {
+                        tracing::warn!(key = %file.object_key, "a finished transfer could not be recorded: {e}");
+                    }
+                }
+                let keys = batch.drain(..).map(|(f, d)| (f.object_key, d.bytes));
+                if tx.send(result.map(|()| keys.collect())).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Recorder {
+            files: Some(files),
+            recorded,
+            task: Some(task),
+        }
+    }
+
+    /// Queue a verified, published file for its records.
+    fn record(&self, file: Missing, done: Done) {
+        if let Some(tx) = &self.files {
+            // A closed channel means the recorder failed; its error is reported already.
+            let _ = tx.send((file, done));
+        }
+    }
+
+    /// Commit what is queued and stop: the keys (and bytes) recorded since the last
+    /// [`Recorder::recorded`] message that was read, or the first error.
+    async fn finish(&mut self) -> Result<Vec<(String, u64)>, Error> {
+        self.files = None;
+        let mut all = Vec::new();
+        let mut first_error = None;
+        while let Some(r) = self.recorded.recv().await {
+            match r {
+                Ok(keys) => all.extend(keys),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    }
+}
+
 async fn record_done(
     db: &Client,
     role: Role,
     local: &Store,
-    file: &Missing,
-    done: &Done,
+    done: &[(Missing, Done)],
 ) -> Result<(), Error> {
-    // One commit (one WAL flush) for the three writes: per-file overhead on 1,000 small
-    // files. Should the process die before it, the next scan finds the object in place
-    // and drops the entry without a log row; never two rows for one file.
+    if done.is_empty() {
+        return Ok(());
+    }
     db.batch_execute("BEGIN")
         .await
-        .context("starting the transaction that records a transfer")?;
-    let result = record_done_in(db, role, local, file, done).await;
+        .context("starting the transaction that records transfers")?;
+    let mut result = Ok(());
+    for (file, d) in done {
+        result = record_done_in(db, role, local, file, d).await;
+        if result.is_err() {
+            break;
+        }
+    }
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     db.batch_execute(end)
         .await
-        .context("ending the transaction that records a transfer")?;
+        .context("ending the transaction that records transfers")?;
     result
 }
 

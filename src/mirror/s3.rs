@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    StalledStreamProtectionConfig,
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -72,8 +74,14 @@ impl S3Store {
                     .operation_attempt_timeout(OPERATION_TIMEOUT)
                     .build(),
             );
+        // Transfers time out stalled bodies themselves (`transfer::Options::stall`, per
+        // chunk read) and bound each upload request by the operation timeout; the SDK's
+        // own stalled-stream protection would watch every chunk a second time.
         let client = aws_sdk_s3::Client::from_conf(
-            base.clone().retry_config(RetryConfig::disabled()).build(),
+            base.clone()
+                .retry_config(RetryConfig::disabled())
+                .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+                .build(),
         );
         let listing = aws_sdk_s3::Client::from_conf(
             base.retry_config(RetryConfig::standard().with_max_attempts(3))
@@ -177,8 +185,10 @@ impl S3Store {
         Ok(())
     }
 
-    /// Store `body` under `key` in one request.
-    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+    /// Store `body` under `key` in one request. `sha256` is the body's SHA-256 (lowercase
+    /// hex), already verified by the caller: it is signed as the payload hash, which the
+    /// server checks against the bytes it receives, so the SDK does not hash them again.
+    pub async fn put(&self, key: &str, body: Bytes, sha256: &str) -> Result<(), StoreError> {
         let len = body.len() as i64;
         self.client
             .put_object()
@@ -186,6 +196,8 @@ impl S3Store {
             .key(self.full(key))
             .content_length(len)
             .body(ByteStream::from(body))
+            .customize()
+            .interceptor(PayloadHash(sha256.to_string()))
             .send()
             .await
             .map_err(|e| classify("PUT", key, e))?;
@@ -311,6 +323,28 @@ impl S3Store {
 
 /// Turn an SDK error into a [`StoreError`]: transient (network, timeouts, 5xx, 429)
 /// or permanent (404, 403, other 4xx), with a message that names the operation.
+/// Signs a request with a payload hash the caller computed (SigV4's
+/// `x-amz-content-sha256`) instead of letting the SDK hash the body a second time.
+#[derive(Debug)]
+struct PayloadHash(String);
+
+impl Intercept for PayloadHash {
+    fn name(&self) -> &'static str {
+        "duplex::PayloadHash"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
 fn classify<E>(op: &str, key: &str, e: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

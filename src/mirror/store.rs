@@ -131,14 +131,22 @@ impl Store {
         }
     }
 
-    /// A writer for `key` holding at most `part_size` bytes in memory.
-    pub async fn writer(&self, key: &str, part_size: usize) -> Result<Writer, StoreError> {
+    /// A writer for `key` holding at most `part_size` bytes in memory; `size` is how many
+    /// bytes the caller expects to write (its first buffer is allocated once for that).
+    pub async fn writer(
+        &self,
+        key: &str,
+        part_size: usize,
+        size: u64,
+    ) -> Result<Writer, StoreError> {
         match self {
             Store::S3(s) => Ok(Writer::S3 {
                 store: s.clone(),
                 key: key.to_string(),
                 part_size,
-                buf: BytesMut::with_capacity(part_size.min(1 << 20)),
+                buf: BytesMut::with_capacity(
+                    part_size.min(usize::try_from(size).unwrap_or(usize::MAX)),
+                ),
                 upload: None,
                 parts: Vec::new(),
                 in_flight: InFlight::default(),
@@ -310,8 +318,16 @@ impl Writer {
         }
     }
 
-    /// Publish: the object becomes visible under its key.
-    pub async fn finish(self) -> Result<(), StoreError> {
+    /// Whether [`Writer::finish`] publishes in one request from what is buffered (no
+    /// multipart upload started; a file, a rename).
+    pub fn single_request(&self) -> bool {
+        matches!(self, Writer::S3 { upload: None, .. } | Writer::Fs(_))
+    }
+
+    /// Publish: the object becomes visible under its key. `sha256` is the verified hash
+    /// of everything written (lowercase hex); a single-request upload signs it as the
+    /// payload hash instead of hashing the bytes again.
+    pub async fn finish(self, sha256: &str) -> Result<(), StoreError> {
         match self {
             Writer::S3 {
                 store,
@@ -322,7 +338,7 @@ impl Writer {
                 mut in_flight,
                 ..
             } => match upload {
-                None => store.put(&key, buf.freeze()).await,
+                None => store.put(&key, buf.freeze(), sha256).await,
                 Some(id) => {
                     let result = async {
                         if !buf.is_empty() {

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Fault, Store, StoreError};
@@ -100,6 +103,14 @@ impl Failure {
 }
 
 /// Copy `file` from `src` to `dst`, verified; `Err` with the failure and the attempts made.
+///
+/// Reading from the peer takes a permit of `reading` (`MAX_CONCURRENT_TRANSFERS` of them):
+/// `permit`, taken by the caller in queue order. It is held until the bytes are verified
+/// (retries and their backoff included), and through the publishing upload only when that
+/// continues a multipart upload. A file published in one request (up to one
+/// part) hands its permit on before that request, so the next file's download overlaps
+/// this one's upload, as a copy that streams from one store to the other would; it never
+/// holds more than one part in memory.
 pub async fn copy(
     src: &Store,
     dst: &Store,
@@ -107,12 +118,25 @@ pub async fn copy(
     opts: &Options,
     throttle: &Throttle,
     cancel: &CancellationToken,
+    permit: OwnedSemaphorePermit,
+    reading: &Arc<Semaphore>,
 ) -> Result<Done, (Failure, u32)> {
     let started = Instant::now();
     let mut attempt = 0;
+    let mut permit = Some(permit);
     loop {
         attempt += 1;
-        match once(src, dst, file, opts, throttle, cancel).await {
+        if permit.is_none() {
+            // A retry after the permit was handed on (a failed publishing request).
+            permit = tokio::select! {
+                _ = cancel.cancelled() => return Err((Failure::Cancelled, attempt)),
+                p = reading.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return Err((Failure::Cancelled, attempt)),
+                },
+            };
+        }
+        match once(src, dst, file, opts, throttle, cancel, &mut permit).await {
             Ok((bytes, sha256, read_until)) => {
                 return Ok(Done {
                     bytes,
@@ -152,6 +176,7 @@ async fn once(
     opts: &Options,
     throttle: &Throttle,
     cancel: &CancellationToken,
+    permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<(u64, String, Instant), Failure> {
     let key = &file.object_key;
     let (mut reader, announced) = src.get(key).await?;
@@ -165,7 +190,9 @@ async fn once(
             });
         }
     }
-    let mut writer = dst.writer(key, opts.part_size).await?;
+    let mut writer = dst
+        .writer(key, opts.part_size, u64::try_from(file.size).unwrap_or(0))
+        .await?;
     let mut hasher = Sha256::new();
     let mut received: u64 = 0;
     let result: Result<(), Failure> = async {
@@ -217,7 +244,10 @@ async fn once(
             actual_size: received as i64,
         });
     }
-    writer.finish().await?;
+    if writer.single_request() {
+        *permit = None;
+    }
+    writer.finish(&sha256).await?;
     Ok((received, sha256, read_until))
 }
 
