@@ -522,7 +522,8 @@ impl Pool {
                 self.reading.clone(),
             );
             self.running.spawn(async move {
-                let r = transfer::copy(&src, &dst, &d.file, &o, &th, &c, p, &reading).await;
+                let permit = transfer::ReadPermit::new(p, reading);
+                let r = transfer::copy(&src, &dst, &d.file, &o, &th, &c, permit).await;
                 (d.file, d.attempts, r)
             });
         }

@@ -118,23 +118,14 @@ pub async fn copy(
     opts: &Options,
     throttle: &Throttle,
     cancel: &CancellationToken,
-    permit: OwnedSemaphorePermit,
-    reading: &Arc<Semaphore>,
+    mut permit: ReadPermit,
 ) -> Result<Done, (Failure, u32)> {
     let started = Instant::now();
     let mut attempt = 0;
-    let mut permit = Some(permit);
     loop {
         attempt += 1;
-        if permit.is_none() {
-            // A retry after the permit was handed on (a failed publishing request).
-            permit = tokio::select! {
-                _ = cancel.cancelled() => return Err((Failure::Cancelled, attempt)),
-                p = reading.clone().acquire_owned() => match p {
-                    Ok(p) => Some(p),
-                    Err(_) => return Err((Failure::Cancelled, attempt)),
-                },
-            };
+        if !permit.ensure(cancel).await {
+            return Err((Failure::Cancelled, attempt));
         }
         match once(src, dst, file, opts, throttle, cancel, &mut permit).await {
             Ok((bytes, sha256, read_until)) => {
@@ -163,6 +154,41 @@ pub async fn copy(
     }
 }
 
+/// A transfer's permit to read from the peer (one of `MAX_CONCURRENT_TRANSFERS`).
+pub struct ReadPermit {
+    held: Option<OwnedSemaphorePermit>,
+    from: Arc<Semaphore>,
+}
+
+impl ReadPermit {
+    /// `held`, taken from `from` (by the caller, in queue order).
+    pub fn new(held: OwnedSemaphorePermit, from: Arc<Semaphore>) -> Self {
+        ReadPermit {
+            held: Some(held),
+            from,
+        }
+    }
+
+    /// Hold a permit again (a retry after it was handed on); false if cancelled.
+    async fn ensure(&mut self, cancel: &CancellationToken) -> bool {
+        if self.held.is_none() {
+            self.held = tokio::select! {
+                _ = cancel.cancelled() => return false,
+                p = self.from.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return false,
+                },
+            };
+        }
+        true
+    }
+
+    /// Let the next file start reading.
+    fn hand_on(&mut self) {
+        self.held = None;
+    }
+}
+
 /// `base * 2^(attempt-1)`, +-50% jitter.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1 << (attempt - 1).min(10));
@@ -176,7 +202,7 @@ async fn once(
     opts: &Options,
     throttle: &Throttle,
     cancel: &CancellationToken,
-    permit: &mut Option<OwnedSemaphorePermit>,
+    permit: &mut ReadPermit,
 ) -> Result<(u64, String, Instant), Failure> {
     let key = &file.object_key;
     let (mut reader, announced) = src.get(key).await?;
@@ -245,7 +271,7 @@ async fn once(
         });
     }
     if writer.single_request() {
-        *permit = None;
+        permit.hand_on();
     }
     writer.finish(&sha256).await?;
     Ok((received, sha256, read_until))
