@@ -1179,3 +1179,65 @@ async fn the_throttle_waits_between_statements_only_when_configured() {
     let (_, stderr) = text(&out);
     assert!(stderr.contains("conflicts.scan_duty_percent"), "{stderr}");
 }
+
+#[tokio::test]
+async fn thousands_of_differences_spread_over_a_table_of_millions_are_all_found() {
+    // Big enough (2.2M rows) that the first level's buckets hold about 270 rows, and
+    // differences in a third of them: the scanner takes a second, finer grouped pass.
+    let pair = Pair::new().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(
+            r#"CREATE TABLE "Reading" ("id" bigint PRIMARY KEY, "v" int, "note" text)"#,
+        )
+        .await
+        .expect("creating Reading");
+    }
+    pair.setup_both().await;
+    let load = r#"INSERT INTO "Reading"
+        SELECT i, i % 1000, CASE WHEN i % 3 = 0 THEN NULL ELSE 'n' END
+          FROM generate_series(1, 2200000) i"#;
+    // The same rows on both sides, written behind replication's back on each.
+    let (a, b) = tokio::join!(behind(&pair, &main, load), behind(&pair, &cloud, load));
+    let ((), ()) = (a, b);
+    for c in [&main, &cloud] {
+        c.batch_execute(r#"ANALYZE "Reading""#)
+            .await
+            .expect("analysing");
+    }
+    // 3,000 scattered differences on cloud: changed values, NULL -> '', deletes, inserts.
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "Reading" SET "v" = -1 WHERE "id" % 733 = 1 AND "id" <= 733 * 1000;
+           UPDATE "Reading" SET "note" = '' WHERE "id" % 733 = 2 AND "id" % 3 = 0 AND "id" <= 733 * 3000;
+           DELETE FROM "Reading" WHERE "id" % 733 = 5 AND "id" <= 733 * 500;
+           INSERT INTO "Reading" SELECT 3000000 + i, 0, NULL FROM generate_series(1, 500) i;"#,
+    )
+    .await;
+    let want: i64 = cloud
+        .query_one(
+            r#"SELECT (SELECT count(*) FROM "Reading" WHERE "v" = -1)
+                    + (SELECT count(*) FROM "Reading" WHERE "note" = '')
+                    + 500 + 500"#,
+            &[],
+        )
+        .await
+        .expect("counting the differences")
+        .get(0);
+    assert!(want > 2500, "{want}");
+    let found = scan_json(&pair, &["--dry-run", "--table", "Reading"]).await;
+    let t = found["tables"][0].clone();
+    assert_eq!(t["mode"], "full", "{found}");
+    assert_eq!(t["confirmed"], want, "{t}");
+    let keys: std::collections::HashSet<String> = t["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect();
+    for k in ["[1]", "[734]", "[5]", "[3000001]", "[3000500]"] {
+        assert!(keys.contains(k), "{k} not found");
+    }
+    assert_eq!(keys.len() as i64, want);
+}

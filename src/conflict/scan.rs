@@ -1167,7 +1167,19 @@ impl Buckets {
     /// a dense cluster gets narrow buckets however wide the key space is. Either way there
     /// are at most about `2 x MAX_PARTS` buckets plus two per segment. Pure.
     fn plan(lo: i64, hi: i64, bounds: Vec<i64>, rows: i64, tails: [i64; 2]) -> Buckets {
-        let target = 2 * bucket_count(rows);
+        Buckets::plan_for(lo, hi, bounds, rows, tails, 2 * bucket_count(rows))
+    }
+
+    /// As [`Buckets::plan`], for about `target` buckets. Pure.
+    fn plan_for(
+        lo: i64,
+        hi: i64,
+        bounds: Vec<i64>,
+        rows: i64,
+        tails: [i64; 2],
+        target: i64,
+    ) -> Buckets {
+        let target = target.max(1);
         let naive = |lo: i64| Buckets {
             lo,
             bounds: Vec::new(),
@@ -1291,13 +1303,63 @@ async fn compare_bucketed(
             tails[1] = tails[1].max(r.get(1));
         }
     }
-    let plan = Buckets::plan(lo, hi, bounds, rows, tails);
+    let plan = Buckets::plan(lo, hi, bounds.clone(), rows, tails);
+    let target = 2 * bucket_count(rows);
+    let (differing, totals) = bucket_pass(main, cloud, s, &plan, &mut diff.bytes_read).await?;
+    diff.main_count = totals[0].0;
+    diff.cloud_count = totals[1].0;
+    diff.equal = totals[0] == totals[1];
+    if diff.equal {
+        return Ok(diff);
+    }
+    diff.truncated = truncated_side(diff.main_count, diff.cloud_count);
+    // Differences spread over many buckets (thousands of scattered ones): narrowing each
+    // bucket would read most rows three more times by index (cuts, parts, rows). One more
+    // grouped pass with buckets of about FINE_ROWS rows reads them once, and its
+    // differing buckets are leaves already.
+    let differing = match fine_target(rows, target, differing.len()) {
+        Some(fine) => {
+            let fine = Buckets::plan_for(lo, hi, bounds, rows, tails, fine);
+            bucket_pass(main, cloud, s, &fine, &mut diff.bytes_read)
+                .await?
+                .0
+        }
+        None => differing,
+    };
+    narrow(main, cloud, s, differing, max_differences, &mut diff).await?;
+    Ok(diff)
+}
+
+/// How many buckets a second, finer grouped pass over a table of about `rows` rows should
+/// have, after `differing` of the first pass's `target` buckets differed: none when few
+/// differ (narrowing them is cheaper) or when the first level's buckets are small
+/// already (tables up to about two million rows). Pure.
+fn fine_target(rows: i64, target: i64, differing: usize) -> Option<i64> {
+    let fine = (rows / FINE_ROWS).min(MAX_FINE_BUCKETS);
+    (differing as i64 > target / 8 && fine > 2 * target).then_some(fine)
+}
+
+/// Rows per bucket of the second, finer grouped pass (at least; up to twice that).
+const FINE_ROWS: i64 = 64;
+/// Buckets of the finer pass at most (28 bytes each from each server, and held in memory
+/// while they are compared).
+const MAX_FINE_BUCKETS: i64 = 1 << 18;
+
+/// One grouped pass over the table on both sides with `plan`'s buckets: the differing
+/// buckets as ranges, and each side's (row count, `bit_xor` of row hashes).
+async fn bucket_pass(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    plan: &Buckets,
+    bytes: &mut u64,
+) -> Result<(Vec<Range>, [(i64, i64); 2]), Error> {
     let sql = s.buckets_sql(!plan.bounds.is_empty());
     // The planner takes `key >> n` for as many groups as keys, and would sort every row
-    // rather than hash a few thousand groups in parallel workers: steer it (for this
-    // transaction only).
+    // rather than hash the groups in parallel workers: steer it (for this transaction
+    // only). A finer pass's groups (up to MAX_FINE_BUCKETS per process) fit in 32 MB.
     let steer = "SET LOCAL enable_sort = off; SET LOCAL parallel_setup_cost = 0;
-                 SET LOCAL parallel_tuple_cost = 0";
+                 SET LOCAL parallel_tuple_cost = 0; SET LOCAL work_mem = '32MB'";
     for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
         c.batch_execute(steer)
             .await
@@ -1311,11 +1373,14 @@ async fn compare_bucketed(
     };
     // The statements that narrow ranges down want the planner's own judgement back.
     for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
-        c.batch_execute("RESET enable_sort; RESET parallel_setup_cost; RESET parallel_tuple_cost")
-            .await
-            .context(format!("{side}: planner settings of the scan"))?;
+        c.batch_execute(
+            "RESET enable_sort; RESET parallel_setup_cost; RESET parallel_tuple_cost;
+             RESET work_mem",
+        )
+        .await
+        .context(format!("{side}: planner settings of the scan"))?;
     }
-    diff.bytes_read += 28 * (rm.len() + rc.len()) as u64;
+    *bytes += 28 * (rm.len() + rc.len()) as u64;
     let mut buckets: std::collections::BTreeMap<(i32, i64), [(i64, i64); 2]> = Default::default();
     let mut totals = [(0i64, 0i64); 2];
     for (side, rows) in [(0, rm), (1, rc)] {
@@ -1326,20 +1391,12 @@ async fn compare_bucketed(
             totals[side].1 ^= x;
         }
     }
-    diff.main_count = totals[0].0;
-    diff.cloud_count = totals[1].0;
-    diff.equal = totals[0] == totals[1];
-    if diff.equal {
-        return Ok(diff);
-    }
-    diff.truncated = truncated_side(diff.main_count, diff.cloud_count);
-    let differing: Vec<Range> = buckets
+    let differing = buckets
         .into_iter()
         .filter(|(_, [m, c])| m != c)
         .map(|((seg, b), [m, c])| plan.range(seg, b, m.0, c.0))
         .collect();
-    narrow(main, cloud, s, differing, max_differences, &mut diff).await?;
-    Ok(diff)
+    Ok((differing, totals))
 }
 
 /// Narrow differing ranges down: fetch the rows of those small enough, split the others
@@ -2440,6 +2497,37 @@ mod tests {
             wide.range(0, i64::MIN >> wide.shifts[0], 0, 0).from,
             format!("[{}]", i64::MIN)
         );
+    }
+
+    #[test]
+    fn a_second_finer_pass_only_when_differences_are_spread_over_big_buckets() {
+        // 10M rows: 8192 first-level buckets of about 1,200 rows.
+        let target = 2 * bucket_count(10_000_000);
+        assert_eq!(target, 8192);
+        assert_eq!(
+            fine_target(10_000_000, target, 100),
+            None,
+            "100 differences"
+        );
+        assert_eq!(fine_target(10_000_000, target, 1024), None);
+        assert_eq!(fine_target(10_000_000, target, 1025), Some(156_250));
+        assert_eq!(
+            fine_target(100_000_000, target, 8000),
+            Some(MAX_FINE_BUCKETS)
+        );
+        // Up to about two million rows the first level is 128-256 rows a bucket already.
+        let t = 2 * bucket_count(1_000_000);
+        assert_eq!(fine_target(1_000_000, t, 7000), None);
+        assert_eq!(
+            fine_target(-1, 2 * bucket_count(-1), 8000),
+            None,
+            "never analysed"
+        );
+        // The finer plan: buckets of 64 to 128 keys over the same key space (128 here).
+        let fine = Buckets::plan_for(1, 10_000_000, Vec::new(), 10_000_000, [0, 0], 156_250);
+        assert_eq!(fine.shifts, [7]);
+        let r = fine.range(0, 1, 0, 0);
+        assert_eq!((r.from.as_str(), r.to.as_deref()), ("[128]", Some("[256]")));
     }
 
     #[test]

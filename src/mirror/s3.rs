@@ -321,8 +321,6 @@ impl S3Store {
     }
 }
 
-/// Turn an SDK error into a [`StoreError`]: transient (network, timeouts, 5xx, 429)
-/// or permanent (404, 403, other 4xx), with a message that names the operation.
 /// Signs a request with a payload hash the caller computed (SigV4's
 /// `x-amz-content-sha256`) instead of letting the SDK hash the body a second time.
 #[derive(Debug)]
@@ -345,6 +343,8 @@ impl Intercept for PayloadHash {
     }
 }
 
+/// Turn an SDK error into a [`StoreError`]: transient (network, timeouts, 5xx, 429)
+/// or permanent (404, 403, other 4xx), with a message that names the operation.
 fn classify<E>(op: &str, key: &str, e: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
