@@ -706,7 +706,12 @@ async fn on_both(
 ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), pg::Error> {
     let started = Instant::now();
     let rows = on_both_now(main, cloud, sql, params, what).await?;
-    let took = started.elapsed();
+    pace(started.elapsed()).await;
+    Ok(rows)
+}
+
+/// After a statement that took `took`, wait as the scan's throttle says (if any).
+async fn pace(took: Duration) {
     let pause = PACE
         .try_with(|p| {
             let pause = pause_after(took, p.duty_percent);
@@ -717,7 +722,6 @@ async fn on_both(
     if !pause.is_zero() {
         tokio::time::sleep(pause).await;
     }
-    Ok(rows)
 }
 
 async fn on_both_now(
@@ -1315,7 +1319,7 @@ async fn compare_bucketed(
     diff.truncated = truncated_side(diff.main_count, diff.cloud_count);
     // Differences spread over many buckets (thousands of scattered ones): narrowing each
     // bucket would read most rows three more times by index (cuts, parts, rows). One more
-    // grouped pass with buckets of about FINE_ROWS rows reads them once, and its
+    // grouped pass with buckets of FINE_ROWS to twice that reads them once, and its
     // differing buckets are leaves already.
     let differing = match fine_target(rows, target, differing.len()) {
         Some(fine) => {
@@ -1332,15 +1336,15 @@ async fn compare_bucketed(
 
 /// How many buckets a second, finer grouped pass over a table of about `rows` rows should
 /// have, after `differing` of the first pass's `target` buckets differed: none when few
-/// differ (narrowing them is cheaper) or when the first level's buckets are small
-/// already (tables up to about two million rows). Pure.
+/// differ (narrowing them is cheaper) or when it would not have at least twice as many
+/// buckets. Pure.
 fn fine_target(rows: i64, target: i64, differing: usize) -> Option<i64> {
     let fine = (rows / FINE_ROWS).min(MAX_FINE_BUCKETS);
     (differing as i64 > target / 8 && fine > 2 * target).then_some(fine)
 }
 
 /// Rows per bucket of the second, finer grouped pass (at least; up to twice that).
-const FINE_ROWS: i64 = 64;
+const FINE_ROWS: i64 = 32;
 /// Buckets of the finer pass at most (28 bytes each from each server, and held in memory
 /// while they are compared).
 const MAX_FINE_BUCKETS: i64 = 1 << 18;
@@ -1366,11 +1370,21 @@ async fn bucket_pass(
             .context(format!("{side}: planner settings of the scan"))?;
     }
     let what = "aggregating key buckets";
-    let (rm, rc) = if plan.bounds.is_empty() {
-        on_both(main, cloud, &sql, &[&plan.shifts[0]], what).await?
+    let started = Instant::now();
+    // Folded as the rows stream in: 24 bytes a bucket, not a driver row (about 200).
+    let fold = |r: &tokio_postgres::Row| -> Bucket { (r.get(0), r.get(1), r.get(2), r.get(3)) };
+    let one: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&plan.shifts[0]];
+    let segmented: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&plan.bounds, &plan.shifts];
+    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = if plan.bounds.is_empty() {
+        &one
     } else {
-        on_both(main, cloud, &sql, &[&plan.bounds, &plan.shifts], what).await?
+        &segmented
     };
+    let (mut bm, mut bc) = tokio::try_join!(
+        fold_rows(main, &sql, params, fold, "main", what),
+        fold_rows(cloud, &sql, params, fold, "cloud", what),
+    )?;
+    pace(started.elapsed()).await;
     // The statements that narrow ranges down want the planner's own judgement back.
     for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
         c.batch_execute(
@@ -1380,23 +1394,70 @@ async fn bucket_pass(
         .await
         .context(format!("{side}: planner settings of the scan"))?;
     }
-    *bytes += 28 * (rm.len() + rc.len()) as u64;
-    let mut buckets: std::collections::BTreeMap<(i32, i64), [(i64, i64); 2]> = Default::default();
-    let mut totals = [(0i64, 0i64); 2];
-    for (side, rows) in [(0, rm), (1, rc)] {
-        for r in rows {
-            let (seg, b, n, x): (i32, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
-            buckets.entry((seg, b)).or_default()[side] = (n, x);
-            totals[side].0 += n;
-            totals[side].1 ^= x;
+    *bytes += 28 * (bm.len() + bc.len()) as u64;
+    let totals = [&bm, &bc].map(|side| {
+        side.iter()
+            .fold((0i64, 0i64), |(n, x), b| (n + b.2, x ^ b.3))
+    });
+    // Both sides sorted by bucket, then walked together.
+    bm.sort_unstable_by_key(|b| (b.0, b.1));
+    bc.sort_unstable_by_key(|b| (b.0, b.1));
+    let mut differing = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < bm.len() || j < bc.len() {
+        let (m, c) = match (bm.get(i), bc.get(j)) {
+            (Some(m), Some(c)) if (m.0, m.1) == (c.0, c.1) => {
+                i += 1;
+                j += 1;
+                (Some(m), Some(c))
+            }
+            (Some(m), Some(c)) if (m.0, m.1) < (c.0, c.1) => {
+                i += 1;
+                (Some(m), None)
+            }
+            (Some(m), None) => {
+                i += 1;
+                (Some(m), None)
+            }
+            (_, c) => {
+                j += 1;
+                (None, c)
+            }
+        };
+        let (seg, b) = m.or(c).map(|x| (x.0, x.1)).unwrap_or_default();
+        let (mn, mx) = m.map(|x| (x.2, x.3)).unwrap_or_default();
+        let (cn, cx) = c.map(|x| (x.2, x.3)).unwrap_or_default();
+        if (mn, mx) != (cn, cx) {
+            differing.push(plan.range(seg, b, mn, cn));
         }
     }
-    let differing = buckets
-        .into_iter()
-        .filter(|(_, [m, c])| m != c)
-        .map(|((seg, b), [m, c])| plan.range(seg, b, m.0, c.0))
-        .collect();
     Ok((differing, totals))
+}
+
+/// A bucket from a grouped pass: segment, bucket, rows, `bit_xor` of row hashes.
+type Bucket = (i32, i64, i64, i64);
+
+/// Run `sql` on `c` and keep `f` of each row as it streams in (the rows themselves are
+/// never all held).
+async fn fold_rows<T>(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    f: impl Fn(&tokio_postgres::Row) -> T,
+    side: &str,
+    what: &str,
+) -> Result<Vec<T>, pg::Error> {
+    use futures_util::TryStreamExt;
+    let rows = c
+        .query_raw(sql, params.iter().copied())
+        .await
+        .context(format!("{side}: {what}"))?;
+    let mut rows = std::pin::pin!(rows);
+    let mut out = Vec::new();
+    while let Some(r) = rows.try_next().await.context(format!("{side}: {what}"))? {
+        out.push(f(&r));
+    }
+    Ok(out)
 }
 
 /// Narrow differing ranges down: fetch the rows of those small enough, split the others
@@ -2510,24 +2571,37 @@ mod tests {
             "100 differences"
         );
         assert_eq!(fine_target(10_000_000, target, 1024), None);
-        assert_eq!(fine_target(10_000_000, target, 1025), Some(156_250));
+        assert_eq!(
+            fine_target(10_000_000, target, 1025),
+            Some(MAX_FINE_BUCKETS)
+        );
+        assert_eq!(fine_target(5_000_000, target, 1025), Some(156_250));
         assert_eq!(
             fine_target(100_000_000, target, 8000),
             Some(MAX_FINE_BUCKETS)
         );
-        // Up to about two million rows the first level is 128-256 rows a bucket already.
+        // Smaller tables: first-level buckets of 128-256 rows, finer ones of 32-64.
         let t = 2 * bucket_count(1_000_000);
-        assert_eq!(fine_target(1_000_000, t, 7000), None);
+        assert_eq!(fine_target(1_000_000, t, 7000), Some(31_250));
+        assert_eq!(fine_target(1_000_000, t, 100), None);
         assert_eq!(
             fine_target(-1, 2 * bucket_count(-1), 8000),
             None,
             "never analysed"
         );
-        // The finer plan: buckets of 64 to 128 keys over the same key space (128 here).
-        let fine = Buckets::plan_for(1, 10_000_000, Vec::new(), 10_000_000, [0, 0], 156_250);
-        assert_eq!(fine.shifts, [7]);
+        // The finer plan: buckets of 32 to 64 keys over the same key space (64 here, as
+        // 10M rows would want more buckets than the finer pass may have).
+        let fine = Buckets::plan_for(
+            1,
+            10_000_000,
+            Vec::new(),
+            10_000_000,
+            [0, 0],
+            MAX_FINE_BUCKETS,
+        );
+        assert_eq!(fine.shifts, [6]);
         let r = fine.range(0, 1, 0, 0);
-        assert_eq!((r.from.as_str(), r.to.as_deref()), ("[128]", Some("[256]")));
+        assert_eq!((r.from.as_str(), r.to.as_deref()), ("[64]", Some("[128]")));
     }
 
     #[test]
