@@ -1337,14 +1337,15 @@ async fn compare_bucketed(
 /// How many buckets a second, finer grouped pass over a table of about `rows` rows should
 /// have, after `differing` of the first pass's `target` buckets differed: none when few
 /// differ (narrowing them is cheaper) or when it would not have at least twice as many
-/// buckets. Pure.
+/// buckets (tables up to about two million rows, whose first-level buckets are small
+/// already). Pure.
 fn fine_target(rows: i64, target: i64, differing: usize) -> Option<i64> {
     let fine = (rows / FINE_ROWS).min(MAX_FINE_BUCKETS);
     (differing as i64 > target / 8 && fine > 2 * target).then_some(fine)
 }
 
 /// Rows per bucket of the second, finer grouped pass (at least; up to twice that).
-const FINE_ROWS: i64 = 32;
+const FINE_ROWS: i64 = 64;
 /// Buckets of the finer pass at most (28 bytes each from each server, and held in memory
 /// while they are compared).
 const MAX_FINE_BUCKETS: i64 = 1 << 18;
@@ -2571,37 +2572,26 @@ mod tests {
             "100 differences"
         );
         assert_eq!(fine_target(10_000_000, target, 1024), None);
-        assert_eq!(
-            fine_target(10_000_000, target, 1025),
-            Some(MAX_FINE_BUCKETS)
-        );
-        assert_eq!(fine_target(5_000_000, target, 1025), Some(156_250));
+        assert_eq!(fine_target(10_000_000, target, 1025), Some(156_250));
+        assert_eq!(fine_target(5_000_000, target, 1025), Some(78_125));
         assert_eq!(
             fine_target(100_000_000, target, 8000),
             Some(MAX_FINE_BUCKETS)
         );
-        // Smaller tables: first-level buckets of 128-256 rows, finer ones of 32-64.
+        // Up to about two million rows the first level's buckets (128-256 rows) are small
+        // enough already.
         let t = 2 * bucket_count(1_000_000);
-        assert_eq!(fine_target(1_000_000, t, 7000), Some(31_250));
-        assert_eq!(fine_target(1_000_000, t, 100), None);
+        assert_eq!(fine_target(1_000_000, t, 7000), None);
         assert_eq!(
             fine_target(-1, 2 * bucket_count(-1), 8000),
             None,
             "never analysed"
         );
-        // The finer plan: buckets of 32 to 64 keys over the same key space (64 here, as
-        // 10M rows would want more buckets than the finer pass may have).
-        let fine = Buckets::plan_for(
-            1,
-            10_000_000,
-            Vec::new(),
-            10_000_000,
-            [0, 0],
-            MAX_FINE_BUCKETS,
-        );
-        assert_eq!(fine.shifts, [6]);
+        // The finer plan: buckets of 64 to 128 keys over the same key space (128 here).
+        let fine = Buckets::plan_for(1, 10_000_000, Vec::new(), 10_000_000, [0, 0], 156_250);
+        assert_eq!(fine.shifts, [7]);
         let r = fine.range(0, 1, 0, 0);
-        assert_eq!((r.from.as_str(), r.to.as_deref()), ("[64]", Some("[128]")));
+        assert_eq!((r.from.as_str(), r.to.as_deref()), ("[128]", Some("[256]")));
     }
 
     #[test]
