@@ -1372,7 +1372,7 @@ async fn bucket_pass(
     }
     let what = "aggregating key buckets";
     let started = Instant::now();
-    // Folded as the rows stream in: 24 bytes a bucket, not a driver row (about 200).
+    // Folded as the rows stream in: 32 bytes a bucket, not a driver row (about 200).
     let fold = |r: &tokio_postgres::Row| -> Bucket { (r.get(0), r.get(1), r.get(2), r.get(3)) };
     let one: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&plan.shifts[0]];
     let segmented: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&plan.bounds, &plan.shifts];
