@@ -4,7 +4,8 @@
 # once by `rclone copy --checksum --transfers 3` and once by `duplex storage sync`
 # (MAX_CONCURRENT_TRANSFERS=3), each under its own prefix. Prints seconds, MiB/s and peak
 # RSS and CPU time (user + system) of both; ROUNDS=N repeats both copies N times, each
-# into fresh prefixes, the tools taking turns at going first; with RATE=10MB also a duplex run at that MAX_TRANSFER_RATE over RATE_FILES.
+# into fresh prefixes, the tools taking turns at going first; with RATE=10MB also a duplex
+# run at that MAX_TRANSFER_RATE over the FILES small files.
 #
 #   scripts/lab.sh up && eval "$(scripts/lab.sh env)" && scripts/bench-storage.sh
 #

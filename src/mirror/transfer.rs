@@ -4,12 +4,11 @@
 //! [`MAX_ATTEMPTS`] attempts, exponential backoff with jitter); a mismatch or a
 //! permanent error ends the transfer for this cycle.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -104,11 +103,11 @@ impl Failure {
 
 /// Copy `file` from `src` to `dst`, verified; `Err` with the failure and the attempts made.
 ///
-/// Reading from the peer takes a permit of `reading` (`MAX_CONCURRENT_TRANSFERS` of them):
-/// `permit`, taken by the caller in queue order. It is held until the bytes are verified
-/// (retries and their backoff included), and through the publishing upload only when that
-/// continues a multipart upload. A file published in one request (up to one
-/// part) hands its permit on before that request, so the next file's download overlaps
+/// Reading from the peer needs a [`ReadPermit`] (one of `MAX_CONCURRENT_TRANSFERS`), taken
+/// by the caller in queue order. It is held until the bytes are verified (retries and
+/// their backoff included), and through the publishing upload only when that continues a
+/// multipart upload. A file published in one request (up to one part) hands its permit on
+/// before that request, so the next file's download overlaps
 /// this one's upload, as a copy that streams from one store to the other would; it never
 /// holds more than one part in memory.
 pub async fn copy(
