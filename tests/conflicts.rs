@@ -249,6 +249,121 @@ async fn lww_reinsert_after_delete_survives_a_concurrent_update_of_the_old_row()
     assert_healthy(&pair, errors).await;
 }
 
+/// The sequence behind a divergence one CI run of the 20,000-operation convergence test
+/// showed (seed 20000, key 136), made deterministic. Main's insert loses an insert_insert
+/// on main to cloud's later edit, cloud deletes the row, and main's insert reaches cloud
+/// only after that delete, so cloud tombstones main's incarnation (killed by cloud's
+/// delete). Main knows only of cloud's delete. When main creates the key again, having
+/// seen that delete, the new row must reach cloud; it used to be taken there for an insert
+/// that missed the delete of main's old incarnation, and dropped.
+#[tokio::test]
+async fn lww_reinsert_after_seeing_the_delete_that_beat_an_old_insert_reaches_the_other_side() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    // Deleted once, so every later insert of the key is a new incarnation.
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    delete_user(&main, "u1").await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+
+    pair.partition().await;
+    insert_user_at(
+        &cloud,
+        "u1",
+        "u1@example.com",
+        "cloud",
+        "2030-01-01 10:00:01+00",
+    )
+    .await;
+    insert_user_at(
+        &main,
+        "u1",
+        "u1@example.com",
+        "main",
+        "2030-01-01 10:00:02+00",
+    )
+    .await;
+    set_name(&cloud, "u1", "cloud edit", "2030-01-01 10:00:03+00").await;
+    delete_user(&cloud, "u1").await;
+    // Cloud to main first: main keeps its insert against cloud's older one, takes cloud's
+    // later edit, then cloud's delete of it.
+    main.batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE")
+        .await
+        .expect("enabling main's subscription");
+    common::wait_until(
+        "main applied cloud's delete",
+        Duration::from_secs(30),
+        || async { user_name(&main, "u1").await.is_none() },
+    )
+    .await;
+    // Then main to cloud: main's insert arrives after cloud's delete and loses to it.
+    pair.heal().await;
+    assert_eq!(user_name(&cloud, "u1").await, None);
+
+    insert_user_at(&main, "u1", "u1@example.com", "again", T2).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    assert_eq!(user_name(&main, "u1").await, Some(Some("again".into())));
+    assert_eq!(
+        user_name(&cloud, "u1").await,
+        Some(Some("again".into())),
+        "the key created again on main after it saw the delete must reach cloud"
+    );
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_healthy(&pair, errors).await;
+}
+
+/// While the link is down cloud inserts a key, deletes it and inserts it again; main
+/// inserts the same key in between (later than cloud's first insert). Cloud's delete beats
+/// main's concurrent insert on both sides, and cloud's second row, made after that delete,
+/// survives on both: on main the insert arrives after main's row died of that delete.
+#[tokio::test]
+async fn lww_key_recreated_after_a_delete_that_beat_a_concurrent_insert_survives_on_both_sides() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    delete_user(&main, "u1").await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    let errors = pair.apply_error_count().await;
+
+    pair.partition().await;
+    insert_user_at(
+        &cloud,
+        "u1",
+        "u1@example.com",
+        "cloud",
+        "2030-01-01 10:00:01+00",
+    )
+    .await;
+    insert_user_at(
+        &main,
+        "u1",
+        "u1@example.com",
+        "main",
+        "2030-01-01 10:00:02+00",
+    )
+    .await;
+    delete_user(&cloud, "u1").await;
+    insert_user_at(
+        &cloud,
+        "u1",
+        "u1@example.com",
+        "cloud again",
+        "2030-01-01 10:00:03+00",
+    )
+    .await;
+    pair.heal().await;
+
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(
+        user_name(&main, "u1").await,
+        Some(Some("cloud again".into())),
+        "the row cloud created after its delete survives"
+    );
+    assert_healthy(&pair, errors).await;
+}
+
 #[tokio::test]
 async fn lww_unique_email_keeps_one_row_on_both_sides() {
     let pair = pair_with("").await;

@@ -324,7 +324,7 @@ DECLARE
   dx_pol constant text := {pol};
   dx_k text; dx_m duplex.change_meta; dx_m_inc text := '0'; dx_m_base text; dx_m_seen text[]; dx_l_inc text; dx_l_seen text[];
   dx_l {tbl}%ROWTYPE; dx_u {tbl}%ROWTYPE;
-  dx_lh text; dx_nh text; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
+  dx_lh text; dx_nh text; dx_cause text; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
 BEGIN
   -- (Our own writes below do not come back here: the trigger fires at depth 0 only.)
   IF TG_OP = 'INSERT' THEN dx_k := {key_new}; ELSE dx_k := {key_old}; END IF;
@@ -336,15 +336,18 @@ BEGIN
 
   IF TG_OP = 'INSERT' THEN
     IF NOT {main_overrides} AND EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k) THEN
-      SELECT t.inc, t.base INTO dx_l_inc, dx_m_base FROM duplex.tombstone t
+      -- A dead incarnation whose death the insert's writer had not seen: neither it nor
+      -- the delete that killed it (its cause) is in the insert's seen list.
+      SELECT t.inc, t.base, coalesce(t.cause, t.inc) INTO dx_l_inc, dx_m_base, dx_cause FROM duplex.tombstone t
        WHERE t.rel = {rel} AND t.key = dx_k AND t.inc <> ALL (coalesce(dx_m_seen, '{{}}'))
+         AND coalesce(t.cause, t.inc) <> ALL (coalesce(dx_m_seen, '{{}}'))
        ORDER BY t.deleted_at DESC LIMIT 1;
       IF FOUND THEN
         -- This side deleted the key and the insert was made without seeing that delete:
-        -- the delete wins, and the incoming incarnation is dead here too. The entry is
-        -- named by the deleted incarnation, as the other side names it when the delete
-        -- reaches it.
-        INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
+        -- the delete wins, and the incoming incarnation is dead here too, killed by it.
+        -- The entry is named by the deleted incarnation, as the other side names it when
+        -- the delete reaches it.
+        INSERT INTO duplex.tombstone (rel, key, inc, base, cause) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base, nullif(dx_cause, dx_m_inc)) ON CONFLICT DO NOTHING;
         dx_typ := {deleted_here};
         PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, {versions_dead}, dx_pol, 'DELETED',
           md5(dx_typ || {rel} || dx_k || dx_l_inc || coalesce(dx_m_base, '')), dx_me);
@@ -405,7 +408,8 @@ BEGIN
         md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '')), dx_me);
       IF NOT dx_incoming_wins THEN RETURN NULL; END IF;
     END IF;
-    INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_l_inc, dx_m_base) ON CONFLICT DO NOTHING;
+    -- Our incarnation dies of the peer's delete (its cause, when it is another one).
+    INSERT INTO duplex.tombstone (rel, key, inc, base, cause) VALUES ({rel}, dx_k, dx_l_inc, dx_m_base, nullif(dx_m_inc, dx_l_inc)) ON CONFLICT DO NOTHING;
     IF dx_m_inc <> dx_l_inc THEN
       INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
     END IF;

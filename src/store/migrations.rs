@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_storage.sql",
         sql: include_str!("../../sql/migrations/0005_storage.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_tombstone_cause.sql",
+        sql: include_str!("../../sql/migrations/0006_tombstone_cause.sql"),
+    },
 ];
 
 /// Advisory lock key serialising migrations ("duplex" in ASCII).
