@@ -582,6 +582,69 @@ async fn ma_cloud_delete_vs_main_update_row_comes_back_on_cloud() {
     assert_healthy(&pair, errors).await;
 }
 
+/// As above, but cloud also creates the row again and deletes that one too before the link
+/// returns (convergence seed 20001). Main's edit wins on both sides, once: the new row lost
+/// to main's on main (`insert_insert`), so its delete was no further conflict. It used to
+/// be logged again on main as a second `update_delete` with the same versions.
+#[tokio::test]
+async fn ma_cloud_delete_recreate_delete_vs_main_update_is_logged_once() {
+    let pair = device_pair().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    set_device(&main, "main edit", T1).await;
+    let delete = r#"DELETE FROM "Device" WHERE "id" = 'd1'"#;
+    let n = cloud.execute(delete, &[]).await.expect("deleting Device");
+    assert_eq!(n, 1);
+    cloud
+        .execute(
+            r#"INSERT INTO "Device" ("id", "name", "userId", "updatedAt")
+               VALUES ('d1', 'cloud again', 'u1', $1::text::timestamptz)"#,
+            &[&T2],
+        )
+        .await
+        .expect("inserting Device on cloud");
+    let n = cloud.execute(delete, &[]).await.expect("deleting Device");
+    assert_eq!(n, 1);
+    pair.heal().await;
+
+    assert_equal(&pair, &[r#""Device""#]).await;
+    assert_eq!(device_name(&cloud).await.as_deref(), Some("main edit"));
+    let (m, c) = (
+        Pair::conflict_entries(&main).await,
+        Pair::conflict_entries(&cloud).await,
+    );
+    let kinds = |log: &[common::ConflictEntry]| -> Vec<(String, String)> {
+        let mut k: Vec<(String, String)> = log
+            .iter()
+            .map(|e| (e.kind.clone(), e.winner.clone()))
+            .collect();
+        k.sort();
+        k
+    };
+    let pair_of = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        kinds(&m),
+        vec![
+            pair_of("insert_insert", "MAIN"),
+            pair_of("update_delete", "MAIN")
+        ],
+        "main: {m:#?}"
+    );
+    assert_eq!(
+        kinds(&c),
+        vec![pair_of("update_delete", "MAIN")],
+        "cloud: {c:#?}"
+    );
+    let key = |log: &[common::ConflictEntry]| {
+        log.iter()
+            .find(|e| e.kind == "update_delete")
+            .map(|e| e.key.clone())
+    };
+    assert_eq!(key(&m), key(&c), "one update_delete, under one key");
+    assert_healthy(&pair, errors).await;
+}
+
 // --- no echo ---
 
 /// Everything that would move if a resolved change were sent back: the rows' physical

@@ -53,6 +53,8 @@ struct Model {
     inserted: BTreeSet<i32>,
     deleted: BTreeSet<i32>,
     ops_by_item: HashMap<i32, Vec<Op>>,
+    /// "Member"'s operations by record_id as the conflict log writes it (`[5, 7]`).
+    ops_by_member: HashMap<String, Vec<Op>>,
 }
 
 async fn new_pair() -> Pair {
@@ -97,6 +99,7 @@ async fn drive(pair: &Pair, run: Run) -> (Model, Vec<Op>, i64) {
         };
         let what = rng.random_range(0..100);
         let tag = format!("{side}-{}-{n}", run.seed);
+        let mut member = None;
         let (sql, item) = if rng.random_range(0..100) < 80 {
             let k = rng.random_range(0..ITEM_KEYS);
             let sql = match what {
@@ -114,6 +117,7 @@ async fn drive(pair: &Pair, run: Run) -> (Model, Vec<Op>, i64) {
                 rng.random_range(0..MEMBER_KEYS),
                 rng.random_range(0..MEMBER_KEYS),
             );
+            member = Some(format!("[{g}, {u}]"));
             let sql = match what {
                 0..40 => format!(
                     r#"INSERT INTO "Member" VALUES ({g}, {u}, '{tag}') ON CONFLICT DO NOTHING"#
@@ -147,6 +151,9 @@ async fn drive(pair: &Pair, run: Run) -> (Model, Vec<Op>, i64) {
             }
             model.ops_by_item.entry(k).or_default().push(op.clone());
         }
+        if let Some(m) = member {
+            model.ops_by_member.entry(m).or_default().push(op.clone());
+        }
         all.push(op);
         if run.paced {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -167,26 +174,26 @@ async fn item_rows(c: &Client) -> BTreeMap<i32, String> {
         .collect()
 }
 
-/// Everything duplex knows about one key on one side, for a failure report.
-async fn key_state(c: &Client, key: i32) -> String {
-    let k = format!("[{key}]");
+/// Everything duplex knows about one key (`[136]`) of `rel` (`public.Item`) on one side,
+/// for a failure report.
+async fn key_state(c: &Client, rel: &str, k: &str) -> String {
     let mut out = String::new();
     for (what, sql) in [
         (
             "tombstone",
-            "SELECT t::text FROM duplex.tombstone t WHERE rel = 'public.Item' AND key = $1",
+            "SELECT t::text FROM duplex.tombstone t WHERE rel = $2 AND key = $1",
         ),
         (
             "row_incarnation",
-            "SELECT r::text FROM duplex.row_incarnation r WHERE rel = 'public.Item' AND key = $1",
+            "SELECT r::text FROM duplex.row_incarnation r WHERE rel = $2 AND key = $1",
         ),
         (
             "conflict_log",
-            "SELECT concat_ws(' ', conflict_type, winner, resolved_by, 'main=' || main_version::text, 'cloud=' || cloud_version::text, conflict_key)
-               FROM duplex.conflict_log WHERE table_name = 'public.Item' AND record_id = $1 ORDER BY id",
+            "SELECT concat_ws(' ', conflict_type, winner, resolved_by, 'main=' || main_version::text, 'cloud=' || cloud_version::text, conflict_key, 'on ' || detected_on, created_at::text)
+               FROM duplex.conflict_log WHERE table_name = $2 AND record_id = $1 ORDER BY id",
         ),
     ] {
-        for r in c.query(sql, &[&k]).await.expect("reading duplex state") {
+        for r in c.query(sql, &[&k, &rel]).await.expect("reading duplex state") {
             out.push_str(&format!("    {what}: {}\n", r.get::<_, String>(0)));
         }
     }
@@ -221,8 +228,8 @@ async fn report_item_diff(pair: &Pair, run: Run, model: &Model) -> String {
         }
         out.push_str(&format!(
             "   main state:\n{}   cloud state:\n{}",
-            key_state(&main, *k).await,
-            key_state(&cloud, *k).await
+            key_state(&main, "public.Item", &format!("[{k}]")).await,
+            key_state(&cloud, "public.Item", &format!("[{k}]")).await
         ));
     }
     out
@@ -294,9 +301,21 @@ async fn converge(run: Run) {
             e.cloud_version.as_str(),
         );
         if let Some(other) = logical.insert(id, e.key.as_str()) {
+            let ops = match e.table.as_str() {
+                "public.Member" => model.ops_by_member.get(&e.record_id),
+                _ => e
+                    .record_id
+                    .trim_matches(['[', ']'])
+                    .parse()
+                    .ok()
+                    .and_then(|k: i32| model.ops_by_item.get(&k)),
+            };
             panic!(
-                "seed {seed}: one conflict logged under two keys ({other} and {}): {e:#?}",
-                e.key
+                "seed {seed}: one conflict logged under two keys ({other} and {}): {e:#?}\n\
+                 operations: {ops:#?}\n main state:\n{}\n cloud state:\n{}",
+                e.key,
+                key_state(&main, &e.table, &e.record_id).await,
+                key_state(&cloud, &e.table, &e.record_id).await,
             );
         }
     }

@@ -273,6 +273,24 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
         "NULL"
     };
 
+    // main_authoritative and manual, on main: an incoming incarnation that loses to main's
+    // row is dead here (cloud adopts main's row, so its own incarnation ends there too).
+    // Its tombstone names main's incarnation as the cause: cloud creates the key again only
+    // after deleting main's row or its own, and has then seen one of the two. Its later
+    // delete is then no conflict (it was over already), so it is not logged.
+    let buries = eff.policy.main_wins() && me == Role::Main;
+    let bury = if buries {
+        format!(
+            "
+        IF dx_m_inc <> dx_l_inc THEN
+          INSERT INTO duplex.tombstone (rel, key, inc, base, cause) VALUES ({rel}, dx_k, dx_m_inc, {hash_new}, dx_l_inc) ON CONFLICT DO NOTHING;
+        END IF;",
+            hash_new = row_hash("NEW"),
+        )
+    } else {
+        String::new()
+    };
+
     let capture = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
 {pinned}
@@ -374,7 +392,7 @@ BEGIN
         IF dx_incoming_wins THEN{unique_checks}
           UPDATE {tbl} SET {set_new} WHERE {key_eq_l};
           PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
-        END IF;
+        END IF;{bury_insert}
         RETURN NULL;
       END IF;{unique_checks}
       INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
@@ -392,8 +410,8 @@ BEGIN
   dx_lh := {hash_old};
 
   IF TG_OP = 'DELETE' THEN
-    IF dx_l_inc <> dx_m_inc AND dx_m_inc = ANY (coalesce(dx_l_seen, '{{}}')) THEN
-      -- The peer deleted an incarnation that ours was created after: ours stays.
+    IF dx_l_inc <> dx_m_inc AND (dx_m_inc = ANY (coalesce(dx_l_seen, '{{}}')){dead_here}) THEN
+      -- The peer deleted an incarnation that ours was created after{dead_here_comment}: ours stays.
       INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
       RETURN NULL;
     END IF;
@@ -435,7 +453,9 @@ BEGIN
       dx_incoming_wins := {wins_old};
       PERFORM duplex.log_conflict({rel}, dx_k, 'update_update', {versions_old}, dx_pol, {winner},
         md5('update_update' || {rel} || dx_k || {pair_hash}), dx_me);
-      IF NOT dx_incoming_wins THEN RETURN NULL; END IF;
+      IF NOT dx_incoming_wins THEN{bury_update}
+        RETURN NULL;
+      END IF;
     END IF;
     IF dx_m_inc <> dx_l_inc THEN
       PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
@@ -448,6 +468,27 @@ END $duplex$;
 "#,
         resolve = q(&names.resolve),
         uod = q(&names.update_of_deleted),
+        bury_insert = if buries {
+            format!(
+                "
+        IF NOT dx_incoming_wins THEN
+          SELECT coalesce((SELECT ri.inc FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k), '0') INTO dx_l_inc;{bury}
+        END IF;"
+            )
+        } else {
+            String::new()
+        },
+        bury_update = bury,
+        dead_here = if buries {
+            format!(" OR EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k AND t.inc = dx_m_inc)")
+        } else {
+            String::new()
+        },
+        dead_here_comment = if buries {
+            ", or one that already lost to ours"
+        } else {
+            ""
+        },
         hash_l = row_hash("dx_l"),
         hash_new = row_hash("NEW"),
         hash_old = row_hash("OLD"),
