@@ -54,6 +54,8 @@ Environment:
   CLOUD_ONLY (1; 0 skips the 0.5%-on-cloud-only case, thousands of repairs)
   MAIN_DB_URL, CLOUD_DB_URL, PG_BIN   the lab's; taken from `scripts/lab.sh env` when not set
   KEEP_BENCH_DBS=1  keep BENCH_DB (the next run drops it first)
+  BENCH_DUPLEX_LOG (warn)  duplex's DUPLEX_LOG, e.g. duplex=debug for the scanner's phases
+  BENCH_STDERR     append every tool's stderr to this file
   CONFLICTS   run only the many-conflicts case with this many differences
 """
 
@@ -244,6 +246,9 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int
     out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     secs = time.monotonic() - t0
     LAST_STDERR[0] = out.stderr
+    if os.environ.get("BENCH_STDERR"):
+        with open(os.environ["BENCH_STDERR"], "a") as f:
+            f.write(f"$ {' '.join(cmd[:4])}\n{out.stderr}\n")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
     if out.returncode not in (0, 1):
         raise SystemExit(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -259,7 +264,7 @@ def duplex(*args: str) -> tuple[float, int, int, str, int, int]:
         LOCAL_DB_URL=relayed("main"),
         REMOTE_DB_URL=relayed("cloud"),
         REPLICATION_SLOT_NAME="duplex_benchs_c2m",
-        DUPLEX_LOG="warn",
+        DUPLEX_LOG=os.environ.get("BENCH_DUPLEX_LOG", "warn"),
     )
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as cfg:
         cfg.write('[tables]\nschema = "public"\n')

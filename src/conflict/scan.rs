@@ -465,12 +465,18 @@ impl Shape {
         )
     }
 
+    /// Each row of the ranges: its range's position, its key (a bigint for a single
+    /// integer key: no JSON text built per row), its hash.
     fn rows_sql(&self, open: bool) -> String {
+        let k = if self.integer_key() {
+            format!("{}::int8", self.key_row)
+        } else {
+            self.key_json.clone()
+        };
         format!(
             "SELECT r.ord::int8, q.k, q.h FROM {from}
              CROSS JOIN LATERAL (SELECT {k} AS k, {h} AS h FROM {tbl} t WHERE {cond}) q",
             from = self.ranges_from(),
-            k = self.key_json,
             h = self.hash,
             tbl = self.tbl,
             cond = self.in_range(open)
@@ -1309,7 +1315,9 @@ async fn compare_bucketed(
     }
     let plan = Buckets::plan(lo, hi, bounds.clone(), rows, tails);
     let target = 2 * bucket_count(rows);
+    let started = Instant::now();
     let (differing, totals) = bucket_pass(main, cloud, s, &plan, &mut diff.bytes_read).await?;
+    tracing::debug!(table = %s.table, differing = differing.len(), took = ?started.elapsed(), "grouped pass");
     diff.main_count = totals[0].0;
     diff.cloud_count = totals[1].0;
     diff.equal = totals[0] == totals[1];
@@ -1324,13 +1332,18 @@ async fn compare_bucketed(
     let differing = match fine_target(rows, target, differing.len()) {
         Some(fine) => {
             let fine = Buckets::plan_for(lo, hi, bounds, rows, tails, fine);
-            bucket_pass(main, cloud, s, &fine, &mut diff.bytes_read)
+            let started = Instant::now();
+            let differing = bucket_pass(main, cloud, s, &fine, &mut diff.bytes_read)
                 .await?
-                .0
+                .0;
+            tracing::debug!(table = %s.table, differing = differing.len(), took = ?started.elapsed(), "finer grouped pass");
+            differing
         }
         None => differing,
     };
+    let started = Instant::now();
     narrow(main, cloud, s, differing, max_differences, &mut diff).await?;
+    tracing::debug!(table = %s.table, candidates = diff.candidates.len(), took = ?started.elapsed(), "narrowed to rows");
     Ok(diff)
 }
 
@@ -1647,7 +1660,31 @@ async fn rows(
     ranges: &[Range],
     bytes: &mut u64,
 ) -> Result<Vec<Vec<Candidate>>, Error> {
-    let mut per_range: Vec<[HashMap<String, i64>; 2]> =
+    if s.integer_key() {
+        // `[42]`, as jsonb_build_array writes the key: only for the candidates.
+        let key = |r: &tokio_postgres::Row| -> (i64, u64) { (r.get(1), 8) };
+        rows_keyed(main, cloud, s, ranges, bytes, key, |k| format!("[{k}]")).await
+    } else {
+        let key = |r: &tokio_postgres::Row| -> (String, u64) {
+            let k: String = r.get(1);
+            let n = k.len() as u64;
+            (k, n)
+        };
+        rows_keyed(main, cloud, s, ranges, bytes, key, String::clone).await
+    }
+}
+
+/// [`rows`] with keys read by `key` (the key and its size in bytes) and named by `name`.
+async fn rows_keyed<K: std::hash::Hash + Eq>(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    ranges: &[Range],
+    bytes: &mut u64,
+    key: impl Fn(&tokio_postgres::Row) -> (K, u64),
+    name: impl Fn(&K) -> String,
+) -> Result<Vec<Vec<Candidate>>, Error> {
+    let mut per_range: Vec<[HashMap<K, i64>; 2]> =
         (0..ranges.len()).map(|_| Default::default()).collect();
     for open in [false, true] {
         let idx: Vec<usize> = (0..ranges.len())
@@ -1662,10 +1699,10 @@ async fn rows(
         for (side, rows) in [(0, rm), (1, rc)] {
             for row in rows {
                 let ord: i64 = row.get(0);
-                let key: String = row.get(1);
-                *bytes += key.len() as u64 + 16;
+                let (k, n) = key(&row);
+                *bytes += n + 16;
                 if let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
-                    per_range[i][side].insert(key, row.get(2));
+                    per_range[i][side].insert(k, row.get(2));
                 }
             }
         }
@@ -1677,7 +1714,7 @@ async fn rows(
                 .iter()
                 .filter(|(k, h)| c.get(*k) != Some(h))
                 .map(|(k, h)| Candidate {
-                    key: k.clone(),
+                    key: name(k),
                     main: Some(*h),
                     cloud: c.get(k).copied(),
                 })
@@ -1686,7 +1723,7 @@ async fn rows(
                 c.iter()
                     .filter(|(k, _)| !m.contains_key(*k))
                     .map(|(k, h)| Candidate {
-                        key: k.clone(),
+                        key: name(k),
                         main: None,
                         cloud: Some(*h),
                     }),
@@ -2119,6 +2156,7 @@ async fn settle(
     report: &mut TableReport,
 ) -> Result<(), Error> {
     // First re-read, hashes only: still different outside the snapshots?
+    let started = Instant::now();
     let mut first: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
     for chunk in candidates.chunks(SETTLE_BATCH) {
         let keys: Vec<&str> = chunk.iter().map(|c| c.key.as_str()).collect();
@@ -2133,22 +2171,26 @@ async fn settle(
                 .map(|(k, (m, c))| (k, m, c)),
         );
     }
+    tracing::debug!(table = %rel, still = first.len(), took = ?started.elapsed(), "re-read hashes");
     if first.is_empty() {
         return Ok(());
     }
     // Anything committed meanwhile is applied before the second read: a difference that
     // survives it unchanged is not in flight.
     wait_caught_up(main, cloud, opts.catch_up_timeout).await?;
+    let (mut reading, mut repairing) = (Duration::ZERO, Duration::ZERO);
     let local = match opts.log_side {
         Role::Main => main,
         Role::Cloud => cloud,
     };
     for chunk in first.chunks(SETTLE_BATCH) {
         let keys: Vec<&str> = chunk.iter().map(|(k, _, _)| *k).collect();
+        let read = Instant::now();
         let (ms, cs) = tokio::try_join!(
             read_many(main, s, rel, &keys, Role::Main),
             read_many(cloud, s, rel, &keys, Role::Cloud)
         )?;
+        reading += read.elapsed();
         let mut lost: [Vec<Settle>; 2] = [Vec::new(), Vec::new()];
         for ((&(key, m1, c1), m), k) in chunk.iter().zip(ms).zip(cs) {
             let (Some(m), Some(k)) = (m, k) else {
@@ -2184,9 +2226,12 @@ async fn settle(
                 super::origin::enter(c, side).await?;
                 origins[slot] = true;
             }
+            let repair = Instant::now();
             repair_batch(c, local, s, rel, policy, opts.log_side, &items, report).await?;
+            repairing += repair.elapsed();
         }
     }
+    tracing::debug!(table = %rel, ?reading, ?repairing, took = ?started.elapsed(), "settled");
     Ok(())
 }
 
