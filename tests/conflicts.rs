@@ -492,6 +492,92 @@ async fn race_local_insert_of_the_same_key_during_apply_stops_nothing() {
     assert_healthy(&pair, errors).await;
 }
 
+/// A local insert of a key deleted before (so it gets a new incarnation) while the other
+/// side's insert of the same key is applied: neither waits for the other in the opposite
+/// order. An application trigger that sleeps after duplex's capture holds the local insert
+/// open, so the apply worker arrives in the middle of it. Without the key lock the two
+/// deadlocked (convergence seed 20010: the application's insert failed with "deadlock
+/// detected").
+#[tokio::test]
+async fn a_local_reinsert_and_an_incoming_insert_of_the_key_do_not_deadlock() {
+    let pair = pair_with("").await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    delete_user(&main, "u1").await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    // Fires after duplex_capture (triggers fire in name order), for local writes only.
+    main.batch_execute(
+        r#"CREATE FUNCTION slow_u1() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF NEW."id" = 'u1' THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$;
+           CREATE TRIGGER zz_slow BEFORE INSERT ON "User" FOR EACH ROW EXECUTE FUNCTION slow_u1();"#,
+    )
+    .await
+    .expect("creating the slow trigger");
+    let errors = pair.apply_error_count().await;
+
+    let local = tokio::spawn({
+        let main = pair.main().await;
+        async move {
+            main.execute(
+                r#"INSERT INTO "User" ("id", "email", "name", "updatedAt")
+                   VALUES ('u1', 'u1@example.com', 'main', '2030-01-01 10:00:02+00')
+                   ON CONFLICT DO NOTHING"#,
+                &[],
+            )
+            .await
+        }
+    });
+    let sleeping = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event = 'PgSleep'";
+    common::wait_until(
+        "main's insert in its slow trigger",
+        Duration::from_secs(5),
+        || async {
+            main.query_one(sleeping, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+    insert_user_at(
+        &cloud,
+        "u1",
+        "u1@example.com",
+        "cloud",
+        "2030-01-01 10:00:01+00",
+    )
+    .await;
+    // The apply worker reaches the key while main's insert is still open, and waits.
+    let apply_waits = "SELECT count(*) FROM pg_stat_activity
+                        WHERE datname = current_database() AND backend_type = 'logical replication apply worker'
+                          AND wait_event_type = 'Lock'";
+    common::wait_until(
+        "main's apply worker waiting on the key",
+        Duration::from_secs(4),
+        || async {
+            main.query_one(apply_waits, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+    let inserted = local
+        .await
+        .expect("the local insert's task")
+        .expect("the local insert must not fail (deadlock)");
+    assert_eq!(inserted, 1);
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(user_name(&cloud, "u1").await, Some(Some("main".into())));
+    assert_logged_once(&pair, "insert_insert", "MAIN", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}
+
 // --- main_authoritative ("Device" in common::EXAMPLE_TABLES) ---
 
 async fn device_pair() -> Pair {

@@ -94,6 +94,20 @@ pub struct Generated {
     pub names: Names,
 }
 
+/// First half of the advisory lock duplex takes on a key (`dplx`); the second is the hash of
+/// the table and key. The two-int form, so no application lock taken as one bigint can
+/// collide with it.
+pub const KEY_LOCK_SPACE: i32 = 0x6470_6c78;
+
+/// A transaction-level advisory lock on the key `dx_k` of the table named `rel` (a SQL
+/// literal): the capture and the resolve trigger take it before creating a row of a key
+/// that was deleted before, so that they never wait for each other in opposite orders.
+fn key_lock(rel: &str) -> String {
+    format!(
+        "pg_catalog.pg_advisory_xact_lock({KEY_LOCK_SPACE}, pg_catalog.hashtext({rel} || dx_k))"
+    )
+}
+
 /// How a row version is fingerprinted, identically on both servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashMode {
@@ -302,12 +316,17 @@ BEGIN
     -- those deletes. (BEFORE INSERT also fires for a row ON CONFLICT will skip: that row
     -- keeps its own.) Any other insert travels alone.
     dx_k := {key_new};
-    IF EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k)
-       AND NOT EXISTS (SELECT 1 FROM {tbl} WHERE {key_eq_new}) THEN
-      SELECT array_agg(t.inc) INTO dx_s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k;
-      dx_i := pg_catalog.gen_random_uuid()::text;
-      PERFORM duplex.set_incarnation({rel}, dx_k, dx_i, dx_s);
-      INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'I', dx_i, NULL, NULL, dx_s);
+    IF EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k) THEN
+      -- The key's lock before its incarnation, as the apply worker takes it before the row:
+      -- an incoming insert of the key being applied meanwhile is committed first (then the
+      -- row exists, and ours will be skipped or fail) instead of deadlocking with ours.
+      PERFORM {key_lock};
+      IF NOT EXISTS (SELECT 1 FROM {tbl} WHERE {key_eq_new}) THEN
+        SELECT array_agg(t.inc) INTO dx_s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k;
+        dx_i := pg_catalog.gen_random_uuid()::text;
+        PERFORM duplex.set_incarnation({rel}, dx_k, dx_i, dx_s);
+        INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'I', dx_i, NULL, NULL, dx_s);
+      END IF;
     END IF;
     RETURN NEW;
   END IF;
@@ -327,6 +346,7 @@ BEGIN
 END $duplex$;
 "#,
         capture = q(&names.capture),
+        key_lock = key_lock(&rel),
         key_new = key_json("NEW"),
         key_old = key_json("OLD"),
         key_eq_new = key_eq("NEW"),
@@ -342,7 +362,7 @@ DECLARE
   dx_pol constant text := {pol};
   dx_k text; dx_m duplex.change_meta; dx_m_inc text := '0'; dx_m_base text; dx_m_seen text[]; dx_l_inc text; dx_l_seen text[];
   dx_l {tbl}%ROWTYPE; dx_u {tbl}%ROWTYPE;
-  dx_lh text; dx_nh text; dx_cause text; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
+  dx_lh text; dx_nh text; dx_cause text; dx_tomb boolean; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
 BEGIN
   -- (Our own writes below do not come back here: the trigger fires at depth 0 only.)
   IF TG_OP = 'INSERT' THEN dx_k := {key_new}; ELSE dx_k := {key_old}; END IF;
@@ -353,7 +373,13 @@ BEGIN
   END IF;
 
   IF TG_OP = 'INSERT' THEN
-    IF NOT {main_overrides} AND EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k) THEN
+    dx_tomb := EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k);
+    IF dx_tomb THEN
+      -- A local insert may be giving this key a new incarnation right now: take the key's
+      -- lock before writing the row, as the capture takes it before the incarnation.
+      PERFORM {key_lock};
+    END IF;
+    IF NOT {main_overrides} AND dx_tomb THEN
       -- A dead incarnation whose death the insert's writer had not seen: neither it nor
       -- the delete that killed it (its cause) is in the insert's seen list.
       SELECT t.inc, t.base, coalesce(t.cause, t.inc) INTO dx_l_inc, dx_m_base, dx_cause FROM duplex.tombstone t
@@ -468,6 +494,7 @@ END $duplex$;
 "#,
         resolve = q(&names.resolve),
         uod = q(&names.update_of_deleted),
+        key_lock = key_lock(&rel),
         bury_insert = if buries {
             format!(
                 "
