@@ -249,6 +249,23 @@ async fn lww_reinsert_after_delete_survives_a_concurrent_update_of_the_old_row()
     assert_healthy(&pair, errors).await;
 }
 
+/// Insert user "u1" (u1@example.com) named `name`, updated at `at`.
+async fn insert_u1(c: &Client, name: &str, at: &str) {
+    insert_user_at(c, "u1", "u1@example.com", name, at).await;
+}
+
+/// A pair whose user "u1" was inserted and deleted on both sides: every later insert of
+/// the key is a new incarnation.
+async fn pair_with_deleted_user() -> Pair {
+    let pair = pair_with("").await;
+    let main = pair.main().await;
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    delete_user(&main, "u1").await;
+    pair.wait_caught_up(Duration::from_secs(10)).await;
+    pair
+}
+
 /// The sequence behind a divergence one CI run of the 20,000-operation convergence test
 /// showed (seed 20000, key 136), made deterministic. Main's insert loses an insert_insert
 /// on main to cloud's later edit, cloud deletes the row, and main's insert reaches cloud
@@ -258,32 +275,13 @@ async fn lww_reinsert_after_delete_survives_a_concurrent_update_of_the_old_row()
 /// that missed the delete of main's old incarnation, and dropped.
 #[tokio::test]
 async fn lww_reinsert_after_seeing_the_delete_that_beat_an_old_insert_reaches_the_other_side() {
-    let pair = pair_with("").await;
+    let pair = pair_with_deleted_user().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    // Deleted once, so every later insert of the key is a new incarnation.
-    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
-    pair.wait_caught_up(Duration::from_secs(10)).await;
-    delete_user(&main, "u1").await;
-    pair.wait_caught_up(Duration::from_secs(10)).await;
     let errors = pair.apply_error_count().await;
 
     pair.partition().await;
-    insert_user_at(
-        &cloud,
-        "u1",
-        "u1@example.com",
-        "cloud",
-        "2030-01-01 10:00:01+00",
-    )
-    .await;
-    insert_user_at(
-        &main,
-        "u1",
-        "u1@example.com",
-        "main",
-        "2030-01-01 10:00:02+00",
-    )
-    .await;
+    insert_u1(&cloud, "cloud", "2030-01-01 10:00:01+00").await;
+    insert_u1(&main, "main", "2030-01-01 10:00:02+00").await;
     set_name(&cloud, "u1", "cloud edit", "2030-01-01 10:00:03+00").await;
     delete_user(&cloud, "u1").await;
     // Cloud to main first: main keeps its insert against cloud's older one, takes cloud's
@@ -319,40 +317,15 @@ async fn lww_reinsert_after_seeing_the_delete_that_beat_an_old_insert_reaches_th
 /// survives on both: on main the insert arrives after main's row died of that delete.
 #[tokio::test]
 async fn lww_key_recreated_after_a_delete_that_beat_a_concurrent_insert_survives_on_both_sides() {
-    let pair = pair_with("").await;
+    let pair = pair_with_deleted_user().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
-    pair.wait_caught_up(Duration::from_secs(10)).await;
-    delete_user(&main, "u1").await;
-    pair.wait_caught_up(Duration::from_secs(10)).await;
     let errors = pair.apply_error_count().await;
 
     pair.partition().await;
-    insert_user_at(
-        &cloud,
-        "u1",
-        "u1@example.com",
-        "cloud",
-        "2030-01-01 10:00:01+00",
-    )
-    .await;
-    insert_user_at(
-        &main,
-        "u1",
-        "u1@example.com",
-        "main",
-        "2030-01-01 10:00:02+00",
-    )
-    .await;
+    insert_u1(&cloud, "cloud", "2030-01-01 10:00:01+00").await;
+    insert_u1(&main, "main", "2030-01-01 10:00:02+00").await;
     delete_user(&cloud, "u1").await;
-    insert_user_at(
-        &cloud,
-        "u1",
-        "u1@example.com",
-        "cloud again",
-        "2030-01-01 10:00:03+00",
-    )
-    .await;
+    insert_u1(&cloud, "cloud again", "2030-01-01 10:00:03+00").await;
     pair.heal().await;
 
     assert_equal(&pair, &[r#""User""#]).await;
@@ -500,12 +473,8 @@ async fn race_local_insert_of_the_same_key_during_apply_stops_nothing() {
 /// detected").
 #[tokio::test]
 async fn a_local_reinsert_and_an_incoming_insert_of_the_key_do_not_deadlock() {
-    let pair = pair_with("").await;
+    let pair = pair_with_deleted_user().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
-    pair.wait_caught_up(Duration::from_secs(10)).await;
-    delete_user(&main, "u1").await;
-    pair.wait_caught_up(Duration::from_secs(10)).await;
     // Fires after duplex_capture (triggers fire in name order), for local writes only.
     main.batch_execute(
         r#"CREATE FUNCTION slow_u1() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -542,14 +511,7 @@ async fn a_local_reinsert_and_an_incoming_insert_of_the_key_do_not_deadlock() {
         },
     )
     .await;
-    insert_user_at(
-        &cloud,
-        "u1",
-        "u1@example.com",
-        "cloud",
-        "2030-01-01 10:00:01+00",
-    )
-    .await;
+    insert_u1(&cloud, "cloud", "2030-01-01 10:00:01+00").await;
     // The apply worker reaches the key while main's insert is still open, and waits.
     let apply_waits = "SELECT count(*) FROM pg_stat_activity
                         WHERE datname = current_database() AND backend_type = 'logical replication apply worker'

@@ -216,16 +216,23 @@ async fn member_rows(c: &Client) -> BTreeMap<String, String> {
     .collect()
 }
 
-async fn report_member_diff(pair: &Pair, run: Run, model: &Model) -> String {
+/// The keys of `rel` whose rows differ (`m`, `c`: rows by record_id), each with its
+/// operations (`ops`) and what duplex knows of it on both sides.
+async fn report_diff<'a>(
+    pair: &Pair,
+    run: Run,
+    rel: &str,
+    (m, c): (BTreeMap<String, String>, BTreeMap<String, String>),
+    ops: impl Fn(&str) -> Option<&'a Vec<Op>>,
+) -> String {
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    let (m, c) = (member_rows(&main).await, member_rows(&cloud).await);
     let keys: BTreeSet<&String> = m.keys().chain(c.keys()).collect();
     let bad: Vec<&String> = keys
         .into_iter()
         .filter(|k| m.get(*k) != c.get(*k))
         .collect();
     let mut out = format!(
-        "seed {}: {} \"Member\" keys differ (main_authoritative, composite key): {bad:?}\n",
+        "seed {}: {} {rel} keys differ: {bad:?}\n",
         run.seed,
         bad.len()
     );
@@ -235,7 +242,7 @@ async fn report_member_diff(pair: &Pair, run: Run, model: &Model) -> String {
             m.get(*k),
             c.get(*k)
         ));
-        for op in model.ops_by_member.get(*k).into_iter().flatten() {
+        for op in ops(k).into_iter().flatten() {
             out.push_str(&format!(
                 "   op {} {} {} rows={} : {}\n",
                 op.n,
@@ -247,46 +254,40 @@ async fn report_member_diff(pair: &Pair, run: Run, model: &Model) -> String {
         }
         out.push_str(&format!(
             "   main state:\n{}   cloud state:\n{}",
-            key_state(&main, "public.Member", k).await,
-            key_state(&cloud, "public.Member", k).await
+            key_state(&main, rel, k).await,
+            key_state(&cloud, rel, k).await
         ));
     }
     out
 }
 
+async fn report_member_diff(pair: &Pair, run: Run, model: &Model) -> String {
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let rows = (member_rows(&main).await, member_rows(&cloud).await);
+    report_diff(pair, run, "public.Member", rows, |k| {
+        model.ops_by_member.get(k)
+    })
+    .await
+}
+
 async fn report_item_diff(pair: &Pair, run: Run, model: &Model) -> String {
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    let (m, c) = (item_rows(&main).await, item_rows(&cloud).await);
-    let keys: BTreeSet<i32> = m.keys().chain(c.keys()).copied().collect();
-    let bad: Vec<i32> = keys.into_iter().filter(|k| m.get(k) != c.get(k)).collect();
-    let mut out = format!(
-        "seed {}: {} Item keys differ: {bad:?}\n",
-        run.seed,
-        bad.len()
+    let by_record = |rows: BTreeMap<i32, String>| -> BTreeMap<String, String> {
+        rows.into_iter()
+            .map(|(k, v)| (format!("[{k}]"), v))
+            .collect()
+    };
+    let rows = (
+        by_record(item_rows(&main).await),
+        by_record(item_rows(&cloud).await),
     );
-    for k in bad.iter().take(3) {
-        out.push_str(&format!(
-            "  key {k}\n   main:  {:?}\n   cloud: {:?}\n",
-            m.get(k),
-            c.get(k)
-        ));
-        for op in model.ops_by_item.get(k).into_iter().flatten() {
-            out.push_str(&format!(
-                "   op {} {} {} rows={} : {}\n",
-                op.n,
-                op.side,
-                if op.linked { "linked" } else { "cut" },
-                op.rows,
-                op.sql
-            ));
-        }
-        out.push_str(&format!(
-            "   main state:\n{}   cloud state:\n{}",
-            key_state(&main, "public.Item", &format!("[{k}]")).await,
-            key_state(&cloud, "public.Item", &format!("[{k}]")).await
-        ));
-    }
-    out
+    report_diff(pair, run, "public.Item", rows, |k| {
+        k.trim_matches(['[', ']'])
+            .parse()
+            .ok()
+            .and_then(|k: i32| model.ops_by_item.get(&k))
+    })
+    .await
 }
 
 async fn converge(run: Run) {
