@@ -337,6 +337,45 @@ async fn lww_key_recreated_after_a_delete_that_beat_a_concurrent_insert_survives
     assert_healthy(&pair, errors).await;
 }
 
+/// Cloud inserts a key, deletes it, inserts it again and deletes that too, while main
+/// inserts it once (later than cloud's first insert). Main's row dies of cloud's first
+/// delete on both sides, and both sides name that conflict by that delete: logged once
+/// (convergence seed 20014: cloud named it by the second delete).
+#[tokio::test]
+async fn lww_a_concurrent_insert_killed_by_the_first_of_two_deletes_is_logged_once() {
+    let pair = pair_with_deleted_user().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+
+    pair.partition().await;
+    insert_u1(&cloud, "cloud", "2030-01-01 10:00:01+00").await;
+    insert_u1(&main, "main", "2030-01-01 10:00:02+00").await;
+    delete_user(&cloud, "u1").await;
+    insert_u1(&cloud, "cloud again", "2030-01-01 10:00:03+00").await;
+    delete_user(&cloud, "u1").await;
+    pair.heal().await;
+
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(user_name(&main, "u1").await, None);
+    let (m, c) = (
+        Pair::conflict_entries(&main).await,
+        Pair::conflict_entries(&cloud).await,
+    );
+    let deleted = |log: &[common::ConflictEntry]| -> Vec<String> {
+        log.iter()
+            .filter(|e| e.kind == "update_delete")
+            .map(|e| e.key.clone())
+            .collect()
+    };
+    assert_eq!(deleted(&m).len(), 1, "main: {m:#?}");
+    assert_eq!(
+        deleted(&m),
+        deleted(&c),
+        "one update_delete, under one key:\nmain {m:#?}\ncloud {c:#?}"
+    );
+    assert_healthy(&pair, errors).await;
+}
+
 #[tokio::test]
 async fn lww_unique_email_keeps_one_row_on_both_sides() {
     let pair = pair_with("").await;

@@ -381,11 +381,13 @@ BEGIN
     END IF;
     IF NOT {main_overrides} AND dx_tomb THEN
       -- A dead incarnation whose death the insert's writer had not seen: neither it nor
-      -- the delete that killed it (its cause) is in the insert's seen list.
+      -- the delete that killed it (its cause) is in the insert's seen list. The first
+      -- such delete: the one that killed the insert on its own side, where this side's
+      -- deletes arrive in order.
       SELECT t.inc, t.base, coalesce(t.cause, t.inc) INTO dx_l_inc, dx_m_base, dx_cause FROM duplex.tombstone t
        WHERE t.rel = {rel} AND t.key = dx_k AND t.inc <> ALL (coalesce(dx_m_seen, '{{}}'))
          AND coalesce(t.cause, t.inc) <> ALL (coalesce(dx_m_seen, '{{}}'))
-       ORDER BY t.deleted_at DESC LIMIT 1;
+       ORDER BY t.deleted_at, t.inc LIMIT 1;
       IF FOUND THEN
         -- This side deleted the key and the insert was made without seeing that delete:
         -- the delete wins, and the incoming incarnation is dead here too, killed by it.
