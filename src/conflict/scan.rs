@@ -52,6 +52,9 @@ const RANGE_BATCH: usize = 2048;
 /// Leaf ranges whose rows are fetched per statement: 128 x 256 rows (key and hash each)
 /// keeps one result to a few MB, so memory stays flat however many ranges differ.
 const LEAF_BATCH: usize = 128;
+/// The same for a single integer key, whose rows stream in at 24 bytes each (at most
+/// 256 rows a leaf: 6 MB a side at most).
+const LEAF_BATCH_INT: usize = 1024;
 /// Differing key ranges kept for a report.
 const MAX_REPORTED_RANGES: usize = 100;
 
@@ -1495,7 +1498,12 @@ async fn narrow(
                 to_split.push(r);
             }
         }
-        for chunk in leaves.chunks(LEAF_BATCH) {
+        let batch = if s.integer_key() {
+            LEAF_BATCH_INT
+        } else {
+            LEAF_BATCH
+        };
+        for chunk in leaves.chunks(batch) {
             if diff.candidates.len() >= max_differences {
                 diff.more = true;
                 break;
@@ -1661,9 +1669,7 @@ async fn rows(
     bytes: &mut u64,
 ) -> Result<Vec<Vec<Candidate>>, Error> {
     if s.integer_key() {
-        // `[42]`, as jsonb_build_array writes the key: only for the candidates.
-        let key = |r: &tokio_postgres::Row| -> (i64, u64) { (r.get(1), 8) };
-        rows_keyed(main, cloud, s, ranges, bytes, key, |k| format!("[{k}]")).await
+        rows_int(main, cloud, s, ranges, bytes).await
     } else {
         let key = |r: &tokio_postgres::Row| -> (String, u64) {
             let k: String = r.get(1);
@@ -1672,6 +1678,79 @@ async fn rows(
         };
         rows_keyed(main, cloud, s, ranges, bytes, key, String::clone).await
     }
+}
+
+/// [`rows`] for a single integer key: each side's rows stream in as (range, key, hash),
+/// 24 bytes each, and the two sorted lists are walked together (no map, no key text but
+/// the candidates').
+async fn rows_int(
+    main: &Client,
+    cloud: &Client,
+    s: &Shape,
+    ranges: &[Range],
+    bytes: &mut u64,
+) -> Result<Vec<Vec<Candidate>>, Error> {
+    let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); ranges.len()];
+    for open in [false, true] {
+        let idx: Vec<usize> = (0..ranges.len())
+            .filter(|&i| ranges[i].to.is_none() == open)
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let param = ranges_json(idx.iter().map(|&i| (&ranges[i], 0)));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&param];
+        let sql = s.rows_sql(open);
+        let fold = |r: &tokio_postgres::Row| -> (i64, i64, i64) { (r.get(0), r.get(1), r.get(2)) };
+        let what = "reading row hashes";
+        let started = Instant::now();
+        let (mut m, mut c) = tokio::try_join!(
+            fold_rows(main, &sql, &params, fold, "main", what),
+            fold_rows(cloud, &sql, &params, fold, "cloud", what),
+        )?;
+        pace(started.elapsed()).await;
+        *bytes += 24 * (m.len() + c.len()) as u64;
+        m.sort_unstable();
+        c.sort_unstable();
+        let (mut i, mut j) = (0, 0);
+        while i < m.len() || j < c.len() {
+            let (ord, key, main_hash, cloud_hash) = match (m.get(i), c.get(j)) {
+                (Some(a), Some(b)) if (a.0, a.1) == (b.0, b.1) => {
+                    i += 1;
+                    j += 1;
+                    if a.2 == b.2 {
+                        continue;
+                    }
+                    (a.0, a.1, Some(a.2), Some(b.2))
+                }
+                (Some(a), Some(b)) if (a.0, a.1) < (b.0, b.1) => {
+                    i += 1;
+                    (a.0, a.1, Some(a.2), None)
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    (a.0, a.1, Some(a.2), None)
+                }
+                (_, Some(b)) => {
+                    j += 1;
+                    (b.0, b.1, None, Some(b.2))
+                }
+                (None, None) => break,
+            };
+            if let Some(&r) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
+                out[r].push(Candidate {
+                    // As jsonb_build_array writes the key.
+                    key: format!("[{key}]"),
+                    main: main_hash,
+                    cloud: cloud_hash,
+                });
+            }
+        }
+    }
+    for cands in &mut out {
+        cands.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    Ok(out)
 }
 
 /// [`rows`] with keys read by `key` (the key and its size in bytes) and named by `name`.
@@ -1970,6 +2049,8 @@ pub fn conflict_key(
 /// repair's row locks short, while 10,000 differences take a few dozen round trips
 /// instead of tens of thousands.
 const SETTLE_BATCH: usize = 500;
+/// Keys per statement of the first re-read (hashes only).
+const REREAD_BATCH: usize = 2000;
 
 // The statements that re-check and repair candidates, each over a batch of keys: `$1` is a
 // JSON array of keys (each a JSON array, as `Candidate::key`), and rows come back with the
@@ -2158,7 +2239,7 @@ async fn settle(
     // First re-read, hashes only: still different outside the snapshots?
     let started = Instant::now();
     let mut first: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
-    for chunk in candidates.chunks(SETTLE_BATCH) {
+    for chunk in candidates.chunks(REREAD_BATCH) {
         let keys: Vec<&str> = chunk.iter().map(|c| c.key.as_str()).collect();
         let (m, c) = tokio::try_join!(
             hash_many(main, s, &keys, Role::Main),
