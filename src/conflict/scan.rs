@@ -1420,35 +1420,62 @@ async fn bucket_pass(
     bm.sort_unstable_by_key(|b| (b.0, b.1));
     bc.sort_unstable_by_key(|b| (b.0, b.1));
     let mut differing = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < bm.len() || j < bc.len() {
-        let (m, c) = match (bm.get(i), bc.get(j)) {
-            (Some(m), Some(c)) if (m.0, m.1) == (c.0, c.1) => {
-                i += 1;
-                j += 1;
-                (Some(m), Some(c))
+    walk_sorted(
+        &bm,
+        &bc,
+        |x| (x.0, x.1),
+        |m, c| {
+            let (seg, b) = m.or(c).map(|x| (x.0, x.1)).unwrap_or_default();
+            let (mn, mx) = m.map(|x| (x.2, x.3)).unwrap_or_default();
+            let (cn, cx) = c.map(|x| (x.2, x.3)).unwrap_or_default();
+            if (mn, mx) != (cn, cx) {
+                differing.push(plan.range(seg, b, mn, cn));
             }
-            (Some(m), Some(c)) if (m.0, m.1) < (c.0, c.1) => {
-                i += 1;
-                (Some(m), None)
-            }
-            (Some(m), None) => {
-                i += 1;
-                (Some(m), None)
-            }
-            (_, c) => {
-                j += 1;
-                (None, c)
-            }
-        };
-        let (seg, b) = m.or(c).map(|x| (x.0, x.1)).unwrap_or_default();
-        let (mn, mx) = m.map(|x| (x.2, x.3)).unwrap_or_default();
-        let (cn, cx) = c.map(|x| (x.2, x.3)).unwrap_or_default();
-        if (mn, mx) != (cn, cx) {
-            differing.push(plan.range(seg, b, mn, cn));
-        }
-    }
+        },
+    );
     Ok((differing, totals))
+}
+
+/// Walk two lists sorted by `key` together: `f(main's, cloud's)` once per key, with the
+/// element of each side that has it.
+fn walk_sorted<T, K: Ord>(
+    main: &[T],
+    cloud: &[T],
+    key: impl Fn(&T) -> K,
+    mut f: impl FnMut(Option<&T>, Option<&T>),
+) {
+    use std::cmp::Ordering;
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let (m, c) = match (main.get(i), cloud.get(j)) {
+            (None, None) => return,
+            (Some(m), Some(c)) => match key(m).cmp(&key(c)) {
+                Ordering::Equal => (Some(m), Some(c)),
+                Ordering::Less => (Some(m), None),
+                Ordering::Greater => (None, Some(c)),
+            },
+            (m, c) => (m, c),
+        };
+        i += usize::from(m.is_some());
+        j += usize::from(c.is_some());
+        f(m, c);
+    }
+}
+
+/// The ranges grouped by whether they are open-ended (the statements differ): for each
+/// group that has any, whether it is open, the ranges' positions and their JSON for the
+/// statement (see [`ranges_json`], extra 0).
+fn by_openness(ranges: &[Range]) -> Vec<(bool, Vec<usize>, String)> {
+    [false, true]
+        .into_iter()
+        .filter_map(|open| {
+            let idx: Vec<usize> = (0..ranges.len())
+                .filter(|&i| ranges[i].to.is_none() == open)
+                .collect();
+            let param = ranges_json(idx.iter().map(|&i| (&ranges[i], 0)));
+            (!idx.is_empty()).then_some((open, idx, param))
+        })
+        .collect()
 }
 
 /// A bucket from a grouped pass: segment, bucket, rows, `bit_xor` of row hashes.
@@ -1628,14 +1655,7 @@ async fn measure(
         let end = (start + RANGE_BATCH).min(ranges.len());
         let chunk = &mut ranges[start..end];
         let mut agg: Vec<[(i64, i64); 2]> = vec![[(0, 0); 2]; chunk.len()];
-        for open in [false, true] {
-            let idx: Vec<usize> = (0..chunk.len())
-                .filter(|&i| chunk[i].to.is_none() == open)
-                .collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let param = ranges_json(idx.iter().map(|&i| (&chunk[i], 0)));
+        for (open, idx, param) in by_openness(chunk) {
             let sql = s.agg_sql(open);
             let (rm, rc) = on_both(main, cloud, &sql, &[&param], "measuring key ranges").await?;
             for (side, rows) in [(0, rm), (1, rc)] {
@@ -1669,15 +1689,49 @@ async fn rows(
     bytes: &mut u64,
 ) -> Result<Vec<Vec<Candidate>>, Error> {
     if s.integer_key() {
-        rows_int(main, cloud, s, ranges, bytes).await
-    } else {
-        let key = |r: &tokio_postgres::Row| -> (String, u64) {
-            let k: String = r.get(1);
-            let n = k.len() as u64;
-            (k, n)
-        };
-        rows_keyed(main, cloud, s, ranges, bytes, key, String::clone).await
+        return rows_int(main, cloud, s, ranges, bytes).await;
     }
+    let mut per_range: Vec<[HashMap<String, i64>; 2]> =
+        (0..ranges.len()).map(|_| Default::default()).collect();
+    for (open, idx, param) in by_openness(ranges) {
+        let sql = s.rows_sql(open);
+        let (rm, rc) = on_both(main, cloud, &sql, &[&param], "reading row hashes").await?;
+        for (side, rows) in [(0, rm), (1, rc)] {
+            for row in rows {
+                let ord: i64 = row.get(0);
+                let key: String = row.get(1);
+                *bytes += key.len() as u64 + 16;
+                if let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
+                    per_range[i][side].insert(key, row.get(2));
+                }
+            }
+        }
+    }
+    Ok(per_range
+        .into_iter()
+        .map(|[m, c]| {
+            let mut out: Vec<Candidate> = m
+                .iter()
+                .filter(|(k, h)| c.get(*k) != Some(h))
+                .map(|(k, h)| Candidate {
+                    key: k.clone(),
+                    main: Some(*h),
+                    cloud: c.get(k).copied(),
+                })
+                .collect();
+            out.extend(
+                c.iter()
+                    .filter(|(k, _)| !m.contains_key(*k))
+                    .map(|(k, h)| Candidate {
+                        key: k.clone(),
+                        main: None,
+                        cloud: Some(*h),
+                    }),
+            );
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        })
+        .collect())
 }
 
 /// [`rows`] for a single integer key: each side's rows stream in as (range, key, hash),
@@ -1691,14 +1745,7 @@ async fn rows_int(
     bytes: &mut u64,
 ) -> Result<Vec<Vec<Candidate>>, Error> {
     let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); ranges.len()];
-    for open in [false, true] {
-        let idx: Vec<usize> = (0..ranges.len())
-            .filter(|&i| ranges[i].to.is_none() == open)
-            .collect();
-        if idx.is_empty() {
-            continue;
-        }
-        let param = ranges_json(idx.iter().map(|&i| (&ranges[i], 0)));
+    for (open, idx, param) in by_openness(ranges) {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&param];
         let sql = s.rows_sql(open);
         let fold = |r: &tokio_postgres::Row| -> (i64, i64, i64) { (r.get(0), r.get(1), r.get(2)) };
@@ -1712,105 +1759,31 @@ async fn rows_int(
         *bytes += 24 * (m.len() + c.len()) as u64;
         m.sort_unstable();
         c.sort_unstable();
-        let (mut i, mut j) = (0, 0);
-        while i < m.len() || j < c.len() {
-            let (ord, key, main_hash, cloud_hash) = match (m.get(i), c.get(j)) {
-                (Some(a), Some(b)) if (a.0, a.1) == (b.0, b.1) => {
-                    i += 1;
-                    j += 1;
-                    if a.2 == b.2 {
-                        continue;
-                    }
-                    (a.0, a.1, Some(a.2), Some(b.2))
+        walk_sorted(
+            &m,
+            &c,
+            |x| (x.0, x.1),
+            |a, b| {
+                let (ord, key) = a.or(b).map(|x| (x.0, x.1)).unwrap_or_default();
+                let (main_hash, cloud_hash) = (a.map(|x| x.2), b.map(|x| x.2));
+                if main_hash == cloud_hash {
+                    return;
                 }
-                (Some(a), Some(b)) if (a.0, a.1) < (b.0, b.1) => {
-                    i += 1;
-                    (a.0, a.1, Some(a.2), None)
+                if let Some(&r) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
+                    out[r].push(Candidate {
+                        // As jsonb_build_array writes the key.
+                        key: format!("[{key}]"),
+                        main: main_hash,
+                        cloud: cloud_hash,
+                    });
                 }
-                (Some(a), None) => {
-                    i += 1;
-                    (a.0, a.1, Some(a.2), None)
-                }
-                (_, Some(b)) => {
-                    j += 1;
-                    (b.0, b.1, None, Some(b.2))
-                }
-                (None, None) => break,
-            };
-            if let Some(&r) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
-                out[r].push(Candidate {
-                    // As jsonb_build_array writes the key.
-                    key: format!("[{key}]"),
-                    main: main_hash,
-                    cloud: cloud_hash,
-                });
-            }
-        }
+            },
+        );
     }
     for cands in &mut out {
         cands.sort_by(|a, b| a.key.cmp(&b.key));
     }
     Ok(out)
-}
-
-/// [`rows`] with keys read by `key` (the key and its size in bytes) and named by `name`.
-async fn rows_keyed<K: std::hash::Hash + Eq>(
-    main: &Client,
-    cloud: &Client,
-    s: &Shape,
-    ranges: &[Range],
-    bytes: &mut u64,
-    key: impl Fn(&tokio_postgres::Row) -> (K, u64),
-    name: impl Fn(&K) -> String,
-) -> Result<Vec<Vec<Candidate>>, Error> {
-    let mut per_range: Vec<[HashMap<K, i64>; 2]> =
-        (0..ranges.len()).map(|_| Default::default()).collect();
-    for open in [false, true] {
-        let idx: Vec<usize> = (0..ranges.len())
-            .filter(|&i| ranges[i].to.is_none() == open)
-            .collect();
-        if idx.is_empty() {
-            continue;
-        }
-        let param = ranges_json(idx.iter().map(|&i| (&ranges[i], 0)));
-        let sql = s.rows_sql(open);
-        let (rm, rc) = on_both(main, cloud, &sql, &[&param], "reading row hashes").await?;
-        for (side, rows) in [(0, rm), (1, rc)] {
-            for row in rows {
-                let ord: i64 = row.get(0);
-                let (k, n) = key(&row);
-                *bytes += n + 16;
-                if let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
-                    per_range[i][side].insert(k, row.get(2));
-                }
-            }
-        }
-    }
-    Ok(per_range
-        .into_iter()
-        .map(|[m, c]| {
-            let mut out: Vec<Candidate> = m
-                .iter()
-                .filter(|(k, h)| c.get(*k) != Some(h))
-                .map(|(k, h)| Candidate {
-                    key: name(k),
-                    main: Some(*h),
-                    cloud: c.get(k).copied(),
-                })
-                .collect();
-            out.extend(
-                c.iter()
-                    .filter(|(k, _)| !m.contains_key(*k))
-                    .map(|(k, h)| Candidate {
-                        key: name(k),
-                        main: None,
-                        cloud: Some(*h),
-                    }),
-            );
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            out
-        })
-        .collect())
 }
 
 /// One side's current version of a row, read outside any snapshot.
@@ -2545,6 +2518,32 @@ mod tests {
             seen: None,
             tombstones: tombstones.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn walking_two_sorted_lists_visits_every_key_once_with_both_sides() {
+        let m = [(1, 'a'), (3, 'b'), (4, 'c')];
+        let c = [(0, 'x'), (3, 'y'), (5, 'z')];
+        let mut seen = Vec::new();
+        walk_sorted(
+            &m,
+            &c,
+            |x| x.0,
+            |a, b| {
+                seen.push((a.or(b).unwrap().0, a.map(|x| x.1), b.map(|x| x.1)));
+            },
+        );
+        assert_eq!(
+            seen,
+            vec![
+                (0, None, Some('x')),
+                (1, Some('a'), None),
+                (3, Some('b'), Some('y')),
+                (4, Some('c'), None),
+                (5, None, Some('z')),
+            ]
+        );
+        walk_sorted(&m[..0], &c[..0], |x| x.0, |_, _| panic!("nothing to visit"));
     }
 
     #[test]
