@@ -506,23 +506,27 @@ async fn race_local_insert_of_the_same_key_during_apply_stops_nothing() {
 
 /// A local insert of a key deleted before (so it gets a new incarnation) while the other
 /// side's insert of the same key is applied: neither waits for the other in the opposite
-/// order. An application trigger that sleeps after duplex's capture holds the local insert
-/// open, so the apply worker arrives in the middle of it. Without the key lock the two
-/// deadlocked (convergence seed 20010: the application's insert failed with "deadlock
-/// detected").
+/// order. An application trigger that fires after duplex's capture holds the local insert
+/// open (it waits for an advisory lock the test holds) until the apply worker has arrived
+/// and waits too. Without the key lock the two deadlocked (convergence seed 20010: the
+/// application's insert failed with "deadlock detected").
 #[tokio::test]
 async fn a_local_reinsert_and_an_incoming_insert_of_the_key_do_not_deadlock() {
     let pair = pair_with_deleted_user().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
     // Fires after duplex_capture (triggers fire in name order), for local writes only.
     main.batch_execute(
-        r#"CREATE FUNCTION slow_u1() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN IF NEW."id" = 'u1' THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$;
-           CREATE TRIGGER zz_slow BEFORE INSERT ON "User" FOR EACH ROW EXECUTE FUNCTION slow_u1();"#,
+        r#"CREATE FUNCTION held_u1() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF NEW."id" = 'u1' THEN PERFORM pg_advisory_xact_lock(4242); END IF; RETURN NEW; END $$;
+           CREATE TRIGGER zz_held BEFORE INSERT ON "User" FOR EACH ROW EXECUTE FUNCTION held_u1();"#,
     )
     .await
-    .expect("creating the slow trigger");
+    .expect("creating the holding trigger");
     let errors = pair.apply_error_count().await;
+    let gate = pair.main().await;
+    gate.batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .expect("taking the gate lock");
 
     let local = tokio::spawn({
         let main = pair.main().await;
@@ -536,37 +540,40 @@ async fn a_local_reinsert_and_an_incoming_insert_of_the_key_do_not_deadlock() {
             .await
         }
     });
-    let sleeping = "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND wait_event = 'PgSleep'";
-    common::wait_until(
-        "main's insert in its slow trigger",
-        Duration::from_secs(5),
-        || async {
-            main.query_one(sleeping, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
+    let waiting = |backend: &'static str| {
+        let main = &main;
+        move || async move {
+            main.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND backend_type = $1
+                    AND wait_event_type = 'Lock'",
+                &[&backend],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
                 == 1
-        },
+        }
+    };
+    let wait = Duration::from_secs(10);
+    common::wait_until(
+        "main's insert held after the capture",
+        wait,
+        waiting("client backend"),
     )
     .await;
     insert_u1(&cloud, "cloud", "2030-01-01 10:00:01+00").await;
     // The apply worker reaches the key while main's insert is still open, and waits.
-    let apply_waits = "SELECT count(*) FROM pg_stat_activity
-                        WHERE datname = current_database() AND backend_type = 'logical replication apply worker'
-                          AND wait_event_type = 'Lock'";
+    let apply = "logical replication apply worker";
     common::wait_until(
         "main's apply worker waiting on the key",
-        Duration::from_secs(4),
-        || async {
-            main.query_one(apply_waits, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        },
+        wait,
+        waiting(apply),
     )
     .await;
+    gate.batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .expect("releasing the gate lock");
     let inserted = local
         .await
         .expect("the local insert's task")

@@ -1386,8 +1386,6 @@ async fn bucket_pass(
             .await
             .context(format!("{side}: planner settings of the scan"))?;
     }
-    let what = "aggregating key buckets";
-    let started = Instant::now();
     // Folded as the rows stream in: 32 bytes a bucket, not a driver row (about 200).
     let fold = |r: &tokio_postgres::Row| -> Bucket { (r.get(0), r.get(1), r.get(2), r.get(3)) };
     let one: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&plan.shifts[0]];
@@ -1397,11 +1395,8 @@ async fn bucket_pass(
     } else {
         &segmented
     };
-    let (mut bm, mut bc) = tokio::try_join!(
-        fold_rows(main, &sql, params, fold, "main", what),
-        fold_rows(cloud, &sql, params, fold, "cloud", what),
-    )?;
-    pace(started.elapsed()).await;
+    let (mut bm, mut bc) =
+        fold_on_both(main, cloud, &sql, params, fold, "aggregating key buckets").await?;
     // The statements that narrow ranges down want the planner's own judgement back.
     for (side, c) in [(Role::Main, main), (Role::Cloud, cloud)] {
         c.batch_execute(
@@ -1480,6 +1475,24 @@ fn by_openness(ranges: &[Range]) -> Vec<(bool, Vec<usize>, String)> {
 
 /// A bucket from a grouped pass: segment, bucket, rows, `bit_xor` of row hashes.
 type Bucket = (i32, i64, i64, i64);
+
+/// [`fold_rows`] on both sides at once, then the throttle's pause (as [`on_both`]).
+async fn fold_on_both<T>(
+    main: &Client,
+    cloud: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    f: impl Fn(&tokio_postgres::Row) -> T + Copy,
+    what: &str,
+) -> Result<(Vec<T>, Vec<T>), pg::Error> {
+    let started = Instant::now();
+    let rows = tokio::try_join!(
+        fold_rows(main, sql, params, f, "main", what),
+        fold_rows(cloud, sql, params, f, "cloud", what),
+    )?;
+    pace(started.elapsed()).await;
+    Ok(rows)
+}
 
 /// Run `sql` on `c` and keep `f` of each row as it streams in (the rows themselves are
 /// never all held).
@@ -1749,13 +1762,8 @@ async fn rows_int(
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&param];
         let sql = s.rows_sql(open);
         let fold = |r: &tokio_postgres::Row| -> (i64, i64, i64) { (r.get(0), r.get(1), r.get(2)) };
-        let what = "reading row hashes";
-        let started = Instant::now();
-        let (mut m, mut c) = tokio::try_join!(
-            fold_rows(main, &sql, &params, fold, "main", what),
-            fold_rows(cloud, &sql, &params, fold, "cloud", what),
-        )?;
-        pace(started.elapsed()).await;
+        let (mut m, mut c) =
+            fold_on_both(main, cloud, &sql, &params, fold, "reading row hashes").await?;
         *bytes += 24 * (m.len() + c.len()) as u64;
         m.sort_unstable();
         c.sort_unstable();
