@@ -862,3 +862,70 @@ async fn a_column_named_like_a_resolver_variable_applies() {
     assert_logged_once(&pair, "insert_insert", "MAIN", "MAIN_AUTHORITATIVE").await;
     assert_healthy(&pair, errors).await;
 }
+
+/// A table with identity and generated columns (`common::LINE`): the resolution writes
+/// every other column (the server computes the generated ones, the identity keeps the
+/// incoming value), so rows flow and conflicts resolve as on any table.
+#[tokio::test]
+async fn generated_and_identity_always_columns_replicate_and_resolve() {
+    let pair = pair_with(common::LINE).await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    main.batch_execute(r#"INSERT INTO "Line" (qty, price) VALUES (2, 3)"#)
+        .await
+        .expect("inserting on main");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    assert_eq!(common::line_total(&cloud, 1).await.as_deref(), Some("6"));
+    // update_update: main's edit is the later one.
+    pair.partition().await;
+    for (c, qty, at) in [(&main, 5, T2), (&cloud, 7, T1)] {
+        c.execute(
+            r#"UPDATE "Line" SET qty = $1, "updatedAt" = $2::text::timestamptz WHERE id = 1"#,
+            &[&qty, &at],
+        )
+        .await
+        .expect("updating Line");
+    }
+    // insert_insert of one key: cloud's is the later one, so it overwrites main's row.
+    for (c, qty, at) in [(&main, 1, T1), (&cloud, 4, T2)] {
+        c.execute(
+            r#"INSERT INTO "Line" (id, qty, price, "updatedAt") OVERRIDING SYSTEM VALUE
+               VALUES (50, $1, 10, $2::text::timestamptz)"#,
+            &[&qty, &at],
+        )
+        .await
+        .expect("inserting Line 50");
+    }
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Line""#]).await;
+    for c in [&main, &cloud] {
+        assert_eq!(common::line_total(c, 1).await.as_deref(), Some("15"));
+        assert_eq!(common::line_total(c, 50).await.as_deref(), Some("40"));
+    }
+    // Each conflict logged once on each side, under the same key (so merged, once).
+    let mut logs = Vec::new();
+    for c in [&main, &cloud] {
+        let mut log: Vec<(String, String, String)> = Pair::conflict_entries(c)
+            .await
+            .into_iter()
+            .map(|e| (e.kind, e.winner, e.key))
+            .collect();
+        log.sort();
+        logs.push(log);
+    }
+    let kinds: Vec<(&str, &str)> = logs[0]
+        .iter()
+        .map(|(k, w, _)| (k.as_str(), w.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("insert_insert", "CLOUD"), ("update_update", "MAIN")],
+        "main's log: {:?}",
+        logs[0]
+    );
+    assert_eq!(
+        logs[0], logs[1],
+        "main and cloud logged different conflicts"
+    );
+    assert_healthy(&pair, errors).await;
+}

@@ -235,3 +235,59 @@ async fn the_api_confirms_main_once_then_answers_409_404_and_400() {
     let (ok, _) = d.stop().await;
     assert!(ok);
 }
+
+/// A manual conflict on a table with identity and generated columns (`common::LINE`) is
+/// resolved like any other: the chosen version is written without the generated columns,
+/// and the row is recognised as unchanged although the server computed them.
+#[tokio::test]
+async fn resolving_a_row_with_generated_and_identity_columns_writes_the_chosen_version() {
+    let pair = Pair::new().await;
+    pair.set_config(&format!(
+        "{EXAMPLE_TABLES}\n[conflicts.tables.\"Line\"]\npolicy = \"manual\"\n"
+    ));
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(common::LINE).await.expect("creating Line");
+    }
+    pair.setup_both().await;
+    main.batch_execute(r#"INSERT INTO "Line" (qty, price) VALUES (1, 10)"#)
+        .await
+        .expect("seeding Line");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    pair.partition().await;
+    for (c, qty) in [(&main, 2), (&cloud, 3)] {
+        c.execute(r#"UPDATE "Line" SET qty = $1 WHERE id = 1"#, &[&qty])
+            .await
+            .expect("updating Line");
+    }
+    pair.heal().await;
+    for c in [&main, &cloud] {
+        assert_eq!(
+            common::line_total(c, 1).await.as_deref(),
+            Some("20"),
+            "main's, provisionally"
+        );
+    }
+    let id: i64 = main
+        .query_one(
+            "SELECT id FROM duplex.conflict_log WHERE table_name = 'public.Line'",
+            &[],
+        )
+        .await
+        .expect("one conflict logged for Line")
+        .get(0);
+    let out = pair
+        .run(
+            "main",
+            &["conflicts", "resolve", &id.to_string(), "--use", "cloud"],
+        )
+        .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    for c in [&main, &cloud] {
+        assert_eq!(common::line_total(c, 1).await.as_deref(), Some("30"));
+    }
+    assert_eq!(
+        Pair::row_hashes(&main, r#""Line""#).await,
+        Pair::row_hashes(&cloud, r#""Line""#).await
+    );
+}

@@ -1241,3 +1241,47 @@ async fn thousands_of_differences_spread_over_a_table_of_millions_are_all_found(
     }
     assert_eq!(keys.len() as i64, want);
 }
+
+/// Rows of a table with identity and generated columns (`common::LINE`) are copied
+/// without the generated columns (the server computes them) and with the identity's value.
+#[tokio::test]
+async fn rows_with_generated_and_identity_always_columns_are_repaired() {
+    let pair = Pair::new().await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    for c in [&main, &cloud] {
+        c.batch_execute(common::LINE).await.expect("creating Line");
+    }
+    pair.setup_both().await;
+    main.batch_execute(r#"INSERT INTO "Line" (qty, price) VALUES (1, 10), (2, 10), (3, 10)"#)
+        .await
+        .expect("seeding Line");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    behind(
+        &pair,
+        &main,
+        r#"UPDATE "Line" SET qty = 7, "updatedAt" = '2030-01-01 10:00:09+00' WHERE id = 1"#,
+    )
+    .await;
+    behind(
+        &pair,
+        &cloud,
+        r#"UPDATE "Line" SET qty = 8, "updatedAt" = '2030-01-01 10:00:09+00' WHERE id = 2;
+           INSERT INTO "Line" (id, qty, price) OVERRIDING SYSTEM VALUE VALUES (10, 5, 2)"#,
+    )
+    .await;
+    let v = scan_json(&pair, &["--table", "Line"]).await;
+    assert_eq!(v["differences"], 3, "{v}");
+    assert_eq!(v["repaired"], 3, "{v}");
+    assert_eq!(v["logged"], 3, "{v}");
+    assert_eq!(
+        Pair::row_hashes(&main, r#""Line""#).await,
+        Pair::row_hashes(&cloud, r#""Line""#).await
+    );
+    for c in [&main, &cloud] {
+        for (id, total) in [(1, "70"), (2, "80"), (3, "30"), (10, "10")] {
+            assert_eq!(common::line_total(c, id).await.as_deref(), Some(total));
+        }
+    }
+    let again = scan_json(&pair, &["--table", "Line"]).await;
+    assert_eq!(again["differences"], 0, "{again}");
+}

@@ -19,20 +19,26 @@ pub mod scan;
 pub mod triggers;
 pub mod worker;
 
+use crate::pg::catalog::Computed;
+
 /// `INSERT` of the row given as jsonb in `$1` into `tbl` (quoted); on a key already there, update
 /// its other columns (`update`) or leave it (a row that is only to be copied when missing).
-/// Shared by manual resolution and the scanner's repairs.
+/// Generated columns are left to the server and identity columns `GENERATED ALWAYS` keep
+/// the row's value (`computed`). Shared by manual resolution and the scanner's repairs.
 pub fn write_row_sql(
     tbl: &str,
     key_columns: &[String],
     row: &serde_json::Value,
     update: bool,
+    computed: &Computed,
 ) -> String {
     upsert_sql(
         key_columns,
         row,
         update,
-        &format!("{tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, $1::jsonb)"),
+        computed,
+        tbl,
+        &format!("jsonb_populate_record(NULL::{tbl}, $1::jsonb)"),
     )
 }
 
@@ -43,36 +49,60 @@ pub fn write_rows_sql(
     key_columns: &[String],
     row: &serde_json::Value,
     update: bool,
+    computed: &Computed,
 ) -> String {
     upsert_sql(
         key_columns,
         row,
         update,
-        &format!("{tbl} AS t SELECT * FROM jsonb_populate_recordset(NULL::{tbl}, $1::jsonb)"),
+        computed,
+        &format!("{tbl} AS t"),
+        &format!("jsonb_populate_recordset(NULL::{tbl}, $1::jsonb)"),
     )
 }
 
-fn upsert_sql(key_columns: &[String], row: &serde_json::Value, update: bool, into: &str) -> String {
+fn upsert_sql(
+    key_columns: &[String],
+    row: &serde_json::Value,
+    update: bool,
+    computed: &Computed,
+    into: &str,
+    source: &str,
+) -> String {
     use crate::model::quote_ident;
     let keys = key_columns
         .iter()
         .map(|k| quote_ident(k))
         .collect::<Vec<_>>()
         .join(", ");
-    let set = row
+    let columns: Vec<&String> = row
         .as_object()
-        .map(|o| {
-            o.keys()
-                .filter(|c| !key_columns.contains(c))
-                .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        .map(|o| o.keys().collect())
         .unwrap_or_default();
+    let set = columns
+        .iter()
+        .filter(|c| !key_columns.contains(c) && computed.updatable(c))
+        .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let action = if !update || set.is_empty() {
         "NOTHING".to_string()
     } else {
         format!("UPDATE SET {set}")
     };
-    format!("INSERT INTO {into} ON CONFLICT ({keys}) DO {action}")
+    let insert = if computed.any() {
+        let list = columns
+            .iter()
+            .filter(|c| computed.insertable(c))
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "{into} ({list}) {}SELECT {list} FROM {source}",
+            computed.overriding()
+        )
+    } else {
+        format!("{into} SELECT * FROM {source}")
+    };
+    format!("INSERT INTO {insert} ON CONFLICT ({keys}) DO {action}")
 }

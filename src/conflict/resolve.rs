@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 use crate::config::Settings;
 use crate::model::{quote_ident, Role, TableName};
 use crate::pg;
+use crate::pg::catalog::Computed;
 use crate::store::conflict_log::{self, Conflict};
 
 /// The settings the in-stream triggers pin, so a row's jsonb text here matches the logged one.
@@ -143,6 +144,8 @@ pub async fn resolve(settings: &Settings, id: i64, choice: Choice) -> Result<Res
 struct Plan {
     table: TableName,
     key_columns: Vec<String>,
+    /// Generated and identity columns (not written; generated ones not compared).
+    computed: Computed,
     /// The key as a JSON object (column -> value), for `jsonb_populate_record`.
     key: Value,
     /// The version both sides should hold now (the logged winner; `None`: no row).
@@ -181,6 +184,7 @@ impl Plan {
             name: name.to_string(),
         };
         let keys = crate::pg::catalog::keys(local, &table).await?;
+        let computed = crate::pg::catalog::computed(local, &table).await?;
         let values: Vec<Value> = serde_json::from_str(&c.record_id).unwrap_or_default();
         if keys.key.is_empty() || keys.key.len() != values.len() {
             return Err(unsupported(format!(
@@ -198,6 +202,7 @@ impl Plan {
         Ok(Plan {
             table,
             key_columns: keys.key,
+            computed,
             key,
             applied,
             target,
@@ -217,15 +222,22 @@ impl Plan {
     fn current_sql(&self) -> String {
         let tbl = self.table.quoted();
         format!(
-            "SELECT to_jsonb(t) IS NOT DISTINCT FROM $2::jsonb, to_jsonb(t) IS NOT DISTINCT FROM $3::jsonb
+            "SELECT {v} IS NOT DISTINCT FROM $2::jsonb, {v} IS NOT DISTINCT FROM $3::jsonb
                FROM {tbl} t, jsonb_populate_record(NULL::{tbl}, $1) r
               WHERE {m} FOR UPDATE OF t",
-            m = self.key_match()
+            m = self.key_match(),
+            v = self.computed.strip("to_jsonb(t)"),
         )
     }
 
     fn upsert_sql(&self, row: &Value) -> String {
-        super::write_row_sql(&self.table.quoted(), &self.key_columns, row, true)
+        super::write_row_sql(
+            &self.table.quoted(),
+            &self.key_columns,
+            row,
+            true,
+            &self.computed,
+        )
     }
 
     fn delete_sql(&self) -> String {
@@ -326,6 +338,7 @@ mod tests {
                 name: "User".into(),
             },
             key_columns: vec!["id".into()],
+            computed: Computed::default(),
             key: json!({"id": "u1"}),
             applied: None,
             target: None,
@@ -348,6 +361,29 @@ mod tests {
         assert!(sql.contains(r#"ON CONFLICT ("id") DO UPDATE SET "na""me" = EXCLUDED."na""me""#));
         let only_key = plan().upsert_sql(&json!({"id": "u1"}));
         assert!(only_key.ends_with("DO NOTHING"), "{only_key}");
+    }
+
+    #[test]
+    fn generated_columns_are_left_to_the_server_and_identity_always_overridden() {
+        let mut p = plan();
+        p.computed = Computed {
+            generated: vec!["total".into()],
+            identity_always: vec!["seq".into()],
+        };
+        let sql = p.upsert_sql(&json!({"id": "u1", "seq": 4, "total": 9, "qty": 3}));
+        assert!(
+            sql.contains(
+                r#"("id", "qty", "seq") OVERRIDING SYSTEM VALUE SELECT "id", "qty", "seq" FROM"#
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(r#"DO UPDATE SET "qty" = EXCLUDED."qty""#),
+            "{sql}"
+        );
+        assert!(p
+            .current_sql()
+            .contains(r#"(to_jsonb(t) - ARRAY['total']::text[])"#));
     }
 
     #[test]

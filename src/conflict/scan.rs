@@ -34,6 +34,7 @@ use tokio_postgres::Client;
 
 use super::policy::{Effective, Policy};
 use crate::model::{quote_ident, Role, TableName};
+use crate::pg::catalog::{self, Computed};
 use crate::pg::{self, Context};
 use crate::store::conflict_log;
 
@@ -316,6 +317,9 @@ struct Shape {
     /// The updated-at column and its type, when the policy has one.
     updated_column: Option<(String, String)>,
     key_columns: Vec<String>,
+    /// Generated columns (not written, not in logged versions) and identity columns
+    /// `GENERATED ALWAYS` (written with `OVERRIDING SYSTEM VALUE`), of either side.
+    computed: Computed,
 }
 
 impl Shape {
@@ -326,6 +330,7 @@ impl Shape {
         key_types: Vec<String>,
         binary: bool,
         columns: &[(String, String)],
+        computed: Computed,
     ) -> Shape {
         let cols: Vec<String> = t
             .key
@@ -382,6 +387,7 @@ impl Shape {
             updated,
             updated_column,
             key_columns: t.key.clone(),
+            computed,
         }
     }
 
@@ -689,7 +695,24 @@ async fn shape(main: &Client, cloud: &Client, t: &Target) -> Result<Shape, Error
                 .unwrap_or_else(|| "text".into())
         })
         .collect();
-    Ok(Shape::new(t, key_types, binary, &lm))
+    let (cm, cc) = tokio::try_join!(
+        catalog::computed(main, &t.table),
+        catalog::computed(cloud, &t.table)
+    )?;
+    let union = |a: Vec<String>, b: Vec<String>| {
+        let mut all = a;
+        all.extend(
+            b.into_iter()
+                .filter(|c| !all.contains(c))
+                .collect::<Vec<_>>(),
+        );
+        all
+    };
+    let computed = Computed {
+        generated: union(cm.generated, cc.generated),
+        identity_always: union(cm.identity_always, cc.identity_always),
+    };
+    Ok(Shape::new(t, key_types, binary, &lm, computed))
 }
 
 /// Compare one table, each side in one REPEATABLE READ snapshot. `main`/`cloud` must have
@@ -2058,10 +2081,11 @@ impl Shape {
                     (SELECT array_agg(tb.inc) FROM duplex.tombstone tb
                       WHERE tb.rel = $2 AND tb.key = r.b::text)
                FROM {keys}
-               LEFT JOIN LATERAL (SELECT to_jsonb(t.*) AS v, {h} AS h, {u} AS u
+               LEFT JOIN LATERAL (SELECT {v} AS v, {h} AS h, {u} AS u
                                     FROM {tbl} t WHERE {kr} = {b}) x ON true
                LEFT JOIN duplex.row_incarnation ri ON ri.rel = $2 AND ri.key = r.b::text",
             keys = KEYS_FROM.trim_start_matches("FROM "),
+            v = self.computed.strip("to_jsonb(t.*)"),
             h = self.hash,
             u = self.updated,
             tbl = self.tbl,
@@ -2099,7 +2123,7 @@ impl Shape {
     fn write_many_sql(&self, row: &Value, update: bool) -> String {
         format!(
             "{} RETURNING {}",
-            super::write_rows_sql(&self.tbl, &self.key_columns, row, update),
+            super::write_rows_sql(&self.tbl, &self.key_columns, row, update, &self.computed),
             self.key_json
         )
     }
@@ -2737,7 +2761,13 @@ mod tests {
             key: vec!["groupId".into(), "userId".into()],
             policy: None,
         };
-        let s = Shape::new(&t, vec!["text".into(), "text".into()], true, &[]);
+        let s = Shape::new(
+            &t,
+            vec!["text".into(), "text".into()],
+            true,
+            &[],
+            Computed::default(),
+        );
         assert_eq!(s.key_row, r#"(t."groupId", t."userId")"#);
         assert!(
             s.in_range(false).contains(
@@ -2754,12 +2784,19 @@ mod tests {
             vec!["bigint".into()],
             false,
             &[],
+            Computed::default(),
         );
         let cols = [
             ("j".to_string(), "jsonb".to_string()),
             ("n".to_string(), "numeric(10,2)".to_string()),
         ];
-        let scaled = Shape::new(&t, vec!["text".into(), "text".into()], true, &cols);
+        let scaled = Shape::new(
+            &t,
+            vec!["text".into(), "text".into()],
+            true,
+            &cols,
+            Computed::default(),
+        );
         assert!(
             scaled
                 .hash

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::policy::{Effective, Policy};
 use crate::model::quote_ident;
 use crate::model::{Role, TableName};
+use crate::pg::catalog::Computed;
 use crate::pg::quote_literal;
 
 /// What the generator needs to know about a table.
@@ -32,6 +33,10 @@ pub struct TableShape {
     pub key: Vec<String>,
     /// Other unique indexes: name and columns (plain, non-partial indexes only).
     pub unique: Vec<(String, Vec<String>)>,
+    /// Generated columns and identity columns `GENERATED ALWAYS`: the resolution writes
+    /// the others, and fingerprints and logs rows without the generated ones (a `BEFORE`
+    /// trigger's `NEW` has them NULL; the stored row has them computed).
+    pub computed: Computed,
 }
 
 /// Names of what is installed for one table.
@@ -150,11 +155,58 @@ impl HashMode {
 /// Generate the installation SQL for `shape` on side `me`.
 pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -> Generated {
     let pinned = mode.options();
-    let row_hash = |rec: &str| mode.hash(rec);
+    let computed = &shape.computed;
+    let q = |c: &str| quote_ident(c);
+    let stored: Vec<&str> = shape
+        .columns
+        .iter()
+        .map(|(c, _)| c.as_str())
+        .filter(|c| computed.insertable(c))
+        .collect();
+    let row_hash = |rec: &str| {
+        if computed.generated.is_empty() {
+            mode.hash(rec)
+        } else {
+            let fields: Vec<String> = stored.iter().map(|c| format!("{rec}.{}", q(c))).collect();
+            mode.hash(&format!("ROW({})", fields.join(", ")))
+        }
+    };
+    // The incoming row, written by the trigger itself.
+    let insert_new = if computed.any() {
+        format!(
+            "INSERT INTO {tbl} ({cols}) {over}VALUES ({vals}) ON CONFLICT DO NOTHING",
+            tbl = shape.table.quoted(),
+            cols = stored.iter().map(|c| q(c)).collect::<Vec<_>>().join(", "),
+            over = computed.overriding(),
+            vals = stored
+                .iter()
+                .map(|c| format!("NEW.{}", q(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    } else {
+        format!(
+            "INSERT INTO {} VALUES (NEW.*) ON CONFLICT DO NOTHING",
+            shape.table.quoted()
+        )
+    };
+    // The row `dx_p_row` (jsonb) inserted.
+    let insert_json = {
+        let cols = stored.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+        let tbl = shape.table.quoted();
+        if computed.any() {
+            format!(
+                "INSERT INTO {tbl} ({cols}) {}SELECT {cols} FROM jsonb_populate_record(NULL::{tbl}, dx_p_row)",
+                computed.overriding()
+            )
+        } else {
+            format!("INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, dx_p_row)")
+        }
+    };
+    let jsonb = |rec: &str| computed.strip(&format!("to_jsonb({rec})"));
     let names = names(&shape.table);
     let tbl = shape.table.quoted();
     let rel = quote_literal(&shape.table.to_string());
-    let q = |c: &str| quote_ident(c);
     let key_json = |rec: &str| {
         format!(
             "jsonb_build_array({})::text",
@@ -192,6 +244,7 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
     let set_new = shape
         .columns
         .iter()
+        .filter(|(c, _)| computed.updatable(c))
         .map(|(c, _)| format!("{} = NEW.{}", q(c), q(c)))
         .collect::<Vec<_>>()
         .join(", ");
@@ -265,7 +318,7 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
                 },
                 hash_new = row_hash("NEW"),
                 wins_u = incoming_wins("dx_u"),
-                versions_u = versions("to_jsonb(dx_u)", "to_jsonb(NEW)"),
+                versions_u = versions(&jsonb("dx_u"), &jsonb("NEW")),
                 key_eq_u = key_eq("dx_u"),
             )
         })
@@ -402,7 +455,7 @@ BEGIN
     END IF;
     -- Usually nothing is in the way: write the row (here, not by the apply worker, so that
     -- a local insert of the same key committing meanwhile is settled below, not an error).
-    INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
+    {insert_new};
     IF FOUND THEN
       IF dx_m_inc <> '0' THEN
         PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
@@ -423,7 +476,7 @@ BEGIN
         END IF;{bury_insert}
         RETURN NULL;
       END IF;{unique_checks}
-      INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING;
+      {insert_new};
       IF FOUND THEN
         PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
         RETURN NULL;
@@ -527,10 +580,10 @@ END $duplex$;
         key_eq_l = key_eq("dx_l"),
         wins_l = incoming_wins("dx_l"),
         wins_old = incoming_wins("OLD"),
-        versions_l = versions("to_jsonb(dx_l)", "to_jsonb(NEW)"),
-        versions_old = versions("to_jsonb(OLD)", "to_jsonb(NEW)"),
-        versions_dead = versions("NULL", "to_jsonb(NEW)"),
-        versions_old_deleted = versions("to_jsonb(OLD)", "NULL"),
+        versions_l = versions(&jsonb("dx_l"), &jsonb("NEW")),
+        versions_old = versions(&jsonb("OLD"), &jsonb("NEW")),
+        versions_dead = versions("NULL", &jsonb("NEW")),
+        versions_old_deleted = versions(&jsonb("OLD"), "NULL"),
         main_wins = eff.policy.main_wins(),
     );
 
@@ -546,7 +599,7 @@ BEGIN
   IF {main_overrides} AND dx_p_row IS NOT NULL THEN
     -- Main updated a row cloud deleted: main's version wins, so it comes back here; the
     -- update that follows then applies to it.
-    INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, dx_p_row);
+    {insert_json};
     DELETE FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_p_key AND t.inc = dx_p_inc;
     PERFORM duplex.set_incarnation({rel}, dx_p_key, dx_p_inc, NULL);
     PERFORM duplex.log_conflict({rel}, dx_p_key, dx_typ, dx_p_row, NULL, dx_pol, 'MAIN',
@@ -644,6 +697,7 @@ mod tests {
             ],
             key: vec!["groupId".into(), "userId".into()],
             unique: vec![("gm_email_key".into(), vec!["email".into()])],
+            computed: Computed::default(),
         }
     }
 

@@ -1,8 +1,9 @@
-//! Generic catalog queries that domain modules above `pg` share (a table's keys).
+//! Generic catalog queries that domain modules above `pg` share (a table's keys, its
+//! computed columns).
 
 use tokio_postgres::Client;
 
-use super::{Context, Error};
+use super::{quote_literal, Context, Error};
 use crate::model::TableName;
 
 /// Key and unique indexes of a table, for the generated conflict resolution.
@@ -53,4 +54,77 @@ pub async fn keys(client: &Client, table: &TableName) -> Result<Keys, Error> {
         keys.key = identity;
     }
     Ok(keys)
+}
+
+/// Columns a copy of a row cannot write as they are: generated columns (stored or
+/// virtual: the server computes them) and identity columns `GENERATED ALWAYS` (an insert
+/// needs `OVERRIDING SYSTEM VALUE`; an update may not set them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Computed {
+    /// Generated columns, in column order.
+    pub generated: Vec<String>,
+    /// Identity columns `GENERATED ALWAYS`, in column order.
+    pub identity_always: Vec<String>,
+}
+
+impl Computed {
+    /// Whether `column` may be written by an insert (with `OVERRIDING SYSTEM VALUE`).
+    pub fn insertable(&self, column: &str) -> bool {
+        !self.generated.iter().any(|c| c == column)
+    }
+
+    /// Whether `column` may be set by an update.
+    pub fn updatable(&self, column: &str) -> bool {
+        self.insertable(column) && !self.identity_always.iter().any(|c| c == column)
+    }
+
+    /// Whether writing the table needs anything but `INSERT ... SELECT *`.
+    pub fn any(&self) -> bool {
+        !self.generated.is_empty() || !self.identity_always.is_empty()
+    }
+
+    /// `OVERRIDING SYSTEM VALUE ` when an insert writes an identity `GENERATED ALWAYS`.
+    pub fn overriding(&self) -> &'static str {
+        if self.identity_always.is_empty() {
+            ""
+        } else {
+            "OVERRIDING SYSTEM VALUE "
+        }
+    }
+
+    /// `jsonb` expression `json` without the generated columns (which a row copied from
+    /// the other side does not decide), for versions that are logged and compared.
+    pub fn strip(&self, json: &str) -> String {
+        if self.generated.is_empty() {
+            return json.to_string();
+        }
+        let names: Vec<String> = self.generated.iter().map(|c| quote_literal(c)).collect();
+        format!("({json} - ARRAY[{}]::text[])", names.join(", "))
+    }
+}
+
+/// Read [`Computed`] of `table` (which must exist).
+pub async fn computed(client: &Client, table: &TableName) -> Result<Computed, Error> {
+    let rows = client
+        .query(
+            "SELECT attname::text, attgenerated <> '', attidentity = 'a'
+               FROM pg_attribute
+              WHERE attrelid = format('%I.%I', $1::text, $2::text)::regclass
+                AND attnum > 0 AND NOT attisdropped
+                AND (attgenerated <> '' OR attidentity = 'a')
+              ORDER BY attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .context(format!("reading the generated columns of {table}"))?;
+    let mut out = Computed::default();
+    for r in rows {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(1) {
+            out.generated.push(name);
+        } else if r.get::<_, bool>(2) {
+            out.identity_always.push(name);
+        }
+    }
+    Ok(out)
 }

@@ -74,6 +74,7 @@ pub async fn inspect(
             continue;
         };
         let keys = crate::pg::catalog::keys(client, table).await?;
+        let computed = crate::pg::catalog::computed(client, table).await?;
         let columns: Vec<(String, String)> = info
             .columns
             .iter()
@@ -91,6 +92,7 @@ pub async fn inspect(
                     columns,
                     key: keys.key,
                     unique: keys.unique,
+                    computed,
                 },
                 eff,
                 role,

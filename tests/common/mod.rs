@@ -893,3 +893,21 @@ impl Drop for DropRole {
         .join();
     }
 }
+
+/// A table with an identity column `GENERATED ALWAYS`, a stored and a virtual generated
+/// column, and an updated-at column (last_write_wins unless configured otherwise).
+pub const LINE: &str = r#"CREATE TABLE "Line" (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    qty int NOT NULL,
+    price numeric NOT NULL,
+    total numeric GENERATED ALWAYS AS (qty * price) STORED,
+    doubled int GENERATED ALWAYS AS (qty * 2) VIRTUAL,
+    "updatedAt" timestamptz NOT NULL DEFAULT clock_timestamp())"#;
+
+/// `total` (generated: qty * price) of "Line" `id`, as text.
+pub async fn line_total(c: &Client, id: i64) -> Option<String> {
+    c.query_opt(r#"SELECT total::text FROM "Line" WHERE id = $1"#, &[&id])
+        .await
+        .expect("reading Line")
+        .map(|r| r.get(0))
+}
