@@ -929,3 +929,57 @@ async fn generated_and_identity_always_columns_replicate_and_resolve() {
     );
     assert_healthy(&pair, errors).await;
 }
+
+/// A table with column types that have no binary hash (`json`, `xml`, `point`): the
+/// resolution fingerprints its rows by their text instead, so the application's own
+/// updates and deletes still work and conflicts resolve and are logged once.
+#[tokio::test]
+async fn columns_without_a_binary_hash_replicate_and_resolve() {
+    let pair = pair_with(
+        r#"CREATE TABLE "Doc" (id int PRIMARY KEY, body json, x xml, at point,
+                               "updatedAt" timestamptz NOT NULL DEFAULT clock_timestamp())"#,
+    )
+    .await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    main.batch_execute(
+        r#"INSERT INTO "Doc" (id, body, x, at) VALUES (1, '{"v": 1}', '<v>1</v>', '(1,1)'),
+                                                      (2, '{"v": 2}', '<v>2</v>', '(2,2)');
+           UPDATE "Doc" SET body = '{"v": 11}' WHERE id = 1;"#,
+    )
+    .await
+    .expect("writing Doc on main");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    pair.partition().await;
+    for (c, v, at) in [(&main, "main", T2), (&cloud, "cloud", T1)] {
+        c.execute(
+            r#"UPDATE "Doc" SET body = json_build_object('v', $1::text), "updatedAt" = $2::text::timestamptz
+                WHERE id = 1"#,
+            &[&v, &at],
+        )
+        .await
+        .expect("updating Doc");
+    }
+    cloud
+        .batch_execute(r#"DELETE FROM "Doc" WHERE id = 2"#)
+        .await
+        .expect("deleting Doc 2 on cloud");
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Doc""#]).await;
+    for c in [&main, &cloud] {
+        let rows: Vec<String> = c
+            .query(r#"SELECT body::text FROM "Doc" ORDER BY id"#, &[])
+            .await
+            .expect("reading Doc")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            rows,
+            [r#"{"v" : "main"}"#],
+            "main's later edit wins, 2 is deleted"
+        );
+    }
+    assert_logged_once(&pair, "update_update", "MAIN", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}

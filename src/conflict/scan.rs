@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::policy::{Effective, Policy};
@@ -656,35 +655,14 @@ async fn layout(c: &Client, t: &TableName) -> Result<(Vec<(String, String)>, i32
     Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), major))
 }
 
-/// Whether `hash_record_extended` works for every column type of `t` on `c`.
-async fn binary_hash_works(c: &Client, t: &TableName) -> Result<bool, pg::Error> {
-    let sql = format!(
-        "SELECT hash_record_extended(t.*, 0) FROM {} t LIMIT 1",
-        t.quoted()
-    );
-    match c.query(&sql, &[]).await {
-        Ok(_) => Ok(true),
-        // A column type without an extended hash function: the text form is compared.
-        Err(e)
-            if e.code() == Some(&SqlState::UNDEFINED_FUNCTION)
-                || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) =>
-        {
-            Ok(false)
-        }
-        // Anything else (a lock timeout, a broken connection) is not an answer: the table
-        // is not compared this time rather than compared another way.
-        Err(e) => Err(e).context(format!("trying the binary row hash on {t}")),
-    }
-}
-
 /// Choose the hash and build the table's SQL: binary only when both servers have the same
 /// major version and column layout and every column type can be hashed.
 async fn shape(main: &Client, cloud: &Client, t: &Target) -> Result<Shape, Error> {
     let ((lm, vm), (lc, vc)) = tokio::try_join!(layout(main, &t.table), layout(cloud, &t.table))?;
     let binary = vm == vc
         && lm == lc
-        && binary_hash_works(main, &t.table).await?
-        && binary_hash_works(cloud, &t.table).await?;
+        && catalog::binary_hashable(main, &t.table).await?
+        && catalog::binary_hashable(cloud, &t.table).await?;
     let key_types = t
         .key
         .iter()

@@ -1,6 +1,7 @@
 //! Generic catalog queries that domain modules above `pg` share (a table's keys, its
 //! computed columns).
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::{quote_literal, Context, Error};
@@ -127,4 +128,46 @@ pub async fn computed(client: &Client, table: &TableName) -> Result<Computed, Er
         }
     }
     Ok(out)
+}
+
+/// Whether `hash_record_extended` can hash rows of `table`: false when a column's type
+/// has no extended hash function (`json`, `xml`, `point`, arrays of them, ...), whose rows
+/// must be fingerprinted by their text. Probed with a row of NULLs of the columns' base
+/// types, so it answers for an empty table too, and the same on both sides.
+pub async fn binary_hashable(client: &Client, table: &TableName) -> Result<bool, Error> {
+    let types: Vec<String> = client
+        .query(
+            "WITH RECURSIVE base(attnum, typ) AS (
+               SELECT a.attnum, a.atttypid FROM pg_attribute a
+                WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass
+                  AND a.attnum > 0 AND NOT a.attisdropped
+               UNION ALL
+               SELECT b.attnum, t.typbasetype FROM base b JOIN pg_type t ON t.oid = b.typ
+                WHERE t.typtype = 'd')
+             SELECT format_type(b.typ, NULL) FROM base b JOIN pg_type t ON t.oid = b.typ
+              WHERE t.typtype <> 'd' ORDER BY b.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .context(format!("reading the column types of {table}"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if types.is_empty() {
+        return Ok(true);
+    }
+    let nulls: Vec<String> = types.iter().map(|t| format!("NULL::{t}")).collect();
+    let probe = format!("SELECT hash_record_extended(ROW({}), 0)", nulls.join(", "));
+    match client.query(&probe, &[]).await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.code() == Some(&SqlState::UNDEFINED_FUNCTION)
+                || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) =>
+        {
+            Ok(false)
+        }
+        // Anything else (a lock timeout, a broken connection) is no answer: both sides
+        // must decide alike.
+        Err(e) => Err(e).context(format!("probing the binary row hash of {table}")),
+    }
 }

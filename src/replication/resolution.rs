@@ -59,7 +59,8 @@ impl TableResolution {
 }
 
 /// The resolution of every table in `tables` on `client`, which is the `role` side;
-/// `mode` follows the two servers' major versions ([`HashMode::for_versions`]).
+/// `mode` follows the two servers' major versions ([`HashMode::for_versions`]); a table
+/// whose rows have no binary hash gets [`HashMode::Text`].
 pub async fn inspect(
     settings: &Settings,
     client: &Client,
@@ -75,6 +76,15 @@ pub async fn inspect(
         };
         let keys = crate::pg::catalog::keys(client, table).await?;
         let computed = crate::pg::catalog::computed(client, table).await?;
+        // A column type without a binary hash (json, xml, ...): this table's rows are
+        // fingerprinted by their text, on both sides alike (their columns are the same).
+        let mode = if mode == HashMode::Binary
+            && !crate::pg::catalog::binary_hashable(client, table).await?
+        {
+            HashMode::Text
+        } else {
+            mode
+        };
         let columns: Vec<(String, String)> = info
             .columns
             .iter()
