@@ -171,42 +171,30 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
             mode.hash(&format!("ROW({})", fields.join(", ")))
         }
     };
-    // The incoming row, written by the trigger itself.
-    let insert_new = if computed.any() {
-        format!(
-            "INSERT INTO {tbl} ({cols}) {over}VALUES ({vals}) ON CONFLICT DO NOTHING",
-            tbl = shape.table.quoted(),
-            cols = stored.iter().map(|c| q(c)).collect::<Vec<_>>().join(", "),
-            over = computed.overriding(),
-            vals = stored
-                .iter()
-                .map(|c| format!("NEW.{}", q(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-    } else {
-        format!(
-            "INSERT INTO {} VALUES (NEW.*) ON CONFLICT DO NOTHING",
-            shape.table.quoted()
-        )
-    };
-    // The row `dx_p_row` (jsonb) inserted.
-    let insert_json = {
-        let cols = stored.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
-        let tbl = shape.table.quoted();
-        if computed.any() {
-            format!(
-                "INSERT INTO {tbl} ({cols}) {}SELECT {cols} FROM jsonb_populate_record(NULL::{tbl}, dx_p_row)",
-                computed.overriding()
-            )
-        } else {
-            format!("INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, dx_p_row)")
-        }
-    };
     let jsonb = |rec: &str| computed.strip(&format!("to_jsonb({rec})"));
     let names = names(&shape.table);
     let tbl = shape.table.quoted();
     let rel = quote_literal(&shape.table.to_string());
+    // The incoming row (`NEW`) and a row given as jsonb (`dx_p_row`), written by the
+    // resolution itself: generated columns are left to the server.
+    let (insert_new, insert_json) = if computed.any() {
+        let list = stored.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+        let over = computed.overriding();
+        let values = stored
+            .iter()
+            .map(|c| format!("NEW.{}", q(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            format!("INSERT INTO {tbl} ({list}) {over}VALUES ({values}) ON CONFLICT DO NOTHING"),
+            format!("INSERT INTO {tbl} ({list}) {over}SELECT {list} FROM jsonb_populate_record(NULL::{tbl}, dx_p_row)"),
+        )
+    } else {
+        (
+            format!("INSERT INTO {tbl} VALUES (NEW.*) ON CONFLICT DO NOTHING"),
+            format!("INSERT INTO {tbl} SELECT * FROM jsonb_populate_record(NULL::{tbl}, dx_p_row)"),
+        )
+    };
     let key_json = |rec: &str| {
         format!(
             "jsonb_build_array({})::text",
@@ -707,6 +695,27 @@ mod tests {
             updated_at: Some("updatedAt".into()),
             configured: false,
         }
+    }
+
+    #[test]
+    fn generated_columns_are_not_written_nor_hashed_and_identity_always_is_overridden() {
+        let mut s = shape();
+        s.columns.push(("total".into(), "numeric".into()));
+        s.columns.push(("seq".into(), "bigint".into()));
+        s.computed = Computed {
+            generated: vec!["total".into()],
+            identity_always: vec!["seq".into()],
+        };
+        let eff = Effective {
+            policy: Policy::LastWriteWins,
+            updated_at: Some("updatedAt".into()),
+            configured: false,
+        };
+        let sql = generate(&s, &eff, Role::Cloud, HashMode::Binary).sql;
+        assert!(sql.contains(r#"("groupId", "userId", "email", "updatedAt", "seq") OVERRIDING SYSTEM VALUE VALUES (NEW."groupId""#), "{sql}");
+        assert!(sql.contains(r#"hash_record_extended(ROW(NEW."groupId", NEW."userId", NEW."email", NEW."updatedAt", NEW."seq"), 0)"#), "{sql}");
+        assert!(sql.contains(r#"(to_jsonb(NEW) - ARRAY['total']::text[])"#), "{sql}");
+        assert!(!sql.contains(r#""total" = NEW."total""#) && !sql.contains(r#""seq" = NEW."seq""#), "{sql}");
     }
 
     #[test]
