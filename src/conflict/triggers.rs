@@ -714,8 +714,14 @@ mod tests {
         let sql = generate(&s, &eff, Role::Cloud, HashMode::Binary).sql;
         assert!(sql.contains(r#"("groupId", "userId", "email", "updatedAt", "seq") OVERRIDING SYSTEM VALUE VALUES (NEW."groupId""#), "{sql}");
         assert!(sql.contains(r#"hash_record_extended(ROW(NEW."groupId", NEW."userId", NEW."email", NEW."updatedAt", NEW."seq"), 0)"#), "{sql}");
-        assert!(sql.contains(r#"(to_jsonb(NEW) - ARRAY['total']::text[])"#), "{sql}");
-        assert!(!sql.contains(r#""total" = NEW."total""#) && !sql.contains(r#""seq" = NEW."seq""#), "{sql}");
+        assert!(
+            sql.contains(r#"(to_jsonb(NEW) - ARRAY['total']::text[])"#),
+            "{sql}"
+        );
+        assert!(
+            !sql.contains(r#""total" = NEW."total""#) && !sql.contains(r#""seq" = NEW."seq""#),
+            "{sql}"
+        );
     }
 
     #[test]
