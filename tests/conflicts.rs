@@ -983,3 +983,55 @@ async fn columns_without_a_binary_hash_replicate_and_resolve() {
     assert_logged_once(&pair, "update_update", "MAIN", "LAST_WRITE_WINS").await;
     assert_healthy(&pair, errors).await;
 }
+
+/// The application connects as its own role, which owns its tables and has no rights on
+/// duplex's schema (duplex was set up by another role): its writes still work with the
+/// triggers installed, the apply worker (which writes as the table's owner) still
+/// applies, and a conflict is resolved and logged once.
+#[tokio::test]
+async fn an_application_role_that_owns_its_tables_writes_and_converges() {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let user = format!("duplex_t_{id}_app");
+    let _role = common::DropRole(user.clone());
+    let pair = Pair::new().await;
+    let mut app = Vec::new();
+    for (port, c) in [
+        (common::main_port(), pair.main().await),
+        (common::cloud_port(), pair.cloud().await),
+    ] {
+        c.batch_execute(&format!(
+            r#"CREATE ROLE {user} LOGIN PASSWORD 'app-secret';
+               GRANT USAGE ON SCHEMA public TO {user};
+               ALTER TABLE "User" OWNER TO {user};"#
+        ))
+        .await
+        .expect("creating the application's role");
+        app.push(port);
+    }
+    pair.setup_both().await;
+    let url = |port: u16| format!("postgres://{user}:app-secret@127.0.0.1:{port}/{}", pair.db);
+    let (main, cloud) = (
+        common::connect_url(&url(app[0])).await,
+        common::connect_url(&url(app[1])).await,
+    );
+    let errors = pair.apply_error_count().await;
+    insert_user_at(&main, "u1", "u1@example.com", "first", T1).await;
+    insert_user_at(&cloud, "u2", "u2@example.com", "second", T1).await;
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    pair.partition().await;
+    set_name(&main, "u1", "main edit", T2).await;
+    set_name(&cloud, "u1", "cloud edit", T1).await;
+    delete_user(&cloud, "u2").await;
+    pair.heal().await;
+    assert_equal(&pair, &[r#""User""#]).await;
+    assert_eq!(
+        emails(&main).await,
+        [("u1".into(), "u1@example.com".into())]
+    );
+    assert_eq!(
+        user_name(&cloud, "u1").await,
+        Some(Some("main edit".into()))
+    );
+    assert_logged_once(&pair, "update_update", "MAIN", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}

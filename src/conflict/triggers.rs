@@ -141,9 +141,22 @@ impl HashMode {
         }
     }
 
-    /// Function options. Every name in the generated code is schema-qualified (the apply
-    /// worker runs with an empty `search_path`; `pg_catalog` is always searched), so the
-    /// binary mode pins nothing: a `SET` option costs a settings save and restore per call.
+    /// Options of the trigger functions. They run as their owner, the role that ran `duplex
+    /// setup` (`SECURITY DEFINER`), so that the application's roles need no rights on
+    /// duplex's schema: the capture trigger runs as whoever writes the table, the resolve
+    /// trigger as the table's owner. Such a function must pin its `search_path`, or a
+    /// caller's schema could shadow an operator it uses.
+    fn trigger_options(self) -> String {
+        match self {
+            HashMode::Binary => "SECURITY DEFINER SET search_path = pg_catalog, pg_temp".into(),
+            HashMode::Text => format!("SECURITY DEFINER {}", self.options()),
+        }
+    }
+
+    /// Options of the other functions (called by duplex's own, never by the application).
+    /// Every name in the generated code is schema-qualified (the apply worker runs with an
+    /// empty `search_path`; `pg_catalog` is always searched), so the binary mode pins
+    /// nothing: a `SET` option costs a settings save and restore per call.
     fn options(self) -> &'static str {
         match self {
             HashMode::Binary => "",
@@ -155,6 +168,7 @@ impl HashMode {
 /// Generate the installation SQL for `shape` on side `me`.
 pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -> Generated {
     let pinned = mode.options();
+    let definer = mode.trigger_options();
     let computed = &shape.computed;
     let q = |c: &str| quote_ident(c);
     let stored: Vec<&str> = shape
@@ -348,7 +362,7 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
 
     let capture = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
-{pinned}
+{definer}
 AS $duplex$
 DECLARE dx_k text; dx_i text; dx_s text[];
 BEGIN
@@ -396,7 +410,7 @@ END $duplex$;
 
     let resolve = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{resolve}() RETURNS trigger LANGUAGE plpgsql
-{pinned}
+{definer}
 AS $duplex$
 DECLARE
   dx_me constant text := {me_lit};
@@ -610,7 +624,11 @@ CREATE TRIGGER {res_t} BEFORE INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW W
 ALTER TABLE {tbl} ENABLE REPLICA TRIGGER {res_t};
 COMMENT ON FUNCTION duplex.{capture}() IS {cap_c};
 COMMENT ON FUNCTION duplex.{resolve}() IS {res_c};
+REVOKE ALL ON FUNCTION duplex.{capture}() FROM PUBLIC;
+REVOKE ALL ON FUNCTION duplex.{resolve}() FROM PUBLIC;
+REVOKE ALL ON FUNCTION duplex.{uod}(text, text, jsonb) FROM PUBLIC;
 "#,
+        uod = q(&names.update_of_deleted),
         cap_t = q(CAPTURE_TRIGGER),
         res_t = q(RESOLVE_TRIGGER),
         capture = q(&names.capture),
