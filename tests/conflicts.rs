@@ -1035,3 +1035,66 @@ async fn an_application_role_that_owns_its_tables_writes_and_converges() {
     assert_logged_once(&pair, "update_update", "MAIN", "LAST_WRITE_WINS").await;
     assert_healthy(&pair, errors).await;
 }
+
+/// PostgreSQL sends an update without the values of large (TOASTed) columns it did not
+/// change, and the apply worker fills them in from the local row. When the incoming
+/// update wins a conflict, the winner's own value of such a column must still reach this
+/// side (it is not the local one).
+#[tokio::test]
+async fn an_update_winning_a_conflict_carries_the_large_columns_it_did_not_change() {
+    let pair = pair_with(
+        r#"CREATE TABLE "Note" (id int PRIMARY KEY, title text, body text,
+                                "updatedAt" timestamptz NOT NULL DEFAULT clock_timestamp())"#,
+    )
+    .await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    let errors = pair.apply_error_count().await;
+    // About 32 kB of text that does not compress: stored out of line (TOAST).
+    let big = |seed: &str| {
+        format!("(SELECT string_agg(md5('{seed}' || g), '') FROM generate_series(1, 1000) g)")
+    };
+    main.batch_execute(&format!(
+        r#"INSERT INTO "Note" (id, title, body, "updatedAt") VALUES (1, 'first', {}, '{T1}')"#,
+        big("base")
+    ))
+    .await
+    .expect("inserting Note");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    pair.partition().await;
+    // Main edits the title only, later; cloud edits the body only, earlier: main's row
+    // wins whole, so both sides end with main's title and the original body.
+    main.batch_execute(&format!(
+        r#"UPDATE "Note" SET title = 'main', "updatedAt" = '{T2}' WHERE id = 1"#
+    ))
+    .await
+    .expect("updating the title on main");
+    cloud
+        .batch_execute(&format!(
+            r#"UPDATE "Note" SET body = {}, "updatedAt" = '{T1}' WHERE id = 1"#,
+            big("cloud")
+        ))
+        .await
+        .expect("updating the body on cloud");
+    pair.heal().await;
+    assert_equal(&pair, &[r#""Note""#]).await;
+    let row: (String, bool) = {
+        let r = cloud
+            .query_one(
+                &format!(
+                    r#"SELECT title, body = {} FROM "Note" WHERE id = 1"#,
+                    big("base")
+                ),
+                &[],
+            )
+            .await
+            .expect("reading Note");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        row,
+        ("main".into(), true),
+        "main's title and the body it had"
+    );
+    assert_logged_once(&pair, "update_update", "MAIN", "LAST_WRITE_WINS").await;
+    assert_healthy(&pair, errors).await;
+}

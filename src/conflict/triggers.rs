@@ -37,6 +37,12 @@ pub struct TableShape {
     /// the others, and fingerprints and logs rows without the generated ones (a `BEFORE`
     /// trigger's `NEW` has them NULL; the stored row has them computed).
     pub computed: Computed,
+    /// Columns whose values PostgreSQL may store out of line (TOAST): an update that leaves
+    /// one unchanged is sent without its value.
+    pub toastable: Vec<String>,
+    /// Whether the server has `pg_column_toast_chunk_id` (PostgreSQL 17 and later), which
+    /// tells a value stored out of line (unchanged by an update) from one being written.
+    pub toast_chunk_id: bool,
 }
 
 /// Names of what is installed for one table.
@@ -336,10 +342,45 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
             .collect::<Vec<_>>()
             .join(" OR ")
     };
+    // What an update carries besides the change: main's whole row on a main_authoritative
+    // or manual table; elsewhere the values PostgreSQL will not send, those of large
+    // columns the update leaves unchanged (stored out of line, they travel as "unchanged"
+    // and the receiver fills them in from its own row). The receiver needs them only when
+    // the update meets a concurrent one: the winning version must arrive whole, and both
+    // sides must fingerprint the same versions.
     let main_row_on_update = if eff.policy.main_wins() && me == Role::Main {
-        "to_jsonb(NEW)"
+        "to_jsonb(NEW)".to_string()
     } else {
-        "NULL"
+        let carried: Vec<String> = shape
+            .toastable
+            .iter()
+            .filter(|c| computed.insertable(c))
+            .map(|c| {
+                let stored_apart = if shape.toast_chunk_id {
+                    format!(
+                        "pg_catalog.pg_column_toast_chunk_id(NEW.{}) IS NOT NULL",
+                        q(c)
+                    )
+                } else {
+                    // Without the chunk id (PostgreSQL 16): any value big enough to have
+                    // been moved out of line.
+                    format!("pg_catalog.pg_column_size(NEW.{}) > 100", q(c))
+                };
+                format!(
+                    "{lit}, CASE WHEN {stored_apart} THEN to_jsonb(NEW.{col}) END",
+                    lit = quote_literal(c),
+                    col = q(c)
+                )
+            })
+            .collect();
+        if carried.is_empty() {
+            "NULL".to_string()
+        } else {
+            format!(
+                "nullif(jsonb_strip_nulls(jsonb_build_object({})), '{{}}'::jsonb)",
+                carried.join(", ")
+            )
+        }
     };
 
     // main_authoritative and manual, on main: an incoming incarnation that loses to main's
@@ -364,7 +405,7 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
 {definer}
 AS $duplex$
-DECLARE dx_k text; dx_i text; dx_s text[];
+DECLARE dx_k text; dx_i text; dx_s text[]; dx_c jsonb;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     -- Only a key re-created after a delete needs metadata: a new incarnation that has seen
@@ -389,7 +430,10 @@ BEGIN
   SELECT ri.inc INTO dx_i FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k;
   dx_i := coalesce(dx_i, '0');
   IF TG_OP = 'UPDATE' THEN
-    INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'U', dx_i, {hash_old}, {main_row_on_update}, NULL);
+    -- An assignment, not inside the INSERT: a query's parameters no longer tell a value
+    -- stored out of line.
+    dx_c := {main_row_on_update};
+    INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'U', dx_i, {hash_old}, dx_c, NULL);
     RETURN NEW;
   END IF;
   INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_i, {hash_old}) ON CONFLICT DO NOTHING;
@@ -415,7 +459,7 @@ AS $duplex$
 DECLARE
   dx_me constant text := {me_lit};
   dx_pol constant text := {pol};
-  dx_k text; dx_m duplex.change_meta; dx_m_inc text := '0'; dx_m_base text; dx_m_seen text[]; dx_l_inc text; dx_l_seen text[];
+  dx_k text; dx_m duplex.change_meta; dx_m_inc text := '0'; dx_m_base text; dx_m_seen text[]; dx_m_row jsonb; dx_l_inc text; dx_l_seen text[];
   dx_l {tbl}%ROWTYPE; dx_u {tbl}%ROWTYPE;
   dx_lh text; dx_nh text; dx_cause text; dx_tomb boolean; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
 BEGIN
@@ -424,7 +468,7 @@ BEGIN
   -- The metadata of this change, if it came: duplex.meta_receive kept it for us.
   dx_m := nullif(current_setting('duplex.m', true), '')::duplex.change_meta;
   IF dx_m.rel = {rel} AND dx_m.key = dx_k AND dx_m.op = left(TG_OP, 1) THEN
-    dx_m_inc := dx_m.inc; dx_m_base := dx_m.base; dx_m_seen := dx_m.seen;
+    dx_m_inc := dx_m.inc; dx_m_base := dx_m.base; dx_m_seen := dx_m.seen; dx_m_row := dx_m."row";
   END IF;
 
   IF TG_OP = 'INSERT' THEN
@@ -531,6 +575,10 @@ BEGIN
     dx_concurrent := true;
   END IF;
   IF dx_concurrent THEN
+    IF dx_m_row IS NOT NULL THEN
+      -- The sender's own values of what the update did not send (see the capture).
+      NEW := jsonb_populate_record(NEW, dx_m_row);
+    END IF;
     dx_nh := {hash_new};
     IF dx_lh <> dx_nh THEN
       dx_incoming_wins := {wins_old};
@@ -613,7 +661,8 @@ BEGIN
 END $duplex$;
 "#,
         uod = q(&names.update_of_deleted),
-        versions_uod = versions("NULL", "dx_p_row"),
+        // Only main's whole row is a version (another update carries a few columns).
+        versions_uod = versions("NULL", "NULL"),
     );
 
     let triggers = format!(
@@ -704,6 +753,8 @@ mod tests {
             key: vec!["groupId".into(), "userId".into()],
             unique: vec![("gm_email_key".into(), vec!["email".into()])],
             computed: Computed::default(),
+            toastable: vec![],
+            toast_chunk_id: true,
         }
     }
 
@@ -713,6 +764,26 @@ mod tests {
             updated_at: Some("updatedAt".into()),
             configured: false,
         }
+    }
+
+    #[test]
+    fn an_update_carries_the_large_values_it_leaves_unchanged_and_the_receiver_uses_them() {
+        let mut s = shape();
+        s.toastable = vec!["email".into()];
+        let eff = Effective {
+            policy: Policy::LastWriteWins,
+            updated_at: Some("updatedAt".into()),
+            configured: false,
+        };
+        let main = generate(&s, &eff, Role::Main, HashMode::Binary).sql;
+        assert!(main.contains(r#"dx_c := nullif(jsonb_strip_nulls(jsonb_build_object('email', CASE WHEN pg_catalog.pg_column_toast_chunk_id(NEW."email") IS NOT NULL THEN to_jsonb(NEW."email") END)), '{}'::jsonb);"#), "{main}");
+        assert!(main.contains("NEW := jsonb_populate_record(NEW, dx_m_row);"));
+        s.toast_chunk_id = false;
+        let pg16 = generate(&s, &eff, Role::Main, HashMode::Binary).sql;
+        assert!(pg16.contains(r#"pg_catalog.pg_column_size(NEW."email") > 100"#));
+        s.toastable.clear();
+        let none = generate(&s, &eff, Role::Main, HashMode::Binary).sql;
+        assert!(none.contains("dx_c := NULL;"));
     }
 
     #[test]
@@ -788,14 +859,13 @@ mod tests {
             configured: true,
         };
         let main = generate(&shape(), &ma, Role::Main, HashMode::Binary);
+        assert!(main.sql.contains("dx_c := to_jsonb(NEW);"));
         assert!(main
             .sql
-            .contains("'U', dx_i, hash_record_extended(OLD, 0)::text, to_jsonb(NEW), NULL)"));
+            .contains("'U', dx_i, hash_record_extended(OLD, 0)::text, dx_c, NULL)"));
         assert!(main.sql.contains("incoming_wins := false;"));
         let cloud = generate(&shape(), &ma, Role::Cloud, HashMode::Binary);
-        assert!(cloud
-            .sql
-            .contains("'U', dx_i, hash_record_extended(OLD, 0)::text, NULL, NULL)"));
+        assert!(cloud.sql.contains("dx_c := NULL;"), "cloud sends no row");
         assert!(cloud.sql.contains("incoming_wins := true;"));
     }
 

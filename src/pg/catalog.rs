@@ -171,3 +171,25 @@ pub async fn binary_hashable(client: &Client, table: &TableName) -> Result<bool,
         Err(e) => Err(e).context(format!("probing the binary row hash of {table}")),
     }
 }
+
+/// Columns of `table` whose values PostgreSQL may store out of line (TOAST: variable
+/// length, storage not `plain`), in column order; and whether the server has
+/// `pg_column_toast_chunk_id` (PostgreSQL 17 and later).
+pub async fn toastable(client: &Client, table: &TableName) -> Result<(Vec<String>, bool), Error> {
+    let rows = client
+        .query(
+            "SELECT attname::text, current_setting('server_version_num')::int >= 170000
+               FROM pg_attribute
+              WHERE attrelid = format('%I.%I', $1::text, $2::text)::regclass
+                AND attnum > 0 AND NOT attisdropped AND attlen = -1 AND attstorage <> 'p'
+              ORDER BY attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .context(format!("reading the large columns of {table}"))?;
+    let chunk_id = match rows.first() {
+        Some(r) => r.get(1),
+        None => true,
+    };
+    Ok((rows.iter().map(|r| r.get(0)).collect(), chunk_id))
+}

@@ -76,6 +76,7 @@ pub async fn inspect(
         };
         let keys = crate::pg::catalog::keys(client, table).await?;
         let computed = crate::pg::catalog::computed(client, table).await?;
+        let (toastable, toast_chunk_id) = crate::pg::catalog::toastable(client, table).await?;
         // A column type without a binary hash (json, xml, ...): this table's rows are
         // fingerprinted by their text, on both sides alike (their columns are the same).
         let mode = if mode == HashMode::Binary
@@ -103,6 +104,8 @@ pub async fn inspect(
                     key: keys.key,
                     unique: keys.unique,
                     computed,
+                    toastable,
+                    toast_chunk_id,
                 },
                 eff,
                 role,
