@@ -1126,7 +1126,7 @@ async fn ma_main_update_vs_cloud_delete_then_recreate_on_cloud_converges() {
     main.batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE")
         .await
         .expect("enabling cloud to main");
-    cloud_to_main_caught_up(&pair).await;
+    pair.wait_applied_on("main", Duration::from_secs(20)).await;
     main.batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 1"#)
         .await
         .expect("delete on main");
@@ -1134,36 +1134,8 @@ async fn ma_main_update_vs_cloud_delete_then_recreate_on_cloud_converges() {
         .batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'cloud again')"#)
         .await
         .expect("insert on cloud");
-    cloud_to_main_caught_up(&pair).await;
+    pair.wait_applied_on("main", Duration::from_secs(20)).await;
     pair.heal().await;
     assert_equal(&pair, &[r#""Member""#]).await;
     assert_healthy(&pair, errors).await;
-}
-
-/// Wait until main has applied everything cloud committed so far (the other direction
-/// may be cut).
-async fn cloud_to_main_caught_up(pair: &Pair) {
-    let cloud = pair.cloud().await;
-    let slot = pair.slot("main");
-    let target: String = cloud
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .expect("reading cloud's WAL position")
-        .get(0);
-    common::wait_until(
-        "cloud to main caught up",
-        Duration::from_secs(20),
-        || async {
-            cloud
-                .query_one(
-                    "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)
-                       FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot, &target],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false)
-        },
-    )
-    .await;
 }

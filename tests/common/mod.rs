@@ -583,26 +583,36 @@ impl Pair {
 
     /// Wait until both directions have confirmed everything their publisher wrote so far.
     pub async fn wait_caught_up(&self, timeout: Duration) {
-        let (main, cloud) = (self.main().await, self.cloud().await);
-        for (publisher, slot) in [(&main, self.slot("cloud")), (&cloud, self.slot("main"))] {
-            let target: String = publisher
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        self.wait_applied_on("cloud", timeout).await;
+        self.wait_applied_on("main", timeout).await;
+    }
+
+    /// Wait until `role` ("main" or "cloud") has confirmed everything its peer wrote so
+    /// far (the other direction may be cut).
+    pub async fn wait_applied_on(&self, role: &str, timeout: Duration) {
+        let publisher = if role == "main" {
+            self.cloud().await
+        } else {
+            self.main().await
+        };
+        let slot = self.slot(role);
+        let target: String = publisher
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("reading the WAL position")
+            .get(0);
+        wait_until(&format!("slot {slot} caught up"), timeout, || async {
+            publisher
+                .query_one(
+                    "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)
+                       FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot, &target],
+                )
                 .await
-                .expect("reading the WAL position")
-                .get(0);
-            wait_until(&format!("slot {slot} caught up"), timeout, || async {
-                publisher
-                    .query_one(
-                        "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)
-                           FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot, &target],
-                    )
-                    .await
-                    .map(|r| r.get::<_, bool>(0))
-                    .unwrap_or(false)
-            })
-            .await;
-        }
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+        })
+        .await;
     }
 
     /// `(key, md5 of the whole row)` of every row of `table` (quoted name) on one side.
