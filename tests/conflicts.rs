@@ -56,11 +56,7 @@ const T2: &str = "2030-01-01 10:00:09+00";
 async fn pair_with(extra: &str) -> Pair {
     let pair = Pair::new().await;
     if !extra.is_empty() {
-        for c in [pair.main().await, pair.cloud().await] {
-            c.batch_execute(extra)
-                .await
-                .expect("creating the extra table");
-        }
+        pair.create(extra).await;
     }
     pair.setup_both().await;
     pair

@@ -52,6 +52,15 @@ async fn update_update_conflict(pair: &Pair, id: &str) -> i64 {
     on_main[0].0
 }
 
+/// `duplex conflicts resolve ID --use cloud` on main.
+async fn resolve_with_cloud(pair: &Pair, id: i64) -> std::process::Output {
+    pair.run(
+        "main",
+        &["conflicts", "resolve", &id.to_string(), "--use", "cloud"],
+    )
+    .await
+}
+
 async fn manual_pair() -> Pair {
     let pair = Pair::new().await;
     pair.set_config(&manual_config());
@@ -95,12 +104,7 @@ async fn resolving_with_cloud_writes_cloud_s_version_to_both_sides_once() {
         "{out}"
     );
 
-    let out = pair
-        .run(
-            "main",
-            &["conflicts", "resolve", &id.to_string(), "--use", "cloud"],
-        )
-        .await;
+    let out = resolve_with_cloud(&pair, id).await;
     assert!(out.status.success(), "{:?}", text(&out));
     for c in [&main, &cloud] {
         assert_eq!(user_name(c, "u1").await, Some(Some("cloud edit".into())));
@@ -121,12 +125,7 @@ async fn resolving_with_cloud_writes_cloud_s_version_to_both_sides_once() {
         assert_eq!(Pair::conflicts(c).await.len(), 1);
     }
 
-    let again = pair
-        .run(
-            "main",
-            &["conflicts", "resolve", &id.to_string(), "--use", "cloud"],
-        )
-        .await;
+    let again = resolve_with_cloud(&pair, id).await;
     let (_, err) = text(&again);
     assert_eq!(again.status.code(), Some(1), "{err}");
     assert!(err.contains("already resolved"), "{err}");
@@ -246,9 +245,7 @@ async fn resolving_a_row_with_generated_and_identity_columns_writes_the_chosen_v
         "{EXAMPLE_TABLES}\n[conflicts.tables.\"Line\"]\npolicy = \"manual\"\n"
     ));
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    for c in [&main, &cloud] {
-        c.batch_execute(common::LINE).await.expect("creating Line");
-    }
+    pair.create(common::LINE).await;
     pair.setup_both().await;
     main.batch_execute(r#"INSERT INTO "Line" (qty, price) VALUES (1, 10)"#)
         .await
@@ -276,12 +273,7 @@ async fn resolving_a_row_with_generated_and_identity_columns_writes_the_chosen_v
         .await
         .expect("one conflict logged for Line")
         .get(0);
-    let out = pair
-        .run(
-            "main",
-            &["conflicts", "resolve", &id.to_string(), "--use", "cloud"],
-        )
-        .await;
+    let out = resolve_with_cloud(&pair, id).await;
     assert!(out.status.success(), "{:?}", text(&out));
     for c in [&main, &cloud] {
         assert_eq!(common::line_total(c, 1).await.as_deref(), Some("30"));

@@ -1248,9 +1248,7 @@ async fn thousands_of_differences_spread_over_a_table_of_millions_are_all_found(
 async fn rows_with_generated_and_identity_always_columns_are_repaired() {
     let pair = Pair::new().await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    for c in [&main, &cloud] {
-        c.batch_execute(common::LINE).await.expect("creating Line");
-    }
+    pair.create(common::LINE).await;
     pair.setup_both().await;
     main.batch_execute(r#"INSERT INTO "Line" (qty, price) VALUES (1, 10), (2, 10), (3, 10)"#)
         .await

@@ -581,6 +581,15 @@ impl Pair {
         }
     }
 
+    /// Run `ddl` (a table's `CREATE TABLE`) on both sides, before `setup_both`.
+    pub async fn create(&self, ddl: &str) {
+        for c in [self.main().await, self.cloud().await] {
+            c.batch_execute(ddl)
+                .await
+                .expect("creating a table on both sides");
+        }
+    }
+
     /// Wait until both directions have confirmed everything their publisher wrote so far.
     pub async fn wait_caught_up(&self, timeout: Duration) {
         self.wait_applied_on("cloud", timeout).await;
