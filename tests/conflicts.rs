@@ -1095,13 +1095,38 @@ async fn an_update_winning_a_conflict_carries_the_large_columns_it_did_not_chang
     assert_healthy(&pair, errors).await;
 }
 
-/// Docs/conflicts.md "Still open" (seed 20027): main updates a main_authoritative row
-/// that cloud deletes; main keeps it and then deletes it itself; cloud, which deleted it,
-/// creates the key again, and main receives that after its own delete, but cloud receives
-/// main's update after creating the key again. Both sides must end alike.
+/// Seed 20027 of the convergence test, made deterministic: main updates a
+/// main_authoritative row that cloud deletes; main keeps it and then deletes it itself;
+/// cloud, which deleted it, creates the key again, and main receives that after its own
+/// delete (so main keeps cloud's row), but cloud receives main's update after creating the
+/// key again (main's version replaces cloud's there, until main's delete arrives).
 #[tokio::test]
-#[ignore = "known divergence, docs/conflicts.md \"Still open\" (seed 20027); run with --ignored"]
-async fn ma_main_update_vs_cloud_delete_then_recreate_on_cloud_converges() {
+async fn ma_main_deletes_its_row_before_it_sees_cloud_recreate_it_cloud_row_stays() {
+    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(false).await;
+    assert_eq!(
+        rows,
+        vec!["cloud again".to_string()],
+        "main deleted its row before it saw cloud's: cloud's row stays on both sides"
+    );
+    drop(pair);
+}
+
+/// The same, except that main sees cloud's new row while it still holds its own: main's
+/// wins there, so main's later delete removes the key on both sides.
+#[tokio::test]
+async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_key_is_gone() {
+    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(true).await;
+    assert!(
+        rows.is_empty(),
+        "main's row won over cloud's, then main deleted it: {rows:?}"
+    );
+    drop(pair);
+}
+
+/// Main updates a "Member" row while cloud deletes it; cloud creates the key again; main
+/// deletes its row, before or after (`main_sees_first`) it receives cloud's new one. Asserts
+/// both sides equal and replication healthy; returns the roles left on main.
+async fn ma_recreated_on_cloud_while_main_deletes(main_sees_first: bool) -> (Pair, Vec<String>) {
     let pair =
         pair_with(r#"CREATE TABLE "Member" (g int, u int, role text, PRIMARY KEY (g, u))"#).await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
@@ -1118,7 +1143,15 @@ async fn ma_main_update_vs_cloud_delete_then_recreate_on_cloud_converges() {
         .batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 1"#)
         .await
         .expect("delete on cloud");
-    // Cloud to main only: main keeps its edit (update_delete, main wins).
+    let recreate = r#"INSERT INTO "Member" VALUES (1, 1, 'cloud again')"#;
+    if main_sees_first {
+        cloud
+            .batch_execute(recreate)
+            .await
+            .expect("insert on cloud");
+    }
+    // Cloud to main only: main keeps its edit (update_delete, main wins), and its row
+    // wins over cloud's new one if that came too.
     main.batch_execute("ALTER SUBSCRIPTION duplex_cloud_to_main ENABLE")
         .await
         .expect("enabling cloud to main");
@@ -1126,12 +1159,22 @@ async fn ma_main_update_vs_cloud_delete_then_recreate_on_cloud_converges() {
     main.batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 1"#)
         .await
         .expect("delete on main");
-    cloud
-        .batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'cloud again')"#)
-        .await
-        .expect("insert on cloud");
-    pair.wait_applied_on("main", Duration::from_secs(20)).await;
+    if !main_sees_first {
+        cloud
+            .batch_execute(recreate)
+            .await
+            .expect("insert on cloud");
+        pair.wait_applied_on("main", Duration::from_secs(20)).await;
+    }
     pair.heal().await;
     assert_equal(&pair, &[r#""Member""#]).await;
     assert_healthy(&pair, errors).await;
+    let rows = main
+        .query(r#"SELECT role FROM "Member""#, &[])
+        .await
+        .expect("reading Member")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (pair, rows)
 }

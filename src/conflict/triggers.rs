@@ -401,6 +401,17 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
         String::new()
     };
 
+    // On cloud (main_authoritative and manual): main's version takes the key from a row of
+    // another incarnation, `inc`, whose last version is `row`. Kept, in case main deleted
+    // its incarnation before it saw that row (see the restore in the delete path).
+    let displace = |inc: &str, row: &str| {
+        format!(
+            "
+      INSERT INTO duplex.displaced (rel, key, by_inc, inc, seen, \"row\") VALUES ({rel}, dx_k, dx_m_inc, {inc}, dx_l_seen, {row})
+        ON CONFLICT (rel, key) DO UPDATE SET by_inc = EXCLUDED.by_inc, inc = EXCLUDED.inc, seen = EXCLUDED.seen, \"row\" = EXCLUDED.\"row\", displaced_at = now();"
+        )
+    };
+
     let capture = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
 {definer}
@@ -439,12 +450,23 @@ BEGIN
   INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_i, {hash_old}) ON CONFLICT DO NOTHING;
   IF dx_i <> '0' THEN
     DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = dx_k;
-  END IF;
-  INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'D', dx_i, {hash_old}, NULL, NULL);
+  END IF;{delete_seen}
+  INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'D', dx_i, {hash_old}, NULL, dx_s);
   RETURN OLD;
 END $duplex$;
 "#,
         capture = q(&names.capture),
+        delete_seen = if buries {
+            // Which incarnations of the key main knew dead when it deleted this one, each
+            // with its cause ("inc cause"): cloud, holding a row of its own that main's
+            // version replaced, tells from them whether main will keep that row.
+            format!(
+                "
+  SELECT array_agg(t.inc || ' ' || coalesce(t.cause, t.inc)) INTO dx_s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k;"
+            )
+        } else {
+            String::new()
+        },
         key_lock = key_lock(&rel),
         key_new = key_json("NEW"),
         key_old = key_json("OLD"),
@@ -460,7 +482,7 @@ DECLARE
   dx_me constant text := {me_lit};
   dx_pol constant text := {pol};
   dx_k text; dx_m duplex.change_meta; dx_m_inc text := '0'; dx_m_base text; dx_m_seen text[]; dx_m_row jsonb; dx_l_inc text; dx_l_seen text[];
-  dx_l {tbl}%ROWTYPE; dx_u {tbl}%ROWTYPE;
+  dx_l {tbl}%ROWTYPE; dx_u {tbl}%ROWTYPE; dx_d duplex.displaced;
   dx_lh text; dx_nh text; dx_cause text; dx_tomb boolean; dx_concurrent boolean; dx_incoming_wins boolean; dx_typ text;
 BEGIN
   -- (Our own writes below do not come back here: the trigger fires at depth 0 only.)
@@ -516,7 +538,7 @@ BEGIN
         dx_incoming_wins := {wins_l};
         PERFORM duplex.log_conflict({rel}, dx_k, 'insert_insert', {versions_l}, dx_pol, {winner},
           md5('insert_insert' || {rel} || dx_k || {pair_hash}), dx_me);
-        IF dx_incoming_wins THEN{unique_checks}
+        IF dx_incoming_wins THEN{unique_checks}{displace_insert}
           UPDATE {tbl} SET {set_new} WHERE {key_eq_l};
           PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
         END IF;{bury_insert}
@@ -541,7 +563,7 @@ BEGIN
       -- The peer deleted an incarnation that ours was created after{dead_here_comment}: ours stays.
       INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
       RETURN NULL;
-    END IF;
+    END IF;{restore}
     dx_concurrent := dx_m_base IS NULL OR dx_lh <> dx_m_base OR dx_l_inc <> dx_m_inc;
     IF dx_concurrent THEN
       -- Changed here while deleted there. A delete wins, except that main's version wins
@@ -588,7 +610,7 @@ BEGIN
         RETURN NULL;
       END IF;
     END IF;
-    IF dx_m_inc <> dx_l_inc THEN
+    IF dx_m_inc <> dx_l_inc THEN{displace_update}
       PERFORM duplex.set_incarnation({rel}, dx_k, dx_m_inc, dx_m_seen);
     END IF;
   END IF;
@@ -611,6 +633,56 @@ END $duplex$;
             String::new()
         },
         bury_update = bury,
+        displace_insert = if main_overrides {
+            format!(
+                "
+          SELECT ri.inc, ri.seen INTO dx_l_inc, dx_l_seen FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k;
+          IF coalesce(dx_l_inc, '0') <> dx_m_inc THEN{displace}
+          END IF;",
+                displace = displace("coalesce(dx_l_inc, '0')", &jsonb("dx_l")),
+            )
+        } else {
+            String::new()
+        },
+        displace_update = if main_overrides {
+            displace("dx_l_inc", &jsonb("OLD"))
+        } else {
+            String::new()
+        },
+        restore = if main_overrides {
+            let cols: Vec<String> = shape
+                .columns
+                .iter()
+                .filter(|(c, _)| computed.updatable(c))
+                .map(|(c, _)| q(c))
+                .collect();
+            let cols = cols.join(", ");
+            format!(
+                r#"
+    IF dx_m_inc = dx_l_inc AND dx_m_seen IS NOT NULL THEN
+      SELECT * INTO dx_d FROM duplex.displaced d WHERE d.rel = {rel} AND d.key = dx_k AND d.by_inc = dx_l_inc;
+      -- Main's incarnation replaced one of ours here. Main deleted it without having seen
+      -- ours, and no delete main knew of was missed by ours: main keeps ours when it
+      -- arrives there (after this delete), so it comes back here.
+      IF FOUND AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(dx_m_seen) dx_e
+          WHERE pg_catalog.split_part(dx_e, ' ', 1) = dx_d.inc
+             OR (pg_catalog.split_part(dx_e, ' ', 1) <> ALL (coalesce(dx_d.seen, '{{}}'))
+                 AND pg_catalog.split_part(dx_e, ' ', 2) <> ALL (coalesce(dx_d.seen, '{{}}')))) THEN
+        INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
+        UPDATE {tbl} SET ({cols}) = (SELECT {cols} FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, dx_d."row")) WHERE {key_eq_old};
+        PERFORM duplex.set_incarnation({rel}, dx_k, dx_d.inc, dx_d.seen);
+        DELETE FROM duplex.displaced d WHERE d.rel = {rel} AND d.key = dx_k;
+        dx_typ := {deleted_there};
+        PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, NULL, dx_d."row", dx_pol, 'CLOUD',
+          md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '') || dx_d.inc), dx_me);
+        RETURN NULL;
+      END IF;
+    END IF;"#,
+                key_eq_old = key_eq("OLD"),
+            )
+        } else {
+            String::new()
+        },
         dead_here = if buries {
             format!(" OR EXISTS (SELECT 1 FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k AND t.inc = dx_m_inc)")
         } else {
@@ -724,6 +796,7 @@ DROP FUNCTION IF EXISTS duplex.{uod}(text, text, jsonb);
 DELETE FROM duplex.resolution WHERE rel = {rel};
 DELETE FROM duplex.row_incarnation WHERE rel = {rel};
 DELETE FROM duplex.tombstone WHERE rel = {rel};
+DELETE FROM duplex.displaced WHERE rel = {rel};
 ",
         cap_t = quote_ident(CAPTURE_TRIGGER),
         res_t = quote_ident(RESOLVE_TRIGGER),

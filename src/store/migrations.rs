@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_tombstone_cause.sql",
         sql: include_str!("../../sql/migrations/0006_tombstone_cause.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_displaced.sql",
+        sql: include_str!("../../sql/migrations/0007_displaced.sql"),
+    },
 ];
 
 /// Advisory lock key serialising migrations ("duplex" in ASCII).

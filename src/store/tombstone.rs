@@ -14,16 +14,30 @@ const DELETE_OLDER_THAN: &str = "DELETE FROM duplex.tombstone
                           WHERE deleted_at < now() - make_interval(secs => $1)
                           LIMIT $2))";
 
-/// Delete up to `batch` tombstones older than `retention`; returns how many went.
+/// The same for `duplex.displaced`: cloud's rows that main's version replaced are kept as
+/// long as the tombstones of their key.
+const DELETE_DISPLACED_OLDER_THAN: &str = "DELETE FROM duplex.displaced
+  WHERE ctid = ANY(ARRAY(SELECT ctid FROM duplex.displaced
+                          WHERE displaced_at < now() - make_interval(secs => $1)
+                          LIMIT $2))";
+
+/// Delete up to `batch` tombstones (and as many replaced rows) older than `retention`;
+/// returns how many went.
 pub async fn delete_older_than(
     client: &Client,
     retention: Duration,
     batch: i64,
 ) -> Result<u64, Error> {
-    client
-        .execute(DELETE_OLDER_THAN, &[&retention.as_secs_f64(), &batch])
+    let secs = retention.as_secs_f64();
+    let tombstones = client
+        .execute(DELETE_OLDER_THAN, &[&secs, &batch])
         .await
-        .context("deleting old tombstones")
+        .context("deleting old tombstones")?;
+    let displaced = client
+        .execute(DELETE_DISPLACED_OLDER_THAN, &[&secs, &batch])
+        .await
+        .context("deleting old replaced rows (duplex.displaced)")?;
+    Ok(tombstones + displaced)
 }
 
 const SET_INCARNATION: &str = "SELECT duplex.set_incarnation($1, $2, $3, $4)";
