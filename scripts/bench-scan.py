@@ -133,6 +133,11 @@ class Relay:
             except OSError:
                 return
             server = socket.create_connection(self.target)
+            # As PostgreSQL and its clients do: without it, Nagle's algorithm holds back a
+            # small message until the previous one is acknowledged, adding up to 40 ms to
+            # every round trip that the direct connection does not have.
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 

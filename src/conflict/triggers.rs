@@ -940,6 +940,21 @@ mod tests {
         let cloud = generate(&shape(), &ma, Role::Cloud, HashMode::Binary);
         assert!(cloud.sql.contains("dx_c := NULL;"), "cloud sends no row");
         assert!(cloud.sql.contains("incoming_wins := true;"));
+        // Main's deletes name the incarnations main knew dead; cloud keeps the rows main's
+        // version replaced and can put one back. Neither on a last_write_wins table.
+        assert!(main
+            .sql
+            .contains("array_agg(t.inc || ' ' || coalesce(t.cause, t.inc)) INTO dx_s"));
+        assert!(cloud.sql.contains("INSERT INTO duplex.displaced"));
+        assert!(cloud.sql.contains(
+            "PERFORM duplex.set_incarnation('public.Group Member', dx_k, dx_d.inc, dx_d.seen);"
+        ));
+        for side in [Role::Main, Role::Cloud] {
+            let lww = generate(&shape(), &lww(), side, HashMode::Binary).sql;
+            assert!(!lww.contains("INSERT INTO duplex.displaced"));
+            assert!(!lww.contains("FROM duplex.displaced d"));
+            assert!(!lww.contains("coalesce(t.cause, t.inc)) INTO dx_s"));
+        }
     }
 
     #[test]
