@@ -6,7 +6,7 @@ use common::{set_name, user_name};
 
 use std::time::Duration;
 
-use common::{insert_user, Pair};
+use common::{insert_user, text, Pair};
 use tokio_postgres::Client;
 
 #[tokio::test]
@@ -1102,7 +1102,7 @@ async fn an_update_winning_a_conflict_carries_the_large_columns_it_did_not_chang
 /// key again (main's version replaces cloud's there, until main's delete arrives).
 #[tokio::test]
 async fn ma_main_deletes_its_row_before_it_sees_cloud_recreate_it_cloud_row_stays() {
-    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(false).await;
+    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(false, "cloud again").await;
     assert_eq!(
         rows,
         vec!["cloud again".to_string()],
@@ -1115,7 +1115,7 @@ async fn ma_main_deletes_its_row_before_it_sees_cloud_recreate_it_cloud_row_stay
 /// wins there, so main's later delete removes the key on both sides.
 #[tokio::test]
 async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_key_is_gone() {
-    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(true).await;
+    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(true, "cloud again").await;
     assert!(
         rows.is_empty(),
         "main's row won over cloud's, then main deleted it: {rows:?}"
@@ -1123,10 +1123,99 @@ async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_key_is_gone() {
     drop(pair);
 }
 
+/// The same, with cloud's new row equal to main's edited one: main keeps its own (no
+/// conflict to log), and cloud's incarnation is dead on main all the same.
+#[tokio::test]
+async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_alike_key_is_gone() {
+    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(true, "main edit").await;
+    assert!(
+        rows.is_empty(),
+        "main kept its row over cloud's equal one, then deleted it: {rows:?}"
+    );
+    drop(pair);
+}
+
+/// Cloud's re-created row, replaced by main's version, cannot come back once its unique
+/// value is taken: main's delete applies instead, and replication keeps running.
+#[tokio::test]
+async fn a_replaced_row_whose_unique_value_was_taken_stays_deleted_and_replication_runs() {
+    let pair =
+        pair_with(r#"CREATE TABLE "Member" (g int, u int, role text UNIQUE, PRIMARY KEY (g, u))"#)
+            .await;
+    let (main, cloud) = (pair.main().await, pair.cloud().await);
+    main.batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'first')"#)
+        .await
+        .expect("insert on main");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    main.batch_execute(r#"UPDATE "Member" SET role = 'main edit' WHERE g = 1 AND u = 1"#)
+        .await
+        .expect("update on main");
+    cloud
+        .batch_execute(
+            r#"DELETE FROM "Member" WHERE g = 1 AND u = 1;
+               INSERT INTO "Member" VALUES (1, 1, 'cloud again')"#,
+        )
+        .await
+        .expect("delete and insert on cloud");
+    // Main to cloud only: main's update replaces cloud's new row there.
+    cloud
+        .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud ENABLE")
+        .await
+        .expect("enabling main to cloud");
+    pair.wait_applied_on("cloud", Duration::from_secs(20)).await;
+    cloud
+        .batch_execute("ALTER SUBSCRIPTION duplex_main_to_cloud DISABLE")
+        .await
+        .expect("disabling main to cloud");
+    let role: String = cloud
+        .query_one(r#"SELECT role FROM "Member" WHERE g = 1 AND u = 1"#, &[])
+        .await
+        .expect("reading cloud's row")
+        .get(0);
+    assert_eq!(role, "main edit", "main's version replaced cloud's row");
+    // Cloud's application takes the replaced row's unique value; main deletes its row
+    // without having seen cloud's.
+    cloud
+        .batch_execute(r#"INSERT INTO "Member" VALUES (1, 2, 'cloud again')"#)
+        .await
+        .expect("insert on cloud");
+    main.batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 1"#)
+        .await
+        .expect("delete on main");
+    pair.heal().await;
+    assert_healthy(&pair, errors).await;
+    let keys = |c: Client| async move {
+        c.query(r#"SELECT g, u FROM "Member" ORDER BY 1, 2"#, &[])
+            .await
+            .expect("reading Member")
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
+            .collect::<Vec<_>>()
+    };
+    // Main kept cloud's re-created row (it arrived after main's delete) and dropped cloud's
+    // second row as the loser of a unique conflict; cloud could not put its row back.
+    assert_eq!(keys(pair.main().await).await, vec![(1, 1)]);
+    assert_eq!(keys(pair.cloud().await).await, vec![(1, 2)]);
+    // Two keys holding one unique value on different sides: the scanner reports both,
+    // naming the constraint, and repairs neither (docs/conflicts.md, known limits).
+    let out = pair.run("main", &["scan"]).await;
+    let (stdout, _) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("2 difference(s)") && stdout.contains("\"Member_role_key\""),
+        "{stdout}"
+    );
+}
+
 /// Main updates a "Member" row while cloud deletes it; cloud creates the key again; main
 /// deletes its row, before or after (`main_sees_first`) it receives cloud's new one. Asserts
 /// both sides equal and replication healthy; returns the roles left on main.
-async fn ma_recreated_on_cloud_while_main_deletes(main_sees_first: bool) -> (Pair, Vec<String>) {
+async fn ma_recreated_on_cloud_while_main_deletes(
+    main_sees_first: bool,
+    recreated_as: &str,
+) -> (Pair, Vec<String>) {
     let pair =
         pair_with(r#"CREATE TABLE "Member" (g int, u int, role text, PRIMARY KEY (g, u))"#).await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
@@ -1143,10 +1232,10 @@ async fn ma_recreated_on_cloud_while_main_deletes(main_sees_first: bool) -> (Pai
         .batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 1"#)
         .await
         .expect("delete on cloud");
-    let recreate = r#"INSERT INTO "Member" VALUES (1, 1, 'cloud again')"#;
+    let recreate = format!(r#"INSERT INTO "Member" VALUES (1, 1, '{recreated_as}')"#);
     if main_sees_first {
         cloud
-            .batch_execute(recreate)
+            .batch_execute(&recreate)
             .await
             .expect("insert on cloud");
     }
@@ -1161,7 +1250,7 @@ async fn ma_recreated_on_cloud_while_main_deletes(main_sees_first: bool) -> (Pai
         .expect("delete on main");
     if !main_sees_first {
         cloud
-            .batch_execute(recreate)
+            .batch_execute(&recreate)
             .await
             .expect("insert on cloud");
         pair.wait_applied_on("main", Duration::from_secs(20)).await;

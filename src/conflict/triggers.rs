@@ -412,6 +412,12 @@ pub fn generate(shape: &TableShape, eff: &Effective, me: Role, mode: HashMode) -
         )
     };
 
+    // On main, an incoming row that did not replace ours: bury its incarnation.
+    let bury_kept = format!(
+        "
+          SELECT coalesce((SELECT ri.inc FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k), '0') INTO dx_l_inc;{bury}"
+    );
+
     let capture = format!(
         r#"CREATE OR REPLACE FUNCTION duplex.{capture}() RETURNS trigger LANGUAGE plpgsql
 {definer}
@@ -450,7 +456,7 @@ BEGIN
   INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_i, {hash_old}) ON CONFLICT DO NOTHING;
   IF dx_i <> '0' THEN
     DELETE FROM duplex.row_incarnation WHERE rel = {rel} AND key = dx_k;
-  END IF;{delete_seen}
+  END IF;{delete_seen}{forget_displaced}
   INSERT INTO duplex.change_meta VALUES ({rel}, dx_k, 'D', dx_i, {hash_old}, NULL, dx_s);
   RETURN OLD;
 END $duplex$;
@@ -464,6 +470,12 @@ END $duplex$;
                 "
   SELECT array_agg(t.inc || ' ' || coalesce(t.cause, t.inc)) INTO dx_s FROM duplex.tombstone t WHERE t.rel = {rel} AND t.key = dx_k;"
             )
+        } else {
+            String::new()
+        },
+        forget_displaced = if main_overrides {
+            // The row that replaced one of cloud's is gone: nothing to put back any more.
+            format!("\n  DELETE FROM duplex.displaced d WHERE d.rel = {rel} AND d.key = dx_k;")
         } else {
             String::new()
         },
@@ -534,7 +546,9 @@ BEGIN
       SELECT * INTO dx_l FROM {tbl} WHERE {key_eq_new} FOR UPDATE;
       IF FOUND THEN
         dx_lh := {hash_l}; dx_nh := {hash_new};
-        IF dx_lh = dx_nh THEN RETURN NULL; END IF;
+        IF dx_lh = dx_nh THEN{bury_same}
+          RETURN NULL;
+        END IF;
         dx_incoming_wins := {wins_l};
         PERFORM duplex.log_conflict({rel}, dx_k, 'insert_insert', {versions_l}, dx_pol, {winner},
           md5('insert_insert' || {rel} || dx_k || {pair_hash}), dx_me);
@@ -625,10 +639,16 @@ END $duplex$;
         bury_insert = if buries {
             format!(
                 "
-        IF NOT dx_incoming_wins THEN
-          SELECT coalesce((SELECT ri.inc FROM duplex.row_incarnation ri WHERE ri.rel = {rel} AND ri.key = dx_k), '0') INTO dx_l_inc;{bury}
+        IF NOT dx_incoming_wins THEN{bury_kept}
         END IF;"
             )
+        } else {
+            String::new()
+        },
+        // The same values under another incarnation: ours stays, so theirs is dead here
+        // as when it loses (main's later deletes must name it, see the restore on cloud).
+        bury_same = if buries {
+            bury_kept.clone()
         } else {
             String::new()
         },
@@ -659,23 +679,32 @@ END $duplex$;
             let cols = cols.join(", ");
             format!(
                 r#"
-    IF dx_m_inc = dx_l_inc AND dx_m_seen IS NOT NULL THEN
+    IF dx_m_inc = dx_l_inc THEN
       SELECT * INTO dx_d FROM duplex.displaced d WHERE d.rel = {rel} AND d.key = dx_k AND d.by_inc = dx_l_inc;
-      -- Main's incarnation replaced one of ours here. Main deleted it without having seen
-      -- ours, and no delete main knew of was missed by ours: main keeps ours when it
-      -- arrives there (after this delete), so it comes back here.
-      IF FOUND AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(dx_m_seen) dx_e
-          WHERE pg_catalog.split_part(dx_e, ' ', 1) = dx_d.inc
-             OR (pg_catalog.split_part(dx_e, ' ', 1) <> ALL (coalesce(dx_d.seen, '{{}}'))
-                 AND pg_catalog.split_part(dx_e, ' ', 2) <> ALL (coalesce(dx_d.seen, '{{}}')))) THEN
-        INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
-        UPDATE {tbl} SET ({cols}) = (SELECT {cols} FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, dx_d."row")) WHERE {key_eq_old};
-        PERFORM duplex.set_incarnation({rel}, dx_k, dx_d.inc, dx_d.seen);
+      IF FOUND THEN
+        -- Main's incarnation replaced one of ours here; whatever happens now settles it.
         DELETE FROM duplex.displaced d WHERE d.rel = {rel} AND d.key = dx_k;
-        dx_typ := {deleted_there};
-        PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, NULL, dx_d."row", dx_pol, 'CLOUD',
-          md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '') || dx_d.inc), dx_me);
-        RETURN NULL;
+        -- Main deleted its incarnation without having seen ours, and no delete main knew
+        -- of was missed by ours: main keeps ours when it arrives there (after this
+        -- delete), so it comes back here.
+        IF dx_m_seen IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(dx_m_seen) dx_e
+            WHERE pg_catalog.split_part(dx_e, ' ', 1) = dx_d.inc
+               OR (pg_catalog.split_part(dx_e, ' ', 1) <> ALL (coalesce(dx_d.seen, '{{}}'))
+                   AND pg_catalog.split_part(dx_e, ' ', 2) <> ALL (coalesce(dx_d.seen, '{{}}')))) THEN
+          BEGIN
+            UPDATE {tbl} SET ({cols}) = (SELECT {cols} FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, dx_d."row")) WHERE {key_eq_old};
+            INSERT INTO duplex.tombstone (rel, key, inc, base) VALUES ({rel}, dx_k, dx_m_inc, dx_m_base) ON CONFLICT DO NOTHING;
+            PERFORM duplex.set_incarnation({rel}, dx_k, dx_d.inc, dx_d.seen);
+            dx_typ := {deleted_there};
+            PERFORM duplex.log_conflict({rel}, dx_k, dx_typ, NULL, dx_d."row", dx_pol, 'CLOUD',
+              md5(dx_typ || {rel} || dx_k || dx_m_inc || coalesce(dx_m_base, '') || dx_d.inc), dx_me);
+            RETURN NULL;
+          EXCEPTION WHEN OTHERS THEN
+            -- Its values no longer fit (a unique value taken since, a column added): main's
+            -- delete applies, and the scanner settles the key with main.
+            RAISE WARNING 'duplex: could not put back the row of % % that main''s version had replaced: %', {rel}, dx_k, SQLERRM;
+          END;
+        END IF;
       END IF;
     END IF;"#,
                 key_eq_old = key_eq("OLD"),

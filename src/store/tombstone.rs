@@ -14,15 +14,17 @@ const DELETE_OLDER_THAN: &str = "DELETE FROM duplex.tombstone
                           WHERE deleted_at < now() - make_interval(secs => $1)
                           LIMIT $2))";
 
-/// The same for `duplex.displaced`: cloud's rows that main's version replaced are kept as
-/// long as the tombstones of their key.
+/// The same for `duplex.displaced`: a row of cloud's that main's version replaced is kept
+/// for the tombstones' retention, counted from the replacement (it goes sooner when main's
+/// delete of the replacing row arrives, or cloud deletes that row).
 const DELETE_DISPLACED_OLDER_THAN: &str = "DELETE FROM duplex.displaced
   WHERE ctid = ANY(ARRAY(SELECT ctid FROM duplex.displaced
                           WHERE displaced_at < now() - make_interval(secs => $1)
                           LIMIT $2))";
 
 /// Delete up to `batch` tombstones (and as many replaced rows) older than `retention`;
-/// returns how many went.
+/// returns how many tombstones went (the count a caller repeats the call on, and the
+/// metric's).
 pub async fn delete_older_than(
     client: &Client,
     retention: Duration,
@@ -33,11 +35,11 @@ pub async fn delete_older_than(
         .execute(DELETE_OLDER_THAN, &[&secs, &batch])
         .await
         .context("deleting old tombstones")?;
-    let displaced = client
+    client
         .execute(DELETE_DISPLACED_OLDER_THAN, &[&secs, &batch])
         .await
         .context("deleting old replaced rows (duplex.displaced)")?;
-    Ok(tombstones + displaced)
+    Ok(tombstones)
 }
 
 const SET_INCARNATION: &str = "SELECT duplex.set_incarnation($1, $2, $3, $4)";
