@@ -1136,7 +1136,8 @@ async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_alike_key_is_go
 }
 
 /// Cloud's re-created row, replaced by main's version, cannot come back once its unique
-/// value is taken: main's delete applies instead, and replication keeps running.
+/// value is taken: main's delete applies instead, and replication keeps running. The
+/// scanner reports the collision it leaves, and the runbook's step settles it.
 #[tokio::test]
 async fn a_replaced_row_whose_unique_value_was_taken_stays_deleted_and_replication_runs() {
     let pair =
@@ -1207,6 +1208,18 @@ async fn a_replaced_row_whose_unique_value_was_taken_stays_deleted_and_replicati
         stdout.contains("2 difference(s)") && stdout.contains("\"Member_role_key\""),
         "{stdout}"
     );
+    // runbooks/unique-collision.md: delete the row that should lose on its side (an
+    // ordinary write), then the next pass copies the other.
+    cloud
+        .batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 2"#)
+        .await
+        .expect("delete on cloud");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    let out = pair.run("main", &["scan"]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_equal(&pair, &[r#""Member""#]).await;
+    assert_eq!(keys(pair.cloud().await).await, vec![(1, 1)]);
+    assert_healthy(&pair, errors).await;
 }
 
 /// Main updates a "Member" row while cloud deletes it; cloud creates the key again; main
