@@ -1102,37 +1102,22 @@ async fn an_update_winning_a_conflict_carries_the_large_columns_it_did_not_chang
 /// key again (main's version replaces cloud's there, until main's delete arrives).
 #[tokio::test]
 async fn ma_main_deletes_its_row_before_it_sees_cloud_recreate_it_cloud_row_stays() {
-    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(false, "cloud again").await;
-    assert_eq!(
-        rows,
-        vec!["cloud again".to_string()],
-        "main deleted its row before it saw cloud's: cloud's row stays on both sides"
-    );
-    drop(pair);
+    // Main deleted its row before it saw cloud's: cloud's row stays on both sides.
+    ma_recreated_on_cloud_while_main_deletes(false, "cloud again", &["cloud again"]).await;
 }
 
 /// The same, except that main sees cloud's new row while it still holds its own: main's
 /// wins there, so main's later delete removes the key on both sides.
 #[tokio::test]
 async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_key_is_gone() {
-    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(true, "cloud again").await;
-    assert!(
-        rows.is_empty(),
-        "main's row won over cloud's, then main deleted it: {rows:?}"
-    );
-    drop(pair);
+    ma_recreated_on_cloud_while_main_deletes(true, "cloud again", &[]).await;
 }
 
 /// The same, with cloud's new row equal to main's edited one: main keeps its own (no
 /// conflict to log), and cloud's incarnation is dead on main all the same.
 #[tokio::test]
 async fn ma_main_deletes_its_row_after_it_sees_cloud_recreate_it_alike_key_is_gone() {
-    let (pair, rows) = ma_recreated_on_cloud_while_main_deletes(true, "main edit").await;
-    assert!(
-        rows.is_empty(),
-        "main kept its row over cloud's equal one, then deleted it: {rows:?}"
-    );
-    drop(pair);
+    ma_recreated_on_cloud_while_main_deletes(true, "main edit", &[]).await;
 }
 
 /// Cloud's re-created row, replaced by main's version, cannot come back once its unique
@@ -1144,15 +1129,7 @@ async fn a_replaced_row_whose_unique_value_was_taken_stays_deleted_and_replicati
         pair_with(r#"CREATE TABLE "Member" (g int, u int, role text UNIQUE, PRIMARY KEY (g, u))"#)
             .await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    main.batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'first')"#)
-        .await
-        .expect("insert on main");
-    pair.wait_caught_up(Duration::from_secs(20)).await;
-    let errors = pair.apply_error_count().await;
-    pair.partition().await;
-    main.batch_execute(r#"UPDATE "Member" SET role = 'main edit' WHERE g = 1 AND u = 1"#)
-        .await
-        .expect("update on main");
+    let errors = ma_edit_on_main_while_partitioned(&pair).await;
     cloud
         .batch_execute(
             r#"DELETE FROM "Member" WHERE g = 1 AND u = 1;
@@ -1224,23 +1201,16 @@ async fn a_replaced_row_whose_unique_value_was_taken_stays_deleted_and_replicati
 
 /// Main updates a "Member" row while cloud deletes it; cloud creates the key again; main
 /// deletes its row, before or after (`main_sees_first`) it receives cloud's new one. Asserts
-/// both sides equal and replication healthy; returns the roles left on main.
+/// both sides equal, replication healthy and the roles left (`expected`).
 async fn ma_recreated_on_cloud_while_main_deletes(
     main_sees_first: bool,
     recreated_as: &str,
-) -> (Pair, Vec<String>) {
+    expected: &[&str],
+) {
     let pair =
         pair_with(r#"CREATE TABLE "Member" (g int, u int, role text, PRIMARY KEY (g, u))"#).await;
     let (main, cloud) = (pair.main().await, pair.cloud().await);
-    main.batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'first')"#)
-        .await
-        .expect("insert on main");
-    pair.wait_caught_up(Duration::from_secs(20)).await;
-    let errors = pair.apply_error_count().await;
-    pair.partition().await;
-    main.batch_execute(r#"UPDATE "Member" SET role = 'main edit' WHERE g = 1 AND u = 1"#)
-        .await
-        .expect("update on main");
+    let errors = ma_edit_on_main_while_partitioned(&pair).await;
     cloud
         .batch_execute(r#"DELETE FROM "Member" WHERE g = 1 AND u = 1"#)
         .await
@@ -1271,12 +1241,28 @@ async fn ma_recreated_on_cloud_while_main_deletes(
     pair.heal().await;
     assert_equal(&pair, &[r#""Member""#]).await;
     assert_healthy(&pair, errors).await;
-    let rows = main
+    let rows: Vec<String> = main
         .query(r#"SELECT role FROM "Member""#, &[])
         .await
         .expect("reading Member")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    (pair, rows)
+    assert_eq!(rows, expected, "the roles left on both sides");
+}
+
+/// A "Member" row (1, 1) inserted on main and replicated; then, partitioned, main edits
+/// it. Returns the apply error count before the partition.
+async fn ma_edit_on_main_while_partitioned(pair: &Pair) -> i64 {
+    let main = pair.main().await;
+    main.batch_execute(r#"INSERT INTO "Member" VALUES (1, 1, 'first')"#)
+        .await
+        .expect("insert on main");
+    pair.wait_caught_up(Duration::from_secs(20)).await;
+    let errors = pair.apply_error_count().await;
+    pair.partition().await;
+    main.batch_execute(r#"UPDATE "Member" SET role = 'main edit' WHERE g = 1 AND u = 1"#)
+        .await
+        .expect("update on main");
+    errors
 }
