@@ -701,7 +701,7 @@ END $duplex$;
             RETURN NULL;
           EXCEPTION WHEN OTHERS THEN
             -- Its values no longer fit (a unique value taken since, a column added): main's
-            -- delete applies, and the scanner settles the key with main.
+            -- delete applies (docs/conflicts.md, runbooks/unique-collision.md).
             RAISE WARNING 'duplex: could not put back the row of % % that main''s version had replaced: %', {rel}, dx_k, SQLERRM;
           END;
         END IF;
